@@ -1,0 +1,35 @@
+# ckpt — see README.md
+GO        ?= go
+BIN       := bin
+IMAGES    := _output/images
+export PATH := /usr/local/go/bin:/usr/local/sbin:/usr/local/bin:$(PATH)
+
+.PHONY: all build deps images test unit e2e demo bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ckpt ./cmd/ckpt
+
+deps:
+	./hack/install-deps.sh
+
+# Example workloads as OCI image archives, built locally (there is no registry).
+images: build
+	./hack/build-images.sh $(IMAGES)
+
+test: deps build images
+	$(GO) vet ./...
+	CKPT_BIN=$(CURDIR)/$(BIN)/ckpt CKPT_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -count=1 -timeout 40m ./...
+
+unit:
+	$(GO) test -count=1 -short ./...
+
+demo: deps build images
+	./hack/demo.sh
+
+fuzz:
+	./hack/fuzz.sh
+
+clean:
+	rm -rf $(BIN) _output

@@ -1,0 +1,14 @@
+// Command ckpt is a node agent for container checkpointing.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	if err := newRootCommand().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "ckpt:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,64 @@
+// counter prints an increasing counter once a second, to stdout and to a log
+// file it keeps open, so that checkpoint and restore can be checked to the
+// exact step. Environment:
+//
+//	COUNTER_MEM_MIB   hold this many MiB of touched, non-zero memory
+//	COUNTER_MARKER    keep this string in memory (for memory search)
+//	COUNTER_LOG       file to append to (default /counter.log)
+//	COUNTER_INTERVAL  time between lines (default 1s)
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+var (
+	ballast [][]byte
+	marker  []byte
+)
+
+func main() {
+	if mib, _ := strconv.Atoi(os.Getenv("COUNTER_MEM_MIB")); mib > 0 {
+		for i := 0; i < mib; i++ {
+			b := make([]byte, 1<<20)
+			for j := range b {
+				b[j] = byte(j*7 + i + 1)
+			}
+			ballast = append(ballast, b)
+		}
+	}
+	marker = []byte("marker:" + os.Getenv("COUNTER_MARKER"))
+	interval := time.Second
+	if d, err := time.ParseDuration(os.Getenv("COUNTER_INTERVAL")); err == nil && d > 0 {
+		interval = d
+	}
+	logPath := os.Getenv("COUNTER_LOG")
+	if logPath == "" {
+		logPath = "/counter.log"
+	}
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "counter:", err)
+		os.Exit(1)
+	}
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		line := fmt.Sprintf("count %d\n", i)
+		os.Stdout.WriteString(line)
+		logFile.WriteString(line)
+		select {
+		case <-stop:
+			fmt.Printf("counter stopped at %d (%d bytes of marker held)\n", i, len(marker))
+			return
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,61 @@
+// Package runtime holds what every container runtime backend shares: the
+// container model and the typed errors that the server maps to HTTP statuses.
+package runtime
+
+import (
+	"errors"
+	"time"
+)
+
+// Typed errors. Backends wrap them with %w and the IDs involved.
+var (
+	ErrPodNotFound       = errors.New("pod does not exist")
+	ErrContainerNotFound = errors.New("container does not exist")
+	ErrNotRunning        = errors.New("container is not running")
+	ErrUnsupported       = errors.New("operation not supported by the runtime")
+	ErrBusy              = errors.New("container is busy")
+	ErrTimeout           = errors.New("timed out")
+	ErrInvalid           = errors.New("invalid argument")
+	ErrExists            = errors.New("already exists")
+	ErrUnavailable       = errors.New("runtime unavailable")
+)
+
+// State of a container.
+type State string
+
+const (
+	StateCreated State = "created"
+	StateRunning State = "running"
+	StatePaused  State = "paused"
+	StateExited  State = "exited"
+	StateUnknown State = "unknown"
+)
+
+// Container is one container as a backend reports it.
+type Container struct {
+	ID        string
+	Namespace string
+	Pod       string
+	Name      string
+	Image     string
+	State     State
+	Pid       int
+	CreatedAt time.Time
+}
+
+// Ref names a container the way the kubelet API does.
+type Ref struct {
+	Namespace string
+	Pod       string
+	Container string
+}
+
+func (r Ref) String() string { return r.Namespace + "/" + r.Pod + "/" + r.Container }
+
+// CheckpointResult describes what a backend wrote.
+type CheckpointResult struct {
+	// FreezeTime is how long the container was frozen (CRIU's statistics), if known.
+	FreezeTime time.Duration
+	// PagesWritten counts memory pages CRIU wrote, if known.
+	PagesWritten uint64
+}
