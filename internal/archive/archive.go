@@ -1,0 +1,127 @@
+// Package archive owns the checkpoint archive format: a tar stream laid out
+// the way CRI-O writes it (so checkpointctl can read it), plus an integrity
+// manifest, checksums.sha256, written as the last member.
+//
+// Writing is one streaming pass. Reading treats every archive as hostile:
+// member names are validated, sizes and entry counts are bounded, and every
+// file is created through os.Root without following symlinks.
+package archive
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// ManifestFile is the integrity manifest, in sha256sum format, written last.
+const ManifestFile = "checksums.sha256"
+
+// maxNameLen bounds a member name (PATH_MAX).
+const maxNameLen = 4096
+
+// Rules an archive can break. Errors returned by this package wrap one of
+// them inside an *Error that names the member, so errors.Is works.
+var (
+	ErrEscape    = errors.New("path escapes the root")
+	ErrAbsolute  = errors.New("absolute path not allowed")
+	ErrBadName   = errors.New("invalid name")
+	ErrType      = errors.New("member type not allowed")
+	ErrTooLarge  = errors.New("size exceeds the limit")
+	ErrTooMany   = errors.New("too many entries")
+	ErrChecksum  = errors.New("checksum mismatch")
+	ErrUnlisted  = errors.New("not listed in " + ManifestFile)
+	ErrMissing   = errors.New("listed in " + ManifestFile + " but absent from the archive")
+	ErrSymlink   = errors.New("path goes through a symlink")
+	ErrSetuid    = errors.New("setuid/setgid bit not allowed")
+	ErrDuplicate = errors.New("duplicate member")
+	ErrFormat    = errors.New("not a tar, zstd or age archive")
+	// ErrNoIdentity: the archive is age-encrypted and no identity was given.
+	ErrNoIdentity = errors.New("archive is encrypted and no age identity was given")
+	// ErrWrongIdentity: none of the given identities opens the archive.
+	ErrWrongIdentity = errors.New("none of the given age identities can decrypt the archive")
+)
+
+// escapeError says which root a path escapes; it matches ErrEscape.
+type escapeError struct{ root string }
+
+func (e escapeError) Error() string        { return "path escapes the " + e.root }
+func (e escapeError) Is(target error) bool { return target == ErrEscape }
+
+var (
+	errEscapeArchive = escapeError{"archive root"}
+	errEscapeRootfs  = escapeError{"container root"}
+)
+
+// Error names the member (or deleted path) and the rule it broke, e.g.
+// `archive member "../etc/passwd": path escapes the archive root`.
+type Error struct {
+	What string // "archive member", "rootfs-diff member", "deleted file"
+	Name string
+	Err  error
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s %q: %v", e.What, e.Name, e.Err) }
+func (e *Error) Unwrap() error { return e.Err }
+
+func memberErr(name string, err error) error {
+	return &Error{What: "archive member", Name: name, Err: err}
+}
+
+// Limits bound what a reader accepts. A zero field takes its default.
+type Limits struct {
+	MaxMemberBytes int64 // largest declared size of one member
+	MaxTotalBytes  int64 // sum of declared member sizes
+	MaxEntries     int   // number of headers
+}
+
+// DefaultLimits fit checkpoints of containers with tens of GiB of memory.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxMemberBytes: 64 << 30,
+		MaxTotalBytes:  256 << 30,
+		MaxEntries:     1 << 20,
+	}
+}
+
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits()
+	if l.MaxMemberBytes <= 0 {
+		l.MaxMemberBytes = d.MaxMemberBytes
+	}
+	if l.MaxTotalBytes <= 0 {
+		l.MaxTotalBytes = d.MaxTotalBytes
+	}
+	if l.MaxEntries <= 0 {
+		l.MaxEntries = d.MaxEntries
+	}
+	return l
+}
+
+// cleanName validates a member name and returns it in canonical form:
+// relative, slash-separated, without "." components or a trailing slash.
+// It refuses empty names, NUL bytes, absolute paths and any ".." component.
+// The empty result with a nil error means the archive root itself ("./").
+func cleanName(name string) (string, error) {
+	switch {
+	case name == "":
+		return "", fmt.Errorf("%w: empty", ErrBadName)
+	case len(name) > maxNameLen:
+		return "", fmt.Errorf("%w: longer than %d bytes", ErrBadName, maxNameLen)
+	case strings.IndexByte(name, 0) >= 0:
+		return "", fmt.Errorf("%w: contains a NUL byte", ErrBadName)
+	case strings.HasPrefix(name, "/"):
+		return "", ErrAbsolute
+	}
+	parts := strings.Split(name, "/")
+	out := parts[:0]
+	for _, p := range parts {
+		switch p {
+		case "", ".":
+			continue
+		case "..":
+			return "", errEscapeArchive
+		}
+		out = append(out, p)
+	}
+	return strings.Join(out, "/"), nil
+}
