@@ -1,0 +1,214 @@
+package cri
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/ckpt-dev/ckpt/internal/runtime"
+)
+
+// Restore creates and starts a container from the checkpoint archive at
+// archivePath in the ready sandbox of target's pod. CRI has no restore call:
+// CRI-O and containerd 2.0–2.3 restore when CreateContainer is given the
+// path of a checkpoint archive as its image. containerd 2.4 removed that, so
+// Restore answers ErrUnsupported there without touching anything.
+//
+// archivePath must be absolute and name the same file for ckpt and for the
+// runtime (mount it at the same path when ckpt runs in a container).
+func (r *Runtime) Restore(ctx context.Context, archivePath string, target runtime.Ref) (runtime.Container, error) {
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	what := fmt.Sprintf("restore %s into %s", archivePath, target)
+
+	v, err := r.client.Version(ctx, &runtimeapi.VersionRequest{})
+	if err != nil {
+		return runtime.Container{}, r.callError(what, err)
+	}
+	if err := restoreSupported(v.GetRuntimeName(), v.GetRuntimeVersion()); err != nil {
+		return runtime.Container{}, fmt.Errorf("%s: %w", what, err)
+	}
+	if !filepath.IsAbs(archivePath) {
+		return runtime.Container{}, fmt.Errorf("%s: archive path must be absolute: %w", what, runtime.ErrInvalid)
+	}
+	// The runtime treats a path that does not exist as an image name and
+	// fails with a confusing pull error: check first.
+	if fi, err := os.Stat(archivePath); err != nil {
+		return runtime.Container{}, fmt.Errorf("%s: %w", what, err)
+	} else if !fi.Mode().IsRegular() {
+		return runtime.Container{}, fmt.Errorf("%s: archive is not a regular file: %w", what, runtime.ErrInvalid)
+	}
+
+	sandboxes, err := r.sandboxes(ctx, target.Namespace, target.Pod, true)
+	if err != nil {
+		return runtime.Container{}, r.callError(what, err)
+	}
+	if len(sandboxes) == 0 {
+		return runtime.Container{}, fmt.Errorf("%s: %w (no ready sandbox)", what, runtime.ErrPodNotFound)
+	}
+	sb := sandboxes[0]
+
+	// A new attempt number keeps the runtime's name reservation unique when
+	// the pod already had a container of that name.
+	attempt, err := r.nextAttempt(ctx, sb.GetId(), target.Container)
+	if err != nil {
+		return runtime.Container{}, r.callError(what, err)
+	}
+	created, err := r.client.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId: sb.GetId(),
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: target.Container, Attempt: attempt},
+			Image:    &runtimeapi.ImageSpec{Image: archivePath, UserSpecifiedImage: archivePath},
+			Labels: map[string]string{
+				labelContainerName: target.Container,
+				labelPodName:       target.Pod,
+				labelPodNamespace:  target.Namespace,
+				labelPodUID:        sb.GetMetadata().GetUid(),
+			},
+			LogPath: filepath.Join(target.Container, strconv.FormatUint(uint64(attempt), 10)+".log"),
+		},
+		SandboxConfig: r.sandboxConfig(ctx, sb),
+	})
+	if err != nil {
+		return runtime.Container{}, r.callError(what, err)
+	}
+	id := created.GetContainerId()
+	started := false
+	defer func() {
+		if started {
+			return
+		}
+		// Undo the create; ctx may be spent, so use a short one of our own.
+		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer ccancel()
+		_, _ = r.client.RemoveContainer(cctx, &runtimeapi.RemoveContainerRequest{ContainerId: id})
+	}()
+	if _, err := r.client.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: id}); err != nil {
+		return runtime.Container{}, r.callError(what+": start container "+id, err)
+	}
+	started = true
+
+	st, err := r.client.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id, Verbose: true})
+	if err != nil {
+		return runtime.Container{}, r.callError(what+": status of container "+id, err)
+	}
+	s := st.GetStatus()
+	return runtime.Container{
+		ID:        id,
+		Namespace: target.Namespace,
+		Pod:       target.Pod,
+		Name:      target.Container,
+		Image:     s.GetImage().GetImage(),
+		State:     state(s.GetState()),
+		Pid:       pidFromInfo(st.GetInfo()),
+		CreatedAt: time.Unix(0, s.GetCreatedAt()),
+	}, nil
+}
+
+// nextAttempt is one more than the highest attempt of containers named name
+// in the sandbox, or 0 when there are none.
+func (r *Runtime) nextAttempt(ctx context.Context, sandboxID, name string) (uint32, error) {
+	resp, err := r.client.ListContainers(ctx, &runtimeapi.ListContainersRequest{
+		Filter: &runtimeapi.ContainerFilter{
+			PodSandboxId:  sandboxID,
+			LabelSelector: map[string]string{labelContainerName: name},
+		},
+	})
+	if err != nil {
+		return 0, err
+	}
+	var next uint32
+	for _, c := range resp.GetContainers() {
+		if a := c.GetMetadata().GetAttempt(); a >= next {
+			next = a + 1
+		}
+	}
+	return next, nil
+}
+
+// sandboxConfig returns the config the sandbox was created with, read from
+// the runtime's verbose status (containerd and CRI-O report it), or a
+// minimal one built from what the sandbox list says.
+func (r *Runtime) sandboxConfig(ctx context.Context, sb *runtimeapi.PodSandbox) *runtimeapi.PodSandboxConfig {
+	st, err := r.client.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sb.GetId(), Verbose: true})
+	if err == nil {
+		if cfg, err := sandboxConfigFromInfo(st.GetInfo()); err == nil {
+			return cfg
+		}
+	}
+	return &runtimeapi.PodSandboxConfig{
+		Metadata:    sb.GetMetadata(),
+		Labels:      sb.GetLabels(),
+		Annotations: sb.GetAnnotations(),
+	}
+}
+
+// sandboxConfigFromInfo parses the "config" member of info["info"].
+func sandboxConfigFromInfo(info map[string]string) (*runtimeapi.PodSandboxConfig, error) {
+	raw, ok := info["info"]
+	if !ok {
+		return nil, errors.New("no verbose info")
+	}
+	var v struct {
+		Config *runtimeapi.PodSandboxConfig `json:"config"`
+	}
+	if err := json.Unmarshal([]byte(raw), &v); err != nil {
+		return nil, fmt.Errorf("parse sandbox info: %w", err)
+	}
+	if v.Config == nil || v.Config.GetMetadata() == nil {
+		return nil, errors.New("sandbox info has no config")
+	}
+	return v.Config, nil
+}
+
+// restoreSupported says whether runtime name at version restores checkpoint
+// archives through CreateContainer. Unknown runtimes get the benefit of the
+// doubt: the runtime's own error is then passed on.
+func restoreSupported(name, version string) error {
+	if name != "containerd" {
+		return nil
+	}
+	major, minor, ok := parseVersion(version)
+	if !ok {
+		return nil
+	}
+	switch {
+	case major >= 3 || (major == 2 && minor >= 4):
+		return fmt.Errorf("%w: containerd %s cannot restore a checkpoint through CRI "+
+			"(containerd 2.4+ removed restore via CreateContainer); restore the archive with "+
+			"`ckpt restore` on the embedded runtime (runc + CRIU) instead", runtime.ErrUnsupported, version)
+	case major < 2:
+		return fmt.Errorf("%w: containerd %s cannot restore a checkpoint through CRI "+
+			"(only containerd 2.0 to 2.3 can); restore the archive with `ckpt restore` on the "+
+			"embedded runtime (runc + CRIU) instead", runtime.ErrUnsupported, version)
+	}
+	return nil
+}
+
+// parseVersion reads major and minor from "v2.4.2", "2.3.0+unknown",
+// "1.7.27-1" and the like.
+func parseVersion(s string) (major, minor int, ok bool) {
+	s = strings.TrimPrefix(strings.TrimSpace(s), "v")
+	end := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	if end >= 0 {
+		s = s[:end]
+	}
+	parts := strings.Split(s, ".")
+	if len(parts) < 2 {
+		return 0, 0, false
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minor, err2 := strconv.Atoi(parts[1])
+	if err1 != nil || err2 != nil || major < 0 || minor < 0 {
+		return 0, 0, false
+	}
+	return major, minor, true
+}
