@@ -1,0 +1,43 @@
+package main
+
+import (
+	"path/filepath"
+
+	"github.com/ckpt-dev/ckpt/internal/image"
+	"github.com/ckpt-dev/ckpt/internal/runtime/embedded"
+)
+
+// stateDir is where the embedded runtime and the image store live.
+func (g *globalOptions) stateDir() string { return filepath.Join(g.rootDir, "ckpt") }
+
+func (g *globalOptions) imageStore() (*image.Store, error) {
+	return image.Open(filepath.Join(g.stateDir(), "images"))
+}
+
+// imageResolver adapts the image store to what the embedded runtime needs.
+type imageResolver struct{ store *image.Store }
+
+func (r imageResolver) Resolve(ref string) (embedded.Image, error) {
+	img, err := r.store.Resolve(ref)
+	if err != nil {
+		return embedded.Image{}, err
+	}
+	name := ref
+	if len(img.Names) > 0 {
+		name = img.Names[0]
+	}
+	return embedded.Image{
+		ID: img.ID, Name: name, RootFS: img.RootFS,
+		Env: img.Config.Env, Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd,
+		WorkingDir: img.Config.WorkingDir,
+	}, nil
+}
+
+// embeddedRuntime opens the built-in runtime on this root dir.
+func (g *globalOptions) embeddedRuntime() (*embedded.Runtime, error) {
+	store, err := g.imageStore()
+	if err != nil {
+		return nil, err
+	}
+	return embedded.New(embedded.Config{StateDir: g.stateDir()}, imageResolver{store})
+}

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+
+	"github.com/ckpt-dev/ckpt/internal/auth"
+	"github.com/ckpt-dev/ckpt/internal/checkpoint"
+	"github.com/ckpt-dev/ckpt/internal/metrics"
+	"github.com/ckpt-dev/ckpt/internal/runtime/cri"
+	"github.com/ckpt-dev/ckpt/internal/runtime/embedded"
+	"github.com/ckpt-dev/ckpt/internal/server"
+)
+
+func init() { register(newServeCommand) }
+
+type serveOptions struct {
+	address          string
+	port             int
+	plainHTTP        bool
+	hostnameOverride string
+	certDir          string
+	tlsCertFile      string
+	tlsKeyFile       string
+	requestTimeout   time.Duration
+	podManifestPath  string
+	fileCheckFreq    time.Duration
+	criEndpoint      string
+	auth             auth.Config
+}
+
+func newServeCommand(g *globalOptions) *cobra.Command {
+	o := &serveOptions{auth: auth.DefaultConfig()}
+	gate := server.NewFeatureGate()
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the node agent: the kubelet Checkpoint API and, with the embedded runtime, static pods",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runServe(cmd.Context(), g, o, gate.Enabled(server.ContainerCheckpoint))
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.address, "address", "0.0.0.0", "IP address to serve on")
+	f.IntVar(&o.port, "port", 10250, "port to serve on")
+	f.BoolVar(&o.plainHTTP, "plain-http", false, "serve plain HTTP instead of HTTPS (only on a loopback --address)")
+	f.StringVar(&o.hostnameOverride, "hostname-override", "", "node name used for authorization and the self-signed certificate (default: hostname)")
+	f.StringVar(&o.certDir, "cert-dir", "", "directory for the self-signed certificate when no --tls-cert-file is given (default <root-dir>/pki)")
+	f.StringVar(&o.tlsCertFile, "tls-cert-file", "", "x509 certificate for HTTPS")
+	f.StringVar(&o.tlsKeyFile, "tls-private-key-file", "", "private key matching --tls-cert-file")
+	f.DurationVar(&o.requestTimeout, "runtime-request-timeout", 2*time.Minute, "default timeout of a checkpoint when the request gives none")
+	f.StringVar(&o.podManifestPath, "pod-manifest-path", "", "directory of static Pod manifests to run (embedded runtime)")
+	f.DurationVar(&o.fileCheckFreq, "file-check-frequency", 20*time.Second, "how often to re-read --pod-manifest-path")
+	f.StringVar(&o.criEndpoint, "container-runtime-endpoint", "", "CRI endpoint (e.g. unix:///run/containerd/containerd.sock); empty = the embedded runtime")
+	o.auth.AddFlags(f)
+	gate.AddFlag(f)
+	return cmd
+}
+
+func nodeName(override string) string {
+	if override != "" {
+		return strings.ToLower(override)
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "localhost"
+	}
+	return strings.ToLower(h)
+}
+
+// backend is what serve needs of a runtime backend.
+type backend interface {
+	checkpoint.Runtime
+	Healthy(ctx context.Context) error
+}
+
+func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpointEnabled bool) error {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	addr := net.JoinHostPort(o.address, strconv.Itoa(o.port))
+	if o.plainHTTP {
+		if err := server.CheckPlainHTTPAddress(addr); err != nil {
+			return err
+		}
+	}
+	node := nodeName(o.hostnameOverride)
+	o.auth.NodeName = node
+	guard, err := auth.New(o.auth)
+	if err != nil {
+		return err
+	}
+
+	var rt backend
+	var embeddedRT *embedded.Runtime
+	if o.criEndpoint != "" {
+		if o.podManifestPath != "" {
+			return errors.New("--pod-manifest-path runs pods on the embedded runtime; it cannot be combined with --container-runtime-endpoint")
+		}
+		c, err := cri.New(ctx, o.criEndpoint)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		rt = c
+		log.Info("using CRI runtime", "endpoint", o.criEndpoint)
+	} else {
+		if embeddedRT, err = g.embeddedRuntime(); err != nil {
+			return err
+		}
+		rt = embeddedHealth{embeddedRT}
+		log.Info("using the embedded runtime (runc + CRIU)", "state", g.stateDir())
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg)
+	svc, err := checkpoint.New(rt, checkpoint.Options{RootDir: g.rootDir, DefaultTimeout: o.requestTimeout, Recorder: m})
+	if err != nil {
+		return err
+	}
+	handler := server.New(server.Options{
+		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Metrics: m, Registry: reg,
+	}, svc, guard, rt)
+
+	if embeddedRT != nil && o.podManifestPath != "" {
+		go syncPodsLoop(ctx, log, embeddedRT, o.podManifestPath, o.fileCheckFreq)
+	}
+
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	scheme := "https"
+	var srv *http.Server
+	if o.plainHTTP {
+		scheme = "http"
+		srv = server.NewHTTPServer(addr, handler, nil)
+	} else {
+		certDir := o.certDir
+		if certDir == "" {
+			certDir = filepath.Join(g.rootDir, "pki")
+		}
+		tlsCfg, err := server.TLSConfig(o.tlsCertFile, o.tlsKeyFile, certDir, node, guard.ClientCAs())
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		srv = server.NewHTTPServer(addr, handler, tlsCfg)
+	}
+	log.Info("serving the checkpoint API", "url", fmt.Sprintf("%s://%s", scheme, ln.Addr()), "node", node,
+		"checkpoints", svc.Dir(), "ContainerCheckpoint", checkpointEnabled)
+
+	errc := make(chan error, 1)
+	go func() {
+		if o.plainHTTP {
+			errc <- srv.Serve(ln)
+		} else {
+			errc <- srv.ServeTLS(ln, "", "")
+		}
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down; containers keep running")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return srv.Shutdown(shutdownCtx)
+}
+
+// embeddedHealth gives the embedded runtime the health check serve needs.
+type embeddedHealth struct{ *embedded.Runtime }
+
+func (e embeddedHealth) Healthy(ctx context.Context) error {
+	_, err := e.List(ctx)
+	return err
+}
+
+// syncPodsLoop runs the static pods and re-reads their manifests.
+func syncPodsLoop(ctx context.Context, log *slog.Logger, rt *embedded.Runtime, dir string, every time.Duration) {
+	reported := map[string]string{}
+	for {
+		pods, bad := embedded.LoadManifests(dir)
+		for _, e := range bad {
+			if reported[e.File] != e.Err.Error() {
+				log.Error("skipping pod manifest", "file", e.File, "error", e.Err)
+				reported[e.File] = e.Err.Error()
+			}
+		}
+		for _, err := range rt.SyncPods(ctx, pods) {
+			log.Error("pod sync", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+	}
+}

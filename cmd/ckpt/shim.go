@@ -1,0 +1,29 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/ckpt-dev/ckpt/internal/runtime/embedded"
+)
+
+func init() { register(newShimCommand) }
+
+// newShimCommand is the per-container shim the embedded runtime starts.
+func newShimCommand(*globalOptions) *cobra.Command {
+	var o embedded.ShimOptions
+	cmd := &cobra.Command{
+		Use:    "shim",
+		Short:  "Per-container shim (started by ckpt serve; not for direct use)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE:   func(*cobra.Command, []string) error { return embedded.RunShim(o) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.ID, "id", "", "container ID")
+	f.StringVar(&o.Dir, "dir", "", "container directory")
+	f.StringVar(&o.RuncRoot, "runc-root", "", "runc state root")
+	f.StringVar(&o.Runc, "runc", "runc", "runc binary")
+	f.StringVar(&o.Criu, "criu", "criu", "criu binary")
+	f.StringVar(&o.Restore, "restore", "", "restore from the CRIU images in this directory")
+	return cmd
+}

@@ -1,0 +1,254 @@
+// Package checkpoint is the checkpoint service: it resolves a container,
+// names its archive the way the kubelet does, serializes work per container,
+// enforces the deadline, and publishes the archive atomically.
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckpt-dev/ckpt/internal/runtime"
+)
+
+// Runtime is what the service needs of a container runtime backend.
+type Runtime interface {
+	Lookup(ctx context.Context, ref runtime.Ref) (runtime.Container, error)
+	// Checkpoint writes an archive of a running container to archivePath,
+	// leaving the container running. The deadline comes from ctx.
+	Checkpoint(ctx context.Context, c runtime.Container, archivePath string) (runtime.CheckpointResult, error)
+}
+
+// Recorder observes checkpoints (Prometheus metrics in production).
+type Recorder interface {
+	Begin() (end func(archiveBytes int64, freeze time.Duration, reason string))
+}
+
+// Options configure the service.
+type Options struct {
+	// RootDir is the kubelet-style root dir; archives go to RootDir/checkpoints.
+	RootDir string
+	// DefaultTimeout applies when a request gives none (kubelet: 2 minutes).
+	DefaultTimeout time.Duration
+	Recorder       Recorder
+	// AfterPublish runs after every published archive (retention).
+	AfterPublish func()
+}
+
+// Service checkpoints containers into archives.
+type Service struct {
+	rt    Runtime
+	opts  Options
+	dir   string
+	locks *keyedMutex
+	now   func() time.Time
+}
+
+// stagingDir holds archives being written; it is emptied on start.
+const stagingDir = ".staging"
+
+// New creates the checkpoints directory (0700) and removes leftovers of
+// checkpoints that an earlier run did not finish.
+func New(rt Runtime, opts Options) (*Service, error) {
+	if opts.DefaultTimeout <= 0 {
+		opts.DefaultTimeout = 2 * time.Minute
+	}
+	dir := filepath.Join(opts.RootDir, "checkpoints")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create checkpoints directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.RemoveAll(filepath.Join(dir, stagingDir)); err != nil {
+		return nil, fmt.Errorf("remove staging leftovers: %w", err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, stagingDir), 0o700); err != nil {
+		return nil, err
+	}
+	return &Service{rt: rt, opts: opts, dir: dir, locks: newKeyedMutex(), now: time.Now}, nil
+}
+
+// Dir is the checkpoints directory.
+func (s *Service) Dir() string { return s.dir }
+
+// ArchiveName is the kubelet's name for an archive:
+// checkpoint-<pod>_<namespace>-<container>-<RFC3339>.tar
+func ArchiveName(ref runtime.Ref, t time.Time, layout string) string {
+	return fmt.Sprintf("checkpoint-%s_%s-%s-%s.tar", ref.Pod, ref.Namespace, ref.Container, t.Format(layout))
+}
+
+// Checkpoint checkpoints one container and returns the archive's path.
+// timeout <= 0 means the default timeout.
+func (s *Service) Checkpoint(ctx context.Context, ref runtime.Ref, timeout time.Duration) (path string, err error) {
+	if timeout <= 0 {
+		timeout = s.opts.DefaultTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var res runtime.CheckpointResult
+	var size int64
+	if s.opts.Recorder != nil {
+		end := s.opts.Recorder.Begin()
+		defer func() { end(size, res.FreezeTime, reason(err)) }()
+	}
+	c, err := s.rt.Lookup(ctx, ref)
+	if err != nil {
+		return "", err
+	}
+	if err := s.locks.lock(ctx, c.ID); err != nil {
+		return "", fmt.Errorf("waiting for another checkpoint of %s: %w", ref, timeoutErr(err, timeout))
+	}
+	defer s.locks.unlock(c.ID)
+
+	staging, err := os.MkdirTemp(filepath.Join(s.dir, stagingDir), "ckpt-")
+	if err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", ref, err)
+	}
+	defer os.RemoveAll(staging)
+	tmp := filepath.Join(staging, "archive.tar")
+	res, err = s.rt.Checkpoint(ctx, c, tmp)
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("%w (checkpoint of %s did not finish within %s)", timeoutErr(ctx.Err(), timeout), ref, timeout)
+		}
+		return "", err
+	}
+	if size, err = syncFile(tmp); err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", ref, err)
+	}
+	if path, err = s.publish(tmp, ref); err != nil {
+		return "", fmt.Errorf("checkpoint %s: publish archive: %w", ref, err)
+	}
+	if s.opts.AfterPublish != nil {
+		s.opts.AfterPublish()
+	}
+	return path, nil
+}
+
+func timeoutErr(err error, timeout time.Duration) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w after %s", runtime.ErrTimeout, timeout)
+	}
+	return err
+}
+
+// syncFile sets the archive's mode to 0600, flushes it to disk and returns
+// its size.
+func syncFile(path string) (int64, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	if err := f.Chmod(0o600); err != nil {
+		return 0, err
+	}
+	if err := f.Sync(); err != nil {
+		return 0, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
+}
+
+// publish renames the archive into place under the kubelet's name, never
+// replacing an existing file: when the second-resolution name is taken, the
+// name carries nanoseconds (still RFC 3339).
+func (s *Service) publish(tmp string, ref runtime.Ref) (string, error) {
+	t := s.now()
+	for _, layout := range []string{time.RFC3339, time.RFC3339Nano} {
+		final := filepath.Join(s.dir, ArchiveName(ref, t, layout))
+		err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE)
+		if err == nil {
+			return final, syncDir(s.dir)
+		}
+		if !errors.Is(err, unix.EEXIST) {
+			return "", err
+		}
+	}
+	// Same nanosecond twice: take the next free one.
+	for i := 1; i < 1000; i++ {
+		final := filepath.Join(s.dir, ArchiveName(ref, t.Add(time.Duration(i)), time.RFC3339Nano))
+		err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE)
+		if err == nil {
+			return final, syncDir(s.dir)
+		}
+		if !errors.Is(err, unix.EEXIST) {
+			return "", err
+		}
+	}
+	return "", fmt.Errorf("no free archive name for %s", ref)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// reason classifies an error for metrics; "" means success.
+func reason(err error) string {
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, runtime.ErrPodNotFound), errors.Is(err, runtime.ErrContainerNotFound):
+		return "not_found"
+	case errors.Is(err, runtime.ErrTimeout):
+		return "timeout"
+	case errors.Is(err, runtime.ErrNotRunning):
+		return "not_running"
+	case errors.Is(err, runtime.ErrUnsupported):
+		return "unsupported"
+	case errors.Is(err, runtime.ErrUnavailable):
+		return "unavailable"
+	case errors.Is(err, context.Canceled):
+		return "cancelled"
+	}
+	return "runtime"
+}
+
+// keyedMutex is a set of mutexes, one per key, that waiters can give up on.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]chan struct{}
+}
+
+func newKeyedMutex() *keyedMutex { return &keyedMutex{locks: map[string]chan struct{}{}} }
+
+func (k *keyedMutex) lock(ctx context.Context, key string) error {
+	for {
+		k.mu.Lock()
+		ch, held := k.locks[key]
+		if !held {
+			k.locks[key] = make(chan struct{})
+			k.mu.Unlock()
+			return nil
+		}
+		k.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (k *keyedMutex) unlock(key string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	close(k.locks[key])
+	delete(k.locks, key)
+}
+

@@ -1,0 +1,182 @@
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	lib "github.com/checkpoint-restore/checkpointctl/lib"
+	"github.com/checkpoint-restore/go-criu/v8/crit"
+
+	"github.com/ckpt-dev/ckpt/internal/archive"
+	"github.com/ckpt-dev/ckpt/internal/runtime"
+)
+
+// Checkpoint dumps a running container with CRIU, leaving it running, and
+// writes the archive to archivePath (which must not exist). On failure or
+// when ctx ends, CRIU is stopped, the container is thawed, and nothing but
+// a partial archivePath (which the caller removes) is left behind.
+func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePath string) (res runtime.CheckpointResult, err error) {
+	rec, err := r.loadRecord(c.ID)
+	if err != nil {
+		return res, fmt.Errorf("checkpoint container %s: %w", c.ID, runtime.ErrContainerNotFound)
+	}
+	dir := r.containerDir(rec.ID)
+	work, err := os.MkdirTemp(filepath.Dir(archivePath), ".work-")
+	if err != nil {
+		return res, fmt.Errorf("checkpoint container %s: %w", rec.ID, err)
+	}
+	defer os.RemoveAll(work)
+	images := filepath.Join(work, lib.CheckpointDirectory)
+	criuWork := filepath.Join(work, "criu")
+	for _, d := range []string{images, criuWork} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return res, err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, fileCriuConf), nil, 0o600); err != nil {
+		return res, err
+	}
+
+	start := time.Now()
+	if err := r.dump(ctx, rec.ID, images, criuWork); err != nil {
+		return res, err
+	}
+	if st, err := crit.GetDumpStats(images); err == nil {
+		res.FreezeTime = time.Duration(st.GetFrozenTime()) * time.Microsecond
+		res.PagesWritten = st.GetPagesWritten()
+	}
+	_ = start
+
+	f, err := os.OpenFile(archivePath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return res, fmt.Errorf("checkpoint container %s: %w", rec.ID, err)
+	}
+	defer f.Close()
+	if err := r.writeArchive(f, rec, images, criuWork, work); err != nil {
+		return res, fmt.Errorf("checkpoint container %s: write archive: %w", rec.ID, err)
+	}
+	return res, f.Close()
+}
+
+// dump runs `runc checkpoint --leave-running`. runc and CRIU run in their own
+// process group so that a cancelled context stops both; the container is
+// thawed afterwards if the dump did not finish.
+func (r *Runtime) dump(ctx context.Context, id, images, criuWork string) (err error) {
+	runcLog := filepath.Join(criuWork, "runc.log")
+	args := []string{"--root", r.runcRoot(), "--criu", r.cfg.Criu, "--log", runcLog, "--log-format", "json",
+		"checkpoint", "--leave-running", "--file-locks", "--image-path", images, "--work-path", criuWork, id}
+	cmd := exec.Command(r.cfg.Runc, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("checkpoint container %s: start runc: %w", id, err)
+	}
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- cmd.Wait() }()
+	select {
+	case err = <-waitErr:
+	case <-ctx.Done():
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-waitErr
+		r.thaw(id)
+		cause := ctx.Err()
+		if errors.Is(cause, context.DeadlineExceeded) {
+			return fmt.Errorf("checkpoint container %s: dump stopped at the deadline: %w", id, runtime.ErrTimeout)
+		}
+		return fmt.Errorf("checkpoint container %s: dump cancelled: %w", id, cause)
+	}
+	if err != nil {
+		r.thaw(id)
+		detail := strings.TrimSpace(out.String())
+		if e := lastRuncError(runcLog, filepath.Join(criuWork, "dump.log")); e != "no details logged" {
+			detail = e
+		}
+		return fmt.Errorf("checkpoint container %s: runc checkpoint: %v: %s", id, err, detail)
+	}
+	return nil
+}
+
+// thaw makes sure a container is not left frozen by an interrupted dump.
+func (r *Runtime) thaw(id string) {
+	cg := filepath.Join(defaultContainerCgroup, id)
+	v1 := filepath.Join("/sys/fs/cgroup/freezer", cg, "freezer.state")
+	if _, err := os.Stat(v1); err == nil {
+		os.WriteFile(v1, []byte("THAWED"), 0)
+	}
+	v2 := filepath.Join("/sys/fs/cgroup", cg, "cgroup.freeze")
+	if _, err := os.Stat(v2); err == nil {
+		os.WriteFile(v2, []byte("0"), 0)
+	}
+}
+
+// Frozen reports whether the container's cgroup is frozen.
+func (r *Runtime) Frozen(id string) bool {
+	cg := filepath.Join(defaultContainerCgroup, id)
+	if b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/freezer", cg, "freezer.state")); err == nil {
+		return strings.TrimSpace(string(b)) != "THAWED"
+	}
+	if b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", cg, "cgroup.freeze")); err == nil {
+		return strings.TrimSpace(string(b)) == "1"
+	}
+	return false
+}
+
+// writeArchive writes the CRI-O compatible layout.
+func (r *Runtime) writeArchive(f *os.File, rec *record, images, criuWork, work string) error {
+	dir := r.containerDir(rec.ID)
+	diffPath := filepath.Join(work, lib.RootFsDiffTar)
+	diff, err := os.OpenFile(diffPath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	deleted, err := archive.WriteRootfsDiff(diff, filepath.Join(dir, dirUpper))
+	if cerr := diff.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("rootfs diff: %w", err)
+	}
+	cfg := lib.ContainerConfig{
+		ID: rec.ID, Name: rec.Name,
+		RootfsImage: rec.Image, RootfsImageRef: rec.ImageID, RootfsImageName: rec.Image,
+		OCIRuntime: "runc", CreatedTime: rec.CreatedAt, CheckpointedAt: time.Now().UTC(),
+		RestoredAt: rec.RestoredAt, Restored: rec.Origin == originRestore,
+	}
+	cfgJSON, err := marshalIndent(cfg)
+	if err != nil {
+		return err
+	}
+	w := archive.NewWriter(f)
+	steps := []func() error{
+		func() error { return w.AddBytes(lib.ConfigDumpFile, cfgJSON) },
+		func() error { return w.AddFile(lib.SpecDumpFile, filepath.Join(dir, dirBundle, "config.json")) },
+		func() error { return w.AddDir(lib.CheckpointDirectory, images) },
+		func() error { return w.AddFile(lib.RootFsDiffTar, diffPath) },
+		func() error { return w.AddBytes(lib.DeletedFilesFile, archive.MarshalDeletedFiles(deleted)) },
+		func() error { return addIfExists(w, "stats-dump", filepath.Join(images, "stats-dump")) },
+		func() error { return addIfExists(w, lib.DumpLogFile, filepath.Join(criuWork, lib.DumpLogFile)) },
+		func() error { return addIfExists(w, "container.log", filepath.Join(dir, fileLog)) },
+		w.Close,
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func addIfExists(w *archive.Writer, name, path string) error {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return w.AddFile(name, path)
+}
