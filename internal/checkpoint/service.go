@@ -251,4 +251,3 @@ func (k *keyedMutex) unlock(key string) {
 	close(k.locks[key])
 	delete(k.locks, key)
 }
-

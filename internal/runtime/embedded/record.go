@@ -82,7 +82,9 @@ func readJSON(path string, v any) error {
 	return json.Unmarshal(data, v)
 }
 
-func (r *Runtime) containerDir(id string) string { return filepath.Join(r.cfg.StateDir, "containers", id) }
+func (r *Runtime) containerDir(id string) string {
+	return filepath.Join(r.cfg.StateDir, "containers", id)
+}
 
 func (r *Runtime) loadRecord(id string) (*record, error) {
 	var rec record
