@@ -1,0 +1,165 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/ckpt-dev/ckpt/internal/runtime"
+)
+
+// checkpoint serves POST /checkpoint/{ns}/{pod}/{ctr}?timeout=SECONDS.
+func (s *server) checkpoint(w http.ResponseWriter, r *http.Request) {
+	ref, err := parseRef(r.PathValue("ns"), r.PathValue("pod"), r.PathValue("ctr"))
+	if err != nil {
+		writeText(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	query, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		writeText(w, http.StatusBadRequest, fmt.Sprintf("invalid query: %v", err))
+		return
+	}
+	timeout, err := parseTimeout(query["timeout"], s.opts.DefaultTimeout)
+	if err != nil {
+		writeText(w, http.StatusBadRequest, err.Error())
+		return
+	}
+
+	end := s.opts.Metrics.Begin()
+	res, err := s.run(r.Context(), ref, timeout)
+	if err != nil {
+		status, msg, reason := errorResponse(ref, err)
+		end(0, 0, reason)
+		writeText(w, status, msg)
+		return
+	}
+	end(res.Size, res.FreezeTime, "")
+
+	body, err := json.Marshal(struct {
+		Items []string `json:"items"`
+	}{Items: []string{res.Path}})
+	if err != nil { // cannot happen for a []string; kept for honesty
+		writeText(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
+// run calls the Checkpointer and fills in what it does not report.
+func (s *server) run(ctx context.Context, ref runtime.Ref, timeout time.Duration) (Result, error) {
+	var res Result
+	var err error
+	if rc, ok := s.c.(ResultCheckpointer); ok {
+		res, err = rc.CheckpointResult(ctx, ref, timeout)
+	} else {
+		res.Path, err = s.c.Checkpoint(ctx, ref, timeout)
+	}
+	if err != nil {
+		return Result{}, err
+	}
+	if !filepath.IsAbs(res.Path) {
+		return Result{}, fmt.Errorf("archive path %q is not absolute", res.Path)
+	}
+	if res.Size == 0 {
+		if fi, err := os.Lstat(res.Path); err == nil && fi.Mode().IsRegular() {
+			res.Size = fi.Size()
+		}
+	}
+	return res, nil
+}
+
+// errorResponse is the one place where errors become HTTP statuses. It
+// returns the status, the plain-text body (the kubelet's wording) and the
+// reason label for ckpt_checkpoint_errors_total.
+func errorResponse(ref runtime.Ref, err error) (status int, body, reason string) {
+	switch {
+	case errors.Is(err, runtime.ErrPodNotFound):
+		return http.StatusNotFound, "pod does not exist", "pod_not_found"
+	case errors.Is(err, runtime.ErrContainerNotFound):
+		return http.StatusNotFound, fmt.Sprintf("container %s does not exist", ref.Container), "container_not_found"
+	case errors.Is(err, runtime.ErrInvalid):
+		return http.StatusBadRequest, err.Error(), "invalid"
+	}
+	return http.StatusInternalServerError,
+		fmt.Sprintf("checkpointing of %s/%s/%s failed (%v)", ref.Namespace, ref.Pod, ref.Container, err),
+		failureReason(err)
+}
+
+// failureReason names a 500's cause for metrics; the label set is fixed.
+func failureReason(err error) string {
+	for _, c := range []struct {
+		err    error
+		reason string
+	}{
+		{runtime.ErrTimeout, "timeout"},
+		{context.DeadlineExceeded, "timeout"},
+		{context.Canceled, "canceled"},
+		{runtime.ErrUnsupported, "unsupported"},
+		{runtime.ErrUnavailable, "unavailable"},
+		{runtime.ErrBusy, "busy"},
+		{runtime.ErrNotRunning, "not_running"},
+		{runtime.ErrExists, "exists"},
+	} {
+		if errors.Is(err, c.err) {
+			return c.reason
+		}
+	}
+	return "internal"
+}
+
+// parseRef validates the three path segments as the API server validates
+// the objects they name: a namespace is a DNS-1123 label, a pod name a
+// DNS-1123 subdomain, a container name a DNS-1123 label.
+func parseRef(ns, pod, ctr string) (runtime.Ref, error) {
+	for _, seg := range []struct {
+		what, value string
+		check       func(string) []string
+	}{
+		{"namespace", ns, validation.IsDNS1123Label},
+		{"pod name", pod, validation.IsDNS1123Subdomain},
+		{"container name", ctr, validation.IsDNS1123Label},
+	} {
+		if msgs := seg.check(seg.value); len(msgs) > 0 {
+			return runtime.Ref{}, fmt.Errorf("invalid %s %q: %s", seg.what, seg.value, strings.Join(msgs, "; "))
+		}
+	}
+	return runtime.Ref{Namespace: ns, Pod: pod, Container: ctr}, nil
+}
+
+// maxTimeoutSeconds is the largest timeout a time.Duration can hold.
+const maxTimeoutSeconds = math.MaxInt64 / int64(time.Second)
+
+// parseTimeout reads the timeout query values (seconds). The last value
+// wins when the parameter is repeated, deliberately: that is what the
+// kubelet's handler does (it reads URL.Query()["timeout"] and takes the last
+// one), not go-restful's QueryParameter, which returns the first. Absent or
+// 0 means def. A negative, non-integer or too large value is an error
+// naming the value; the kubelet answers those with 404, ckpt with 400.
+func parseTimeout(values []string, def time.Duration) (time.Duration, error) {
+	if len(values) == 0 {
+		return def, nil
+	}
+	v := values[len(values)-1]
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 || n > maxTimeoutSeconds {
+		return 0, fmt.Errorf("invalid timeout %q: must be a whole number of seconds from 0 to %d", v, maxTimeoutSeconds)
+	}
+	if n == 0 {
+		return def, nil
+	}
+	return time.Duration(n) * time.Second, nil
+}

@@ -1,0 +1,204 @@
+// Package server is ckpt's HTTP API: the kubelet's checkpoint endpoint plus
+// health and metrics. It is a thin transport: it validates requests, calls
+// the domain code through small interfaces, and maps typed errors to HTTP
+// statuses in one place (errorResponse).
+package server
+
+import (
+	"context"
+	"net/http"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ckpt-dev/ckpt/internal/metrics"
+	"github.com/ckpt-dev/ckpt/internal/runtime"
+)
+
+// Checkpointer checkpoints one container and returns the absolute path of
+// the archive it published. internal/checkpoint.Service implements it.
+// timeout is the caller's request timeout (never zero: the server applies
+// its default); the Checkpointer owns the deadline it derives from it.
+type Checkpointer interface {
+	Checkpoint(ctx context.Context, ref runtime.Ref, timeout time.Duration) (path string, err error)
+}
+
+// Result is what a checkpoint produced, for metrics.
+type Result struct {
+	Path       string
+	Size       int64         // archive bytes; 0 = unknown
+	FreezeTime time.Duration // how long the container was frozen; 0 = unknown
+}
+
+// ResultCheckpointer may be implemented by a Checkpointer that knows its
+// archive size and freeze time. Without it the server stats the archive for
+// its size and records no freeze time.
+type ResultCheckpointer interface {
+	CheckpointResult(ctx context.Context, ref runtime.Ref, timeout time.Duration) (Result, error)
+}
+
+// Guard authenticates and authorizes a request before next runs.
+// internal/auth.Auth implements it. verb "" means "derive it from the HTTP
+// method" (POST → create, GET → get, ...); subresource is the nodes
+// subresource the kubelet would check ("checkpoint", "metrics", "proxy").
+type Guard interface {
+	Wrap(verb, subresource string, next http.Handler) http.Handler
+}
+
+// HealthChecker reports whether ckpt can serve. nil means always healthy.
+type HealthChecker interface {
+	Healthy(ctx context.Context) error
+}
+
+// Options configures New.
+type Options struct {
+	CheckpointEnabled bool          // feature gate ContainerCheckpoint (default true)
+	DefaultTimeout    time.Duration // --runtime-request-timeout (default 2m)
+	Metrics           *metrics.Metrics
+	Registry          prometheus.Gatherer // for /metrics; nil = prometheus.DefaultGatherer
+}
+
+// DefaultTimeout is the kubelet's default runtime request timeout.
+const DefaultTimeout = 2 * time.Minute
+
+// route is one entry of the API. pattern is an http.ServeMux pattern
+// without a method; methods maps each allowed method to its handler, and
+// every other method gets 405 with an Allow header.
+type route struct {
+	pattern     string
+	subresource string // for the Guard
+	methods     map[string]http.HandlerFunc
+}
+
+type server struct {
+	opts Options
+	c    Checkpointer
+	h    HealthChecker
+}
+
+// New returns the API handler. g must not be nil (use a pass-through Guard
+// only in tests or behind another authenticating layer).
+func New(opts Options, c Checkpointer, g Guard, h HealthChecker) http.Handler {
+	if opts.DefaultTimeout <= 0 {
+		opts.DefaultTimeout = DefaultTimeout
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.DefaultGatherer
+	}
+	s := &server{opts: opts, c: c, h: h}
+
+	// The route table. The lead adds here:
+	//   {"/checkpoints", "checkpoint", GET: list}
+	//   {"/checkpoints/{file}", "checkpoint", GET: download, DELETE: remove}
+	//   {"/restore/{ns}/{pod}/{ctr}", "checkpoint", POST: restore}
+	routes := []route{
+		{"/healthz", "proxy", map[string]http.HandlerFunc{http.MethodGet: s.healthz}},
+		{"/metrics", "metrics", map[string]http.HandlerFunc{
+			http.MethodGet: promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}).ServeHTTP,
+		}},
+	}
+	// Feature gate off: the route does not exist, so it is a 404 like any
+	// unknown path, as in the kubelet.
+	if opts.CheckpointEnabled && c != nil {
+		routes = append(routes, route{"/checkpoint/{ns}/{pod}/{ctr}", "checkpoint",
+			map[string]http.HandlerFunc{http.MethodPost: s.checkpoint}})
+	}
+
+	mux := http.NewServeMux()
+	for _, r := range routes {
+		mux.Handle(r.pattern, g.Wrap("", r.subresource, methodHandler(r.methods)))
+	}
+	// Unknown paths are authorized too (as the kubelet's filter does for
+	// every path) so that they reveal nothing to anonymous callers.
+	notFound := map[string]http.Handler{}
+	for _, sub := range []string{"checkpoint", "metrics", "proxy"} {
+		notFound[sub] = g.Wrap("", sub, http.HandlerFunc(writeNotFound))
+	}
+	unknown := func(w http.ResponseWriter, r *http.Request) {
+		notFound[subresourceOf(r.URL.Path)].ServeHTTP(w, r)
+	}
+	mux.HandleFunc("/", unknown)
+
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		// ServeMux answers unclean paths ("//", "/./", "/../", trailing
+		// slash on a wildcard route) with a redirect to another path; a
+		// POST must never be redirected to some other container: 404.
+		if !isClean(r.URL.Path) {
+			unknown(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// methodHandler dispatches on the method and answers 405 otherwise.
+// GET routes also answer HEAD.
+func methodHandler(methods map[string]http.HandlerFunc) http.Handler {
+	var allow []string
+	for m := range methods {
+		allow = append(allow, m)
+		if m == http.MethodGet {
+			allow = append(allow, http.MethodHead)
+		}
+	}
+	slices.Sort(allow)
+	allowHeader := strings.Join(allow, ", ")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m := r.Method
+		if m == http.MethodHead {
+			m = http.MethodGet
+		}
+		if h, ok := methods[m]; ok {
+			h(w, r)
+			return
+		}
+		w.Header().Set("Allow", allowHeader)
+		writeText(w, http.StatusMethodNotAllowed, "405: Method Not Allowed") // go-restful's text
+	})
+}
+
+// subresourceOf names the kubelet's nodes subresource for a path, the way
+// the kubelet authorizes requests: by path prefix.
+func subresourceOf(p string) string {
+	switch {
+	case p == "/checkpoint" || strings.HasPrefix(p, "/checkpoint/"),
+		p == "/checkpoints" || strings.HasPrefix(p, "/checkpoints/"),
+		p == "/restore" || strings.HasPrefix(p, "/restore/"):
+		return "checkpoint"
+	case p == "/metrics" || strings.HasPrefix(p, "/metrics/"):
+		return "metrics"
+	}
+	return "proxy"
+}
+
+func isClean(p string) bool {
+	return p == "/" || (strings.HasPrefix(p, "/") && path.Clean(p) == p)
+}
+
+func (s *server) healthz(w http.ResponseWriter, r *http.Request) {
+	if s.h != nil {
+		if err := s.h.Healthy(r.Context()); err != nil {
+			writeText(w, http.StatusInternalServerError, "unhealthy: "+err.Error())
+			return
+		}
+	}
+	writeText(w, http.StatusOK, "ok")
+}
+
+// writeText writes a plain-text body. The kubelet's go-restful WriteError
+// sets no content type and net/http sniffs "text/plain; charset=utf-8";
+// that value is set here explicitly, and the body has no trailing newline.
+func writeText(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(msg))
+}
+
+func writeNotFound(w http.ResponseWriter, _ *http.Request) {
+	writeText(w, http.StatusNotFound, "404 page not found")
+}
