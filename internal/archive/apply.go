@@ -2,6 +2,9 @@ package archive
 
 import (
 	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 )
 
@@ -21,7 +25,8 @@ func diffErr(name string, err error) error {
 	return &Error{What: "rootfs-diff member", Name: name, Err: err}
 }
 
-// ApplyRootfsDiff applies a rootfs-diff.tar onto rootfs (a restored
+// ApplyRootfsDiff applies a rootfs-diff.tar (plain, or gzip- or
+// zstd-compressed as containerd writes it) onto rootfs (a restored
 // container's root filesystem) through os.Root. It creates directories,
 // regular files, symlinks and hard links, replacing what is in the way, and
 // keeps uid/gid (when running as root), permission bits and mtimes.
@@ -40,6 +45,11 @@ func ApplyRootfsDiff(rootfs string, diff io.Reader, lim Limits) error {
 		return fmt.Errorf("apply rootfs diff to %s: %w", rootfs, err)
 	}
 	defer root.Close()
+	diff, closeDiff, err := decompressDiff(diff)
+	if err != nil {
+		return fmt.Errorf("apply rootfs diff to %s: %w", rootfs, err)
+	}
+	defer closeDiff()
 	asRoot := os.Geteuid() == 0
 	type dirTime struct {
 		name  string
@@ -276,4 +286,26 @@ func clearPath(root *os.Root, name string) error {
 		return root.RemoveAll(name)
 	}
 	return root.Remove(name)
+}
+
+// decompressDiff sniffs gzip (containerd gzips rootfs-diff.tar) and zstd.
+// Decompressed output stays bounded by the Limits that Walk applies.
+func decompressDiff(r io.Reader) (io.Reader, func(), error) {
+	br := bufio.NewReader(r)
+	head, _ := br.Peek(4)
+	switch {
+	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, nil, fmt.Errorf("gunzip: %w", err)
+		}
+		return zr, func() { zr.Close() }, nil
+	case bytes.HasPrefix(head, zstdMagic):
+		zr, err := zstd.NewReader(br, zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return nil, nil, fmt.Errorf("zstd: %w", err)
+		}
+		return zr, zr.Close, nil
+	}
+	return br, func() {}, nil
 }

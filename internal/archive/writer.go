@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -59,6 +60,16 @@ func (w *Writer) AddBytes(name string, data []byte) error {
 	return w.addReg(name, 0o600, int64(len(data)), bytes.NewReader(data))
 }
 
+// AddJSON adds v encoded as JSON with mode 0600, e.g. metadata.ConfigDumpFile
+// with a *metadata.ContainerConfig, or metadata.SpecDumpFile with the spec.
+func (w *Writer) AddJSON(name string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return memberErr(name, err)
+	}
+	return w.AddBytes(name, data)
+}
+
 // AddReader adds a regular file of exactly size bytes read from r, mode 0600.
 func (w *Writer) AddReader(name string, size int64, r io.Reader) error {
 	return w.addReg(name, 0o600, size, r)
@@ -69,12 +80,12 @@ func (w *Writer) AddReader(name string, size int64, r io.Reader) error {
 func (w *Writer) AddFile(name, path string) error {
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
-		return w.fail(fmt.Errorf("add %s to archive as %q: %w", path, name, err))
+		return fmt.Errorf("add %s to archive as %q: %w", path, name, err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return w.fail(fmt.Errorf("add %s to archive as %q: %w", path, name, err))
+		return fmt.Errorf("add %s to archive as %q: %w", path, name, err)
 	}
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("add %s to archive as %q: not a regular file (%s)", path, name, fi.Mode().Type())
