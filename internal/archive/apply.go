@@ -151,6 +151,10 @@ func ApplyRootfsDiff(rootfs string, diff io.Reader, lim Limits) error {
 		return nil
 	})
 	if err != nil {
+		var ae *Error
+		if errors.As(err, &ae) && ae.What == "archive member" {
+			ae.What = "rootfs-diff member" // say which archive Walk refused
+		}
 		return fmt.Errorf("apply rootfs diff to %s: %w", rootfs, err)
 	}
 	// Directory mtimes last, deepest first, since adding entries bumps them.
