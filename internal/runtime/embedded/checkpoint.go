@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -40,15 +42,24 @@ func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePa
 			return res, err
 		}
 	}
-	if err := os.WriteFile(filepath.Join(dir, fileCriuConf), nil, 0o600); err != nil {
+	// CRIU runs this hook while the container is still frozen, so the
+	// archived log ends where the process was dumped.
+	logSize := filepath.Join(work, "log-size")
+	hook := filepath.Join(work, "post-dump.sh")
+	script := fmt.Sprintf("#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = post-dump ] && stat -c %%s %q > %q\nexit 0\n", filepath.Join(dir, fileLog), logSize)
+	if err := os.WriteFile(hook, []byte(script), 0o700); err != nil {
 		return res, err
 	}
+	if err := os.WriteFile(filepath.Join(dir, fileCriuConf), []byte("action-script "+hook+"\n"), 0o600); err != nil {
+		return res, err
+	}
+	defer os.WriteFile(filepath.Join(dir, fileCriuConf), nil, 0o600)
 
 	start := time.Now()
 	if err := r.dump(ctx, rec.ID, images, criuWork); err != nil {
 		return res, err
 	}
-	if st, err := crit.GetDumpStats(images); err == nil {
+	if st, err := crit.GetDumpStats(criuWork); err == nil {
 		res.FreezeTime = time.Duration(st.GetFrozenTime()) * time.Microsecond
 		res.PagesWritten = st.GetPagesWritten()
 	}
@@ -59,7 +70,7 @@ func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePa
 		return res, fmt.Errorf("checkpoint container %s: %w", rec.ID, err)
 	}
 	defer f.Close()
-	if err := r.writeArchive(f, rec, images, criuWork, work); err != nil {
+	if err := r.writeArchive(f, rec, images, criuWork, work, readSize(logSize)); err != nil {
 		return res, fmt.Errorf("checkpoint container %s: write archive: %w", rec.ID, err)
 	}
 	return res, f.Close()
@@ -130,7 +141,7 @@ func (r *Runtime) Frozen(id string) bool {
 }
 
 // writeArchive writes the CRI-O compatible layout.
-func (r *Runtime) writeArchive(f *os.File, rec *record, images, criuWork, work string) error {
+func (r *Runtime) writeArchive(f *os.File, rec *record, images, criuWork, work string, logSize int64) error {
 	dir := r.containerDir(rec.ID)
 	diffPath := filepath.Join(work, lib.RootFsDiffTar)
 	diff, err := os.OpenFile(diffPath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
@@ -161,9 +172,9 @@ func (r *Runtime) writeArchive(f *os.File, rec *record, images, criuWork, work s
 		func() error { return w.AddDir(lib.CheckpointDirectory, images) },
 		func() error { return w.AddFile(lib.RootFsDiffTar, diffPath) },
 		func() error { return w.AddBytes(lib.DeletedFilesFile, archive.MarshalDeletedFiles(deleted)) },
-		func() error { return addIfExists(w, "stats-dump", filepath.Join(images, "stats-dump")) },
+		func() error { return addIfExists(w, "stats-dump", filepath.Join(criuWork, "stats-dump")) },
 		func() error { return addIfExists(w, lib.DumpLogFile, filepath.Join(criuWork, lib.DumpLogFile)) },
-		func() error { return addIfExists(w, "container.log", filepath.Join(dir, fileLog)) },
+		func() error { return addLog(w, filepath.Join(dir, fileLog), logSize) },
 		w.Close,
 	}
 	for _, step := range steps {
@@ -179,4 +190,37 @@ func addIfExists(w *archive.Writer, name, path string) error {
 		return nil
 	}
 	return w.AddFile(name, path)
+}
+
+// readSize reads the number the post-dump hook wrote; -1 if there is none.
+func readSize(path string) int64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// addLog archives the container log up to size bytes (all of it if size < 0).
+func addLog(w *archive.Writer, path string, size int64) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if size < 0 || size > st.Size() {
+		size = st.Size()
+	}
+	return w.AddReader("container.log", size, io.LimitReader(f, size))
 }

@@ -1,10 +1,128 @@
 package embedded
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
 	"os"
+	"path/filepath"
+	"time"
+
+	lib "github.com/checkpoint-restore/checkpointctl/lib"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/ckpt-dev/ckpt/internal/archive"
+	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
+
+// RestoreOptions name the restored container; empty fields keep the names
+// recorded in the archive.
+type RestoreOptions struct {
+	Namespace string
+	Pod       string
+	Name      string
+	// Source describes the archive in the container's record.
+	Source string
+}
+
+// Restore rebuilds a container from a checkpoint archive (a plain tar
+// stream): the image with rootfs-diff.tar applied and deleted.files removed,
+// spec.dump, and the CRIU images. The process resumes where it was dumped.
+// The archive's checksums are verified before anything runs.
+func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOptions) (runtime.Container, error) {
+	staging, err := os.MkdirTemp(r.cfg.StateDir, "restore-")
+	if err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+	}
+	defer os.RemoveAll(staging)
+	if _, err := archive.Extract(tarStream, staging, archive.DefaultLimits(), nil); err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+	}
+	var cfg lib.ContainerConfig
+	if err := readJSON(filepath.Join(staging, lib.ConfigDumpFile), &cfg); err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: read %s: %w", o.Source, lib.ConfigDumpFile, err)
+	}
+	var spec specs.Spec
+	if err := readJSON(filepath.Join(staging, lib.SpecDumpFile), &spec); err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: read %s: %w", o.Source, lib.SpecDumpFile, err)
+	}
+	if spec.Linux == nil || spec.Process == nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: %s is not a Linux container spec: %w", o.Source, lib.SpecDumpFile, runtime.ErrInvalid)
+	}
+	if st, err := os.Stat(filepath.Join(staging, lib.CheckpointDirectory)); err != nil || !st.IsDir() {
+		return runtime.Container{}, fmt.Errorf("restore %s: archive has no %s/ directory: %w", o.Source, lib.CheckpointDirectory, runtime.ErrInvalid)
+	}
+	rec := &record{
+		ID:        newID(),
+		Namespace: firstNonEmpty(o.Namespace, spec.Annotations[annotationSandboxNS], "default"),
+		Pod:       firstNonEmpty(o.Pod, spec.Annotations[annotationSandboxName], cfg.Name),
+		Name:      firstNonEmpty(o.Name, spec.Annotations[annotationCtrName], cfg.Name),
+		Image:     firstNonEmpty(cfg.RootfsImageName, cfg.RootfsImage),
+		Origin:    originRestore, CreatedAt: cfg.CreatedTime, RestoredFrom: o.Source, RestoredAt: time.Now().UTC(),
+	}
+	if err := r.checkNameFree(ctx, rec); err != nil {
+		return runtime.Container{}, err
+	}
+	img, err := r.images.Resolve(rec.Image)
+	if err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: the checkpoint's image %q is not on this node (import it with `ckpt image import`): %w", o.Source, rec.Image, err)
+	}
+	rec.ImageID = img.ID
+	in := &restoreInput{imagesDir: filepath.Join(staging, lib.CheckpointDirectory)}
+	if _, err := os.Stat(filepath.Join(staging, lib.RootFsDiffTar)); err == nil {
+		in.rootfsDiff = filepath.Join(staging, lib.RootFsDiffTar)
+	}
+	if data, err := os.ReadFile(filepath.Join(staging, lib.DeletedFilesFile)); err == nil {
+		in.deletedJSON = data
+	}
+	c, err := r.create(ctx, rec, img, func(rootfs, criuConf string) ([]byte, error) {
+		return restoredSpec(spec, rec, rootfs, criuConf)
+	}, in)
+	if err != nil {
+		return c, fmt.Errorf("restore %s as %s/%s/%s: %w", o.Source, rec.Namespace, rec.Pod, rec.Name, err)
+	}
+	return c, nil
+}
+
+// restoredSpec adapts the checkpointed spec to the new container.
+func restoredSpec(s specs.Spec, rec *record, rootfs, criuConf string) ([]byte, error) {
+	s.Root = &specs.Root{Path: rootfs}
+	if s.Annotations == nil {
+		s.Annotations = map[string]string{}
+	}
+	s.Annotations[annotationManager] = managerName
+	s.Annotations[annotationCtrName] = rec.Name
+	s.Annotations[annotationSandboxName] = rec.Pod
+	s.Annotations[annotationSandboxNS] = rec.Namespace
+	s.Annotations[annotationCriuConfig] = criuConf
+	s.Linux.CgroupsPath = filepath.Join(defaultContainerCgroup, rec.ID)
+	return json.MarshalIndent(s, "", "  ")
+}
+
+// checkNameFree refuses a restore that would shadow a running container.
+func (r *Runtime) checkNameFree(ctx context.Context, rec *record) error {
+	all, err := r.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, c := range all {
+		if c.Namespace == rec.Namespace && c.Pod == rec.Pod && c.Name == rec.Name && c.State == runtime.StateRunning {
+			return fmt.Errorf("container %s/%s/%s is running (%s): restore under another name or pod, or stop it first: %w",
+				rec.Namespace, rec.Pod, rec.Name, short(c.ID), runtime.ErrExists)
+		}
+	}
+	return nil
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
 
 // restoreInput is what a restore needs from an extracted archive.
 type restoreInput struct {
