@@ -17,10 +17,8 @@ func NormalizeName(ref string) (string, error) {
 	}
 	// go-containerregistry checks the grammar; the docker.io spelling
 	// below is ours (it would say index.docker.io).
-	if _, err := name.ParseReference(ref, name.StrictValidation); err != nil {
-		if _, err2 := name.ParseReference(ref + ":latest"); err2 != nil {
-			return "", fmt.Errorf("invalid image name %q: %w", ref, err)
-		}
+	if _, err := name.ParseReference(ref); err != nil {
+		return "", fmt.Errorf("invalid image name %q: %w", ref, err)
 	}
 	repo, digest, hasDigest := strings.Cut(ref, "@")
 	tag := ""

@@ -298,8 +298,10 @@ func (u *unpacker) replace(p string) error {
 }
 
 func (u *unpacker) writeFile(p string, hdr *tar.Header, r io.Reader) error {
-	if hdr.Size < 0 {
-		return errors.New("negative size")
+	// Sparse files expand holes without reading input, so the counting
+	// reader alone does not bound what is written.
+	if hdr.Size < 0 || hdr.Size > u.limits.MaxSize-u.size {
+		return fmt.Errorf("file of %d bytes makes the image larger than the limit of %d bytes", hdr.Size, u.limits.MaxSize)
 	}
 	f, err := u.root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
