@@ -7,12 +7,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
+	"filippo.io/age"
 	"golang.org/x/sys/unix"
+
+	"github.com/ckpt-dev/ckpt/internal/archive"
 
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
@@ -37,8 +42,10 @@ type Options struct {
 	// DefaultTimeout applies when a request gives none (kubelet: 2 minutes).
 	DefaultTimeout time.Duration
 	Recorder       Recorder
-	// AfterPublish runs after every published archive (retention).
-	AfterPublish func()
+	Retention      Retention
+	// Compress (zstd) and Recipients (age) encode archives at rest.
+	Compress   bool
+	Recipients []age.Recipient
 }
 
 // Service checkpoints containers into archives.
@@ -47,7 +54,12 @@ type Service struct {
 	opts  Options
 	dir   string
 	locks *keyedMutex
+	pins  pins
 	now   func() time.Time
+
+	retentionMu sync.Mutex
+	restorer    Restorer
+	identities  []age.Identity
 }
 
 // stagingDir holds archives being written; it is emptied on start.
@@ -120,16 +132,50 @@ func (s *Service) Checkpoint(ctx context.Context, ref runtime.Ref, timeout time.
 		}
 		return "", err
 	}
+	if tmp, err = s.encode(tmp); err != nil {
+		return "", fmt.Errorf("checkpoint %s: encode archive: %w", ref, err)
+	}
 	if size, err = syncFile(tmp); err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", ref, err)
 	}
 	if path, err = s.publish(tmp, ref); err != nil {
 		return "", fmt.Errorf("checkpoint %s: publish archive: %w", ref, err)
 	}
-	if s.opts.AfterPublish != nil {
-		s.opts.AfterPublish()
-	}
+	s.ApplyRetention()
 	return path, nil
+}
+
+// encode compresses and/or encrypts a plain archive into a sibling file and
+// returns its path; without either option it returns path unchanged.
+func (s *Service) encode(path string) (string, error) {
+	if !s.opts.Compress && len(s.opts.Recipients) == 0 {
+		return path, nil
+	}
+	in, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(path+".enc", os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return "", err
+	}
+	defer out.Close()
+	w, suffix, err := archive.NewEncodingWriter(out, s.opts.Compress, s.opts.Recipients)
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(w, in); err != nil {
+		return "", err
+	}
+	if err := w.Close(); err != nil {
+		return "", err
+	}
+	final := strings.TrimSuffix(path, ".tar") + suffix
+	if err := os.Rename(out.Name(), final); err != nil {
+		return "", err
+	}
+	return final, os.Remove(path)
 }
 
 func timeoutErr(err error, timeout time.Duration) error {
@@ -165,19 +211,15 @@ func syncFile(path string) (int64, error) {
 // name carries nanoseconds (still RFC 3339).
 func (s *Service) publish(tmp string, ref runtime.Ref) (string, error) {
 	t := s.now()
-	for _, layout := range []string{time.RFC3339, time.RFC3339Nano} {
-		final := filepath.Join(s.dir, ArchiveName(ref, t, layout))
-		err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE)
-		if err == nil {
-			return final, syncDir(s.dir)
-		}
-		if !errors.Is(err, unix.EEXIST) {
-			return "", err
-		}
+	// ".tar", ".tar.zst", ".tar.age" or ".tar.zst.age"
+	suffix := strings.TrimPrefix(filepath.Base(tmp), "archive")
+	setRef(tmp, ref)
+	names := []string{ArchiveName(ref, t, time.RFC3339), ArchiveName(ref, t, time.RFC3339Nano)}
+	for i := 1; i < 1000; i++ { // the same nanosecond twice: the next free one
+		names = append(names, ArchiveName(ref, t.Add(time.Duration(i)), time.RFC3339Nano))
 	}
-	// Same nanosecond twice: take the next free one.
-	for i := 1; i < 1000; i++ {
-		final := filepath.Join(s.dir, ArchiveName(ref, t.Add(time.Duration(i)), time.RFC3339Nano))
+	for _, name := range names {
+		final := filepath.Join(s.dir, strings.TrimSuffix(name, ".tar")+suffix)
 		err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, final, unix.RENAME_NOREPLACE)
 		if err == nil {
 			return final, syncDir(s.dir)

@@ -1,0 +1,305 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ckpt-dev/ckpt/internal/runtime"
+)
+
+// fakeRuntime is a one-layer fake: it writes a small file as the archive.
+type fakeRuntime struct {
+	mu      sync.Mutex
+	block   time.Duration
+	running int
+	maxPar  int
+	err     error
+}
+
+func (f *fakeRuntime) Lookup(_ context.Context, ref runtime.Ref) (runtime.Container, error) {
+	switch {
+	case ref.Pod == "nopod":
+		return runtime.Container{}, runtime.ErrPodNotFound
+	case ref.Container == "noctr":
+		return runtime.Container{}, runtime.ErrContainerNotFound
+	}
+	return runtime.Container{ID: ref.String(), Namespace: ref.Namespace, Pod: ref.Pod, Name: ref.Container, State: runtime.StateRunning}, nil
+}
+
+func (f *fakeRuntime) Checkpoint(ctx context.Context, c runtime.Container, path string) (runtime.CheckpointResult, error) {
+	f.mu.Lock()
+	f.running++
+	if f.running > f.maxPar {
+		f.maxPar = f.running
+	}
+	f.mu.Unlock()
+	defer func() { f.mu.Lock(); f.running--; f.mu.Unlock() }()
+	if err := os.WriteFile(path, []byte("partial"), 0o644); err != nil {
+		return runtime.CheckpointResult{}, err
+	}
+	select {
+	case <-time.After(f.block):
+	case <-ctx.Done():
+		return runtime.CheckpointResult{}, ctx.Err()
+	}
+	return runtime.CheckpointResult{}, f.err
+}
+
+func newService(t *testing.T, rt Runtime, opts Options) *Service {
+	t.Helper()
+	opts.RootDir = t.TempDir()
+	s, err := New(rt, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func publishedNames(t *testing.T, s *Service) []string {
+	t.Helper()
+	list, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, a := range list {
+		names = append(names, a.Name)
+	}
+	return names
+}
+
+func TestCheckpointNamesModesAndNoOverwrite(t *testing.T) {
+	s := newService(t, &fakeRuntime{}, Options{})
+	fixed := time.Date(2026, 11, 27, 11, 34, 53, 0, time.UTC)
+	s.now = func() time.Time { return fixed }
+	ref := runtime.Ref{Namespace: "default", Pod: "counter", Container: "counter"}
+	var paths []string
+	for i := 0; i < 3; i++ {
+		p, err := s.Checkpoint(context.Background(), ref, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	want := []string{
+		"checkpoint-counter_default-counter-2026-11-27T11:34:53Z.tar",
+		"checkpoint-counter_default-counter-2026-11-27T11:34:53Z.tar", // taken: next layout
+		"",
+	}
+	if filepath.Base(paths[0]) != want[0] {
+		t.Errorf("first archive %s, want %s", filepath.Base(paths[0]), want[0])
+	}
+	if paths[0] == paths[1] || paths[1] == paths[2] || paths[0] == paths[2] {
+		t.Fatalf("archives collided: %v", paths)
+	}
+	for _, p := range paths {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s mode %v", p, st.Mode().Perm())
+		}
+		if !ValidArchiveName(filepath.Base(p)) {
+			t.Errorf("published name %s is not a valid archive name", filepath.Base(p))
+		}
+		if _, err := time.Parse(time.RFC3339Nano, strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), "checkpoint-counter_default-counter-"), ".tar")); err != nil {
+			t.Errorf("%s: time part is not RFC 3339: %v", p, err)
+		}
+	}
+	st, _ := os.Stat(s.Dir())
+	if st.Mode().Perm() != 0o700 {
+		t.Errorf("checkpoints dir mode %v", st.Mode().Perm())
+	}
+	list, _ := s.List()
+	if len(list) != 3 || list[0].Namespace != "default" || list[0].Pod != "counter" || list[0].Container != "counter" {
+		t.Fatalf("List = %+v", list)
+	}
+}
+
+func TestCheckpointErrorsLeaveNothing(t *testing.T) {
+	cases := []struct {
+		name    string
+		rt      *fakeRuntime
+		ref     runtime.Ref
+		timeout time.Duration
+		want    error
+	}{
+		{"pod missing", &fakeRuntime{}, runtime.Ref{Namespace: "default", Pod: "nopod", Container: "c"}, time.Minute, runtime.ErrPodNotFound},
+		{"container missing", &fakeRuntime{}, runtime.Ref{Namespace: "default", Pod: "p", Container: "noctr"}, time.Minute, runtime.ErrContainerNotFound},
+		{"runtime fails", &fakeRuntime{err: errors.New("criu exploded")}, runtime.Ref{Namespace: "default", Pod: "p", Container: "c"}, time.Minute, nil},
+		{"timeout", &fakeRuntime{block: time.Hour}, runtime.Ref{Namespace: "default", Pod: "p", Container: "c"}, 50 * time.Millisecond, runtime.ErrTimeout},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := newService(t, c.rt, Options{})
+			_, err := s.Checkpoint(context.Background(), c.ref, c.timeout)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if c.want != nil && !errors.Is(err, c.want) {
+				t.Fatalf("error %v is not %v", err, c.want)
+			}
+			if c.want == runtime.ErrTimeout && !strings.Contains(err.Error(), "50ms") {
+				t.Errorf("timeout error does not name the timeout: %v", err)
+			}
+			entries, _ := os.ReadDir(s.Dir())
+			for _, e := range entries {
+				if e.Name() != stagingDir {
+					t.Errorf("left %s behind", e.Name())
+				}
+			}
+			staged, _ := os.ReadDir(filepath.Join(s.Dir(), stagingDir))
+			if len(staged) != 0 {
+				t.Errorf("staging not cleaned: %d entries", len(staged))
+			}
+		})
+	}
+}
+
+func TestSameContainerSerializedOthersParallel(t *testing.T) {
+	rt := &fakeRuntime{block: 100 * time.Millisecond}
+	s := newService(t, rt, Options{})
+	var wg sync.WaitGroup
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, time.Minute); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if rt.maxPar != 1 {
+		t.Fatalf("same container checkpointed %d at once", rt.maxPar)
+	}
+	rt.maxPar = 0
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: fmt.Sprintf("c%d", i)}, time.Minute)
+		}()
+	}
+	wg.Wait()
+	if rt.maxPar < 2 {
+		t.Fatalf("different containers were not checkpointed in parallel (max %d)", rt.maxPar)
+	}
+	// A waiter gives up at its own deadline.
+	rt.block = time.Second
+	go s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, time.Minute)
+	time.Sleep(50 * time.Millisecond)
+	_, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, 100*time.Millisecond)
+	if !errors.Is(err, runtime.ErrTimeout) || !strings.Contains(err.Error(), "waiting for another checkpoint") {
+		t.Fatalf("waiter error = %v", err)
+	}
+}
+
+func TestStartRemovesStagingLeftovers(t *testing.T) {
+	root := t.TempDir()
+	left := filepath.Join(root, "checkpoints", stagingDir, "ckpt-123", "archive.tar")
+	os.MkdirAll(filepath.Dir(left), 0o700)
+	os.WriteFile(left, []byte("partial"), 0o600)
+	if _, err := New(&fakeRuntime{}, Options{RootDir: root}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(left); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("staging leftover survived a restart: %v", err)
+	}
+}
+
+func TestRetention(t *testing.T) {
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	type arch struct {
+		ctr  string
+		age  time.Duration
+		size int
+	}
+	archives := []arch{ // oldest first
+		{"a", 50 * time.Hour, 100}, {"a", 40 * time.Hour, 100}, {"b", 30 * time.Hour, 100},
+		{"a", 20 * time.Hour, 100}, {"b", 10 * time.Hour, 100}, {"a", 1 * time.Hour, 100},
+	}
+	cases := []struct {
+		name   string
+		pol    Retention
+		pinned int // index of a pinned archive, or -1
+		keep   []int
+	}{
+		{"none", Retention{}, -1, []int{0, 1, 2, 3, 4, 5}},
+		{"per container 1", Retention{PerContainer: 1}, -1, []int{4, 5}},
+		{"per container 2", Retention{PerContainer: 2}, -1, []int{2, 3, 4, 5}},
+		{"max bytes 250", Retention{MaxBytes: 250}, -1, []int{4, 5}},
+		{"max age 25h", Retention{MaxAge: 25 * time.Hour}, -1, []int{3, 4, 5}},
+		{"combined", Retention{PerContainer: 2, MaxAge: 35 * time.Hour, MaxBytes: 200}, -1, []int{4, 5}},
+		{"pinned survives", Retention{PerContainer: 1}, 0, []int{0, 4, 5}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := newService(t, &fakeRuntime{}, Options{Retention: c.pol})
+			now := base.Add(100 * time.Hour)
+			s.now = func() time.Time { return now }
+			var names []string
+			for _, a := range archives {
+				ref := runtime.Ref{Namespace: "default", Pod: "p", Container: a.ctr}
+				name := ArchiveName(ref, now.Add(-a.age), time.RFC3339)
+				p := filepath.Join(s.Dir(), name)
+				os.WriteFile(p, make([]byte, a.size), 0o600)
+				setRef(p, ref)
+				names = append(names, name)
+			}
+			if c.pinned >= 0 {
+				defer s.pins.pin(names[c.pinned])()
+			}
+			if _, err := s.ApplyRetention(); err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			for _, i := range c.keep {
+				want = append(want, names[i])
+			}
+			got := publishedNames(t, s)
+			if strings.Join(got, "\n") != strings.Join(want, "\n") {
+				t.Fatalf("kept\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
+}
+
+func TestValidArchiveName(t *testing.T) {
+	cases := map[string]bool{
+		"checkpoint-counter_default-counter-2026-11-27T11:34:53Z.tar":            true,
+		"checkpoint-counter_default-counter-2026-11-27T11:34:53.123456789Z.tar":  true,
+		"checkpoint-counter_kube-system-c-2026-11-27T11:34:53+01:00.tar.zst.age": true,
+		"checkpoint-counter_default-counter-2026-11-27T11:34:53Z.tar.age":        true,
+		"../checkpoint-counter_default-counter-2026-11-27T11:34:53Z.tar":         false,
+		"checkpoint-counter_default-counter-2026-11-27T11:34:53Z.tar/../../x":    false,
+		".staging": false,
+		"checkpoint-counter_default-counter-now.tar":                      false,
+		"checkpoint-Counter_default-counter-2026-11-27T11:34:53Z.tar":     false,
+		"checkpoint-counter_default-counter-2026-11-27T11:34:53Z.tar\x00": false,
+		"checkpoint-counter_default-counter-2026-11-27T11:34:53Z.tar.gz":  false,
+	}
+	for name, want := range cases {
+		if got := ValidArchiveName(name); got != want {
+			t.Errorf("ValidArchiveName(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
+
+func FuzzValidArchiveName(f *testing.F) {
+	f.Add("checkpoint-counter_default-counter-2026-11-27T11:34:53Z.tar")
+	f.Add("../../etc/passwd")
+	f.Fuzz(func(t *testing.T, name string) {
+		if ValidArchiveName(name) && (strings.Contains(name, "/") || strings.HasPrefix(name, ".")) {
+			t.Fatalf("accepted %q", name)
+		}
+	})
+}
