@@ -1,0 +1,421 @@
+package crie2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/ckpt-dev/ckpt/internal/runtime"
+	"github.com/ckpt-dev/ckpt/internal/runtime/cri"
+)
+
+// pod is a pod sandbox with one counter container, made over CRI the way the
+// kubelet makes them (same labels, log layout).
+type pod struct {
+	ns, name, uid string
+	sandboxID     string
+	containerID   string
+	logPath       string // the container's CRI log on the host
+}
+
+// criClient is a raw CRI client for setting up what the kubelet would.
+func criClient(t *testing.T) runtimeapi.RuntimeServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return runtimeapi.NewRuntimeServiceClient(conn)
+}
+
+// startCounterPod runs a sandbox named name in namespace "default" with a
+// running "counter" container, and removes both at the end of the test.
+func startCounterPod(t *testing.T, c runtimeapi.RuntimeServiceClient, name string) *pod {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := &pod{ns: "default", name: name, uid: "uid-" + name}
+	logDir := filepath.Join(tmpRoot, "pods", p.ns+"_"+p.name+"_"+p.uid)
+	sbCfg := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: p.name, Namespace: p.ns, Uid: p.uid},
+		Hostname:     p.name,
+		LogDirectory: logDir,
+		Labels: map[string]string{
+			"io.kubernetes.pod.name": p.name, "io.kubernetes.pod.namespace": p.ns, "io.kubernetes.pod.uid": p.uid,
+		},
+		Linux: &runtimeapi.LinuxPodSandboxConfig{},
+	}
+	sb, err := c.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: sbCfg})
+	if err != nil {
+		t.Fatalf("run pod sandbox %s: %v", name, err)
+	}
+	p.sandboxID = sb.GetPodSandboxId()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := c.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.sandboxID}); err != nil {
+			t.Errorf("stop pod sandbox: %v", err)
+		}
+		if _, err := c.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.sandboxID}); err != nil {
+			t.Errorf("remove pod sandbox: %v", err)
+		}
+	})
+	ctr, err := c.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId: p.sandboxID,
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: "counter"},
+			Image:    &runtimeapi.ImageSpec{Image: "localhost/counter:latest"},
+			Envs:     []*runtimeapi.KeyValue{{Key: "COUNTER_INTERVAL", Value: []byte("200ms")}},
+			Labels: map[string]string{
+				"io.kubernetes.container.name": "counter",
+				"io.kubernetes.pod.name":       p.name, "io.kubernetes.pod.namespace": p.ns, "io.kubernetes.pod.uid": p.uid,
+			},
+			LogPath: "counter/0.log",
+			Linux:   &runtimeapi.LinuxContainerConfig{},
+		},
+		SandboxConfig: sbCfg,
+	})
+	if err != nil {
+		t.Fatalf("create counter container: %v", err)
+	}
+	p.containerID = ctr.GetContainerId()
+	if _, err := c.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: p.containerID}); err != nil {
+		t.Fatalf("start counter container: %v", err)
+	}
+	p.logPath = filepath.Join(logDir, "counter", "0.log")
+	waitCount(t, p.logPath, 1)
+	return p
+}
+
+var countLine = regexp.MustCompile(`count (\d+)$`)
+
+// lastCount is the highest counter value in a CRI log, or -1.
+func lastCount(path string) int {
+	f, err := os.Open(path)
+	if err != nil {
+		return -1
+	}
+	defer f.Close()
+	n := -1
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if m := countLine.FindStringSubmatch(s.Text()); m != nil {
+			if v, _ := strconv.Atoi(m[1]); v > n {
+				n = v
+			}
+		}
+	}
+	return n
+}
+
+// waitCount waits until the counter's log shows at least n.
+func waitCount(t *testing.T, path string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for lastCount(path) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("counter log %s never reached %d (last %d)", path, n, lastCount(path))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// checkArchive checks a checkpoint archive the way a user would: tar lists the
+// CRI-O/containerd layout, and checkpointctl reads it.
+func checkArchive(t *testing.T, archive string) {
+	t.Helper()
+	out, err := exec.Command("tar", "tf", archive).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tar tf %s: %v\n%s", archive, err, out)
+	}
+	names := map[string]bool{}
+	for _, l := range strings.Split(string(out), "\n") {
+		names[strings.TrimPrefix(l, "./")] = true
+	}
+	for _, want := range []string{"checkpoint/", "config.dump", "spec.dump"} {
+		if !names[want] {
+			t.Errorf("archive lacks %s; tar lists:\n%s", want, out)
+		}
+	}
+	show, err := exec.Command("checkpointctl", "show", archive).CombinedOutput()
+	if err != nil {
+		t.Fatalf("checkpointctl show %s: %v\n%s", archive, err, show)
+	}
+	for _, want := range []string{"counter", "localhost/counter:latest", "containerd"} {
+		if !strings.Contains(string(show), want) {
+			t.Errorf("checkpointctl show lacks %q:\n%s", want, show)
+		}
+	}
+}
+
+// checkStillRunning checks that checkpointing left the container running and
+// counting.
+func checkStillRunning(t *testing.T, c runtimeapi.RuntimeServiceClient, p *pod) {
+	t.Helper()
+	st, err := c.ContainerStatus(context.Background(), &runtimeapi.ContainerStatusRequest{ContainerId: p.containerID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.GetStatus().GetState(); got != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Fatalf("container is %v after the checkpoint, want RUNNING", got)
+	}
+	before := lastCount(p.logPath)
+	waitCount(t, p.logPath, before+2)
+}
+
+func TestCheckpointThroughCRI(t *testing.T) {
+	needContainerd(t)
+	c := criClient(t)
+	p := startCounterPod(t, c, "cri-backend")
+
+	rt, err := cri.New(context.Background(), "unix://"+socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := rt.Healthy(ctx); err != nil {
+		t.Fatalf("Healthy: %v", err)
+	}
+
+	// Lookup, as the kubelet resolves namespace/pod/container.
+	for _, tc := range []struct {
+		ref runtime.Ref
+		err error
+	}{
+		{runtime.Ref{Namespace: p.ns, Pod: p.name, Container: "counter"}, nil},
+		{runtime.Ref{Namespace: p.ns, Pod: p.name, Container: "nope"}, runtime.ErrContainerNotFound},
+		{runtime.Ref{Namespace: p.ns, Pod: "no-such-pod", Container: "counter"}, runtime.ErrPodNotFound},
+		{runtime.Ref{Namespace: "kube-system", Pod: p.name, Container: "counter"}, runtime.ErrPodNotFound},
+	} {
+		got, err := rt.Lookup(ctx, tc.ref)
+		if !errors.Is(err, tc.err) || (tc.err == nil) != (err == nil) {
+			t.Errorf("Lookup(%s) error = %v, want %v", tc.ref, err, tc.err)
+			continue
+		}
+		if err == nil && (got.ID != p.containerID || got.State != runtime.StateRunning || got.Pid <= 0) {
+			t.Errorf("Lookup(%s) = %+v, want running container %s with a pid", tc.ref, got, p.containerID)
+		}
+	}
+
+	ctr, err := rt.Lookup(ctx, runtime.Ref{Namespace: p.ns, Pod: p.name, Container: "counter"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(tmpRoot, "out-backend")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(dir, "checkpoint.tar")
+	if _, err := rt.Checkpoint(ctx, ctr, archive); err != nil {
+		t.Fatalf("Checkpoint: %v", err)
+	}
+	fi, err := os.Stat(archive)
+	if err != nil {
+		t.Fatalf("no archive: %v", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		t.Errorf("archive mode %v: readable by others", fi.Mode())
+	}
+	checkArchive(t, archive)
+	checkStillRunning(t, c, p)
+
+	// A container the runtime does not know.
+	_, err = rt.Checkpoint(ctx, runtime.Container{ID: "0000000000000000"}, filepath.Join(dir, "none.tar"))
+	if !errors.Is(err, runtime.ErrContainerNotFound) {
+		t.Errorf("checkpoint of an unknown container: %v, want ErrContainerNotFound", err)
+	}
+}
+
+func TestRestoreUnsupportedOnContainerd24(t *testing.T) {
+	needContainerd(t)
+	c := criClient(t)
+	p := startCounterPod(t, c, "cri-restore")
+	rt, err := cri.New(context.Background(), socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	ctr, err := rt.Lookup(ctx, runtime.Ref{Namespace: p.ns, Pod: p.name, Container: "counter"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(tmpRoot, "restore-src.tar")
+	if _, err := rt.Checkpoint(ctx, ctr, archive); err != nil {
+		t.Fatalf("Checkpoint: %v", err)
+	}
+	_, err = rt.Restore(ctx, archive, runtime.Ref{Namespace: p.ns, Pod: p.name, Container: "restored"})
+	if !errors.Is(err, runtime.ErrUnsupported) {
+		t.Fatalf("Restore on containerd 2.4: %v, want ErrUnsupported", err)
+	}
+	for _, want := range []string{"containerd 2.4+", "cannot restore a checkpoint through CRI", "ckpt restore"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	list, err := c.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
+		LabelSelector: map[string]string{"io.kubernetes.container.name": "restored"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(list.GetContainers()); n != 0 {
+		t.Errorf("Restore left %d containers behind", n)
+	}
+}
+
+// TestServeCheckpointThroughCRI drives `ckpt serve --container-runtime-endpoint`
+// over its kubelet-compatible HTTP API.
+func TestServeCheckpointThroughCRI(t *testing.T) {
+	needContainerd(t)
+	if ckptErr != nil {
+		t.Fatal(ckptErr)
+	}
+	c := criClient(t)
+	p := startCounterPod(t, c, "cri-serve")
+
+	rootDir := filepath.Join(tmpRoot, "serve-root")
+	tokens := filepath.Join(tmpRoot, "tokens.csv")
+	const token = "e2e-cri-token"
+	if err := os.WriteFile(tokens, []byte(token+`,e2e-user,e2e-uid,"system:masters"`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	base := "http://127.0.0.1:" + strconv.Itoa(port)
+	serve := exec.Command(ckptBin, "serve", "--root-dir", rootDir,
+		"--container-runtime-endpoint", "unix://"+socket,
+		"--address", "127.0.0.1", "--port", strconv.Itoa(port), "--plain-http",
+		"--token-auth-file", tokens, "--authorization-mode", "AlwaysAllow",
+		"--hostname-override", "e2e-node")
+	logf, err := os.Create(filepath.Join(tmpRoot, "serve.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	serve.Stdout, serve.Stderr = logf, logf
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		// Only the process this test started, by its PID.
+		serve.Process.Signal(syscall.SIGTERM)
+		serve.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("ckpt serve log:\n%s", b)
+		}
+	}()
+	waitHealthy(t, base+"/healthz", token)
+
+	post := func(path string) (int, []byte) {
+		req, err := http.NewRequest(http.MethodPost, base+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		if _, err := bufio.NewReader(resp.Body).WriteTo(&b); err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, []byte(b.String())
+	}
+
+	code, body := post(fmt.Sprintf("/checkpoint/%s/%s/counter?timeout=60", p.ns, p.name))
+	if code != http.StatusOK {
+		t.Fatalf("POST checkpoint: %d %s", code, body)
+	}
+	var res struct {
+		Items []string `json:"items"`
+	}
+	if err := json.Unmarshal(body, &res); err != nil || len(res.Items) != 1 {
+		t.Fatalf("response %s: %v", body, err)
+	}
+	archive := res.Items[0]
+	dir := filepath.Join(rootDir, "checkpoints")
+	name := regexp.MustCompile(`^checkpoint-` + p.name + `_` + p.ns + `-counter-\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)\.tar$`)
+	if filepath.Dir(archive) != dir || !name.MatchString(filepath.Base(archive)) {
+		t.Errorf("archive %s: want %s/checkpoint-<pod>_<ns>-<container>-<RFC3339>.tar", archive, dir)
+	}
+	for path, want := range map[string]os.FileMode{archive: 0o600, dir: 0o700} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", path, fi.Mode().Perm(), want)
+		}
+	}
+	checkArchive(t, archive)
+	checkStillRunning(t, c, p)
+
+	for _, tc := range []struct {
+		path string
+		code int
+		msg  string
+	}{
+		{fmt.Sprintf("/checkpoint/%s/%s/nope", p.ns, p.name), http.StatusNotFound, "container nope does not exist"},
+		{fmt.Sprintf("/checkpoint/%s/no-such-pod/counter", p.ns), http.StatusNotFound, "pod does not exist"},
+	} {
+		code, body := post(tc.path)
+		if code != tc.code || !strings.Contains(string(body), tc.msg) {
+			t.Errorf("POST %s: %d %q, want %d with %q", tc.path, code, body, tc.code, tc.msg)
+		}
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func waitHealthy(t *testing.T, url, token string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ckpt serve never became healthy at %s (last: %v)", url, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
