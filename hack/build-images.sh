@@ -12,6 +12,11 @@ GO=${GO:-go}
 command -v "$GO" >/dev/null || GO=/usr/local/go/bin/go
 
 mkdir -p "$out/.build"
+# Image creation time: the last commit that touched the inputs, so that the
+# same tree gives the same image IDs.
+if [[ -z ${SOURCE_DATE_EPOCH:-} ]]; then
+	SOURCE_DATE_EPOCH=$(git log -1 --format=%ct -- examples hack/mkimage 2>/dev/null || true)
+fi
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-0}
 
 # The generator itself, built once (go's cache makes this quick).

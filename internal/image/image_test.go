@@ -421,8 +421,9 @@ func TestNotAnImage(t *testing.T) {
 					t.Errorf("error %q does not mention %q", msg, w)
 				}
 			}
-			if !errors.Is(err, errNotImage) {
-				t.Errorf("error does not wrap errNotImage")
+			var ni *NotImageError
+			if !errors.As(err, &ni) || !errors.Is(err, runtime.ErrInvalid) {
+				t.Errorf("error is not a NotImageError wrapping ErrInvalid")
 			}
 		})
 	}

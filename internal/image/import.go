@@ -25,6 +25,8 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
+
+	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
 // Annotations that name an image in an OCI index.
@@ -79,12 +81,18 @@ func (s *Store) importFile(ctx context.Context, file string) ([]Image, error) {
 	return out, nil
 }
 
-// notImage says what was expected of file.
-func notImage(file, why string) error {
-	return fmt.Errorf("%s is not an image (%s): expected an OCI image layout directory (with oci-layout and index.json), an OCI archive, or a `docker save` tarball (with manifest.json): %w", file, why, errNotImage)
+// NotImageError says that an input file is none of the kinds Import reads.
+// Import's error names the file.
+type NotImageError struct{ Reason string }
+
+func (e *NotImageError) Error() string {
+	return "not an image (" + e.Reason + "): expected an OCI image layout directory (with oci-layout and index.json), an OCI archive, or a `docker save` tarball (with manifest.json)"
 }
 
-var errNotImage = errors.New("not an image")
+// Unwrap lets callers test errors.Is(err, runtime.ErrInvalid).
+func (e *NotImageError) Unwrap() error { return runtime.ErrInvalid }
+
+func notImage(why string) error { return &NotImageError{Reason: why} }
 
 // open finds the images in file. work is a private scratch dir.
 func (s *Store) open(file, work string) ([]source, error) {
@@ -94,12 +102,12 @@ func (s *Store) open(file, work string) ([]source, error) {
 	}
 	if fi.IsDir() {
 		if _, err := os.Stat(filepath.Join(file, "oci-layout")); err != nil {
-			return nil, notImage(file, "directory without an oci-layout file")
+			return nil, notImage("directory without an oci-layout file")
 		}
 		return layoutSources(file)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, notImage(file, "not a regular file or directory")
+		return nil, notImage("not a regular file or directory")
 	}
 	tarFile, err := s.decompressed(file, work)
 	if err != nil {
@@ -107,7 +115,7 @@ func (s *Store) open(file, work string) ([]source, error) {
 	}
 	kind, err := sniffTar(tarFile, s.Limits)
 	if err != nil {
-		return nil, notImage(file, err.Error())
+		return nil, notImage(err.Error())
 	}
 	switch kind {
 	case "docker":
@@ -119,7 +127,7 @@ func (s *Store) open(file, work string) ([]source, error) {
 		}
 		return layoutSources(dir)
 	}
-	return nil, notImage(file, "tar archive without manifest.json or index.json")
+	return nil, notImage("tar archive without manifest.json or index.json")
 }
 
 // decompressed returns a path to the plain tar of file, decompressing a
@@ -140,7 +148,7 @@ func (s *Store) decompressed(file, work string) (string, error) {
 		}
 		gz, err := gzip.NewReader(bufio.NewReader(f))
 		if err != nil {
-			return "", notImage(file, err.Error())
+			return "", notImage(err.Error())
 		}
 		defer gz.Close()
 		zr = gz
@@ -150,7 +158,7 @@ func (s *Store) decompressed(file, work string) (string, error) {
 		}
 		zd, err := zstd.NewReader(bufio.NewReader(f))
 		if err != nil {
-			return "", notImage(file, err.Error())
+			return "", notImage(err.Error())
 		}
 		defer zd.Close()
 		zr = zd
