@@ -127,13 +127,18 @@ func (o *clientOptions) tlsConfig() (*tls.Config, error) {
 // do sends method to the server's base URL joined with the path segments
 // (each escaped), with the query, and the bearer token if any.
 func (c *apiClient) do(ctx context.Context, method string, segments []string, query url.Values) (*http.Response, error) {
+	return c.send(ctx, method, segments, query, nil)
+}
+
+// send is do with a request body (streamed; nil for none).
+func (c *apiClient) send(ctx context.Context, method string, segments []string, query url.Values, body io.Reader) (*http.Response, error) {
 	escaped := make([]string, len(segments))
 	for i, s := range segments {
 		escaped[i] = url.PathEscape(s)
 	}
 	u := c.base.JoinPath(escaped...) // takes escaped elements
 	u.RawQuery = query.Encode()
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +147,12 @@ func (c *apiClient) do(ctx context.Context, method string, segments []string, qu
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, u.Redacted(), err)
+		// err already names the method and URL.
+		var unknownCA x509.UnknownAuthorityError
+		if errors.As(err, &unknownCA) {
+			return nil, fmt.Errorf("%w (for a self-signed server, pass its <cert-dir>/ckpt.crt as --cacert)", err)
+		}
+		return nil, err
 	}
 	return resp, nil
 }

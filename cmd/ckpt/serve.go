@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,9 +20,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
+	"github.com/ckpt-dev/ckpt/internal/archive"
 	"github.com/ckpt-dev/ckpt/internal/auth"
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
 	"github.com/ckpt-dev/ckpt/internal/metrics"
+	"github.com/ckpt-dev/ckpt/internal/runtime"
 	"github.com/ckpt-dev/ckpt/internal/runtime/cri"
 	"github.com/ckpt-dev/ckpt/internal/runtime/embedded"
 	"github.com/ckpt-dev/ckpt/internal/server"
@@ -42,6 +45,10 @@ type serveOptions struct {
 	fileCheckFreq    time.Duration
 	criEndpoint      string
 	auth             auth.Config
+	retention        checkpoint.Retention
+	compress         bool
+	recipientsFile   string
+	identityFile     string
 }
 
 func newServeCommand(g *globalOptions) *cobra.Command {
@@ -67,6 +74,12 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 	f.StringVar(&o.podManifestPath, "pod-manifest-path", "", "directory of static Pod manifests to run (embedded runtime)")
 	f.DurationVar(&o.fileCheckFreq, "file-check-frequency", 20*time.Second, "how often to re-read --pod-manifest-path")
 	f.StringVar(&o.criEndpoint, "container-runtime-endpoint", "", "CRI endpoint (e.g. unix:///run/containerd/containerd.sock); empty = the embedded runtime")
+	f.IntVar(&o.retention.PerContainer, "checkpoint-retention-per-container", 0, "keep at most N archives per container (0 = no limit)")
+	f.Int64Var(&o.retention.MaxBytes, "checkpoint-retention-max-bytes", 0, "keep at most this many bytes of archives (0 = no limit)")
+	f.DurationVar(&o.retention.MaxAge, "checkpoint-retention-max-age", 0, "delete archives older than this (0 = keep)")
+	f.BoolVar(&o.compress, "checkpoint-compress", false, "compress archives with zstd (.tar.zst)")
+	f.StringVar(&o.recipientsFile, "checkpoint-encryption-recipients-file", "", "encrypt archives at rest to these age recipients (.tar.age)")
+	f.StringVar(&o.identityFile, "checkpoint-encryption-identity-file", "", "age identities the agent uses to restore encrypted archives")
 	o.auth.AddFlags(f)
 	gate.AddFlag(f)
 	return cmd
@@ -131,13 +144,28 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
-	svc, err := checkpoint.New(rt, checkpoint.Options{RootDir: g.rootDir, DefaultTimeout: o.requestTimeout, Recorder: m})
+	copts := checkpoint.Options{RootDir: g.rootDir, DefaultTimeout: o.requestTimeout, Recorder: m,
+		Retention: o.retention, Compress: o.compress}
+	if o.recipientsFile != "" {
+		if copts.Recipients, err = archive.ParseRecipientsFile(o.recipientsFile); err != nil {
+			return err
+		}
+	}
+	svc, err := checkpoint.New(rt, copts)
 	if err != nil {
 		return err
 	}
-	handler := server.New(server.Options{
+	if embeddedRT != nil {
+		ids, err := loadIdentities(o.identityFile)
+		if err != nil {
+			return err
+		}
+		svc.SetRestorer(embeddedRestorer{embeddedRT}, ids)
+	}
+	handler := server.NewWithArchives(server.Options{
 		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Metrics: m, Registry: reg,
-	}, svc, guard, rt)
+	}, svc, svc, guard, rt)
+	go retentionLoop(ctx, log, svc)
 
 	if embeddedRT != nil && o.podManifestPath != "" {
 		go syncPodsLoop(ctx, log, embeddedRT, o.podManifestPath, o.fileCheckFreq)
@@ -184,6 +212,32 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return srv.Shutdown(shutdownCtx)
+}
+
+// embeddedRestorer adapts the embedded runtime to the service.
+type embeddedRestorer struct{ rt *embedded.Runtime }
+
+func (e embeddedRestorer) Restore(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
+	return e.rt.Restore(ctx, tarStream, embedded.RestoreOptions{
+		Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, Source: source,
+	})
+}
+
+// retentionLoop applies the retention policy every minute, besides after
+// every checkpoint.
+func retentionLoop(ctx context.Context, log *slog.Logger, svc *checkpoint.Service) {
+	for {
+		if deleted, err := svc.ApplyRetention(); err != nil {
+			log.Error("retention", "error", err)
+		} else if len(deleted) > 0 {
+			log.Info("retention deleted archives", "names", deleted)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Minute):
+		}
+	}
 }
 
 // embeddedHealth gives the embedded runtime the health check serve needs.

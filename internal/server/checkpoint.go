@@ -16,6 +16,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/ckpt-dev/ckpt/internal/checkpoint"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
@@ -97,6 +98,21 @@ func errorResponse(ref runtime.Ref, err error) (status int, body, reason string)
 	return http.StatusInternalServerError,
 		fmt.Sprintf("checkpointing of %s/%s/%s failed (%v)", ref.Namespace, ref.Pod, ref.Container, err),
 		failureReason(err)
+}
+
+// writeArchiveError answers the archive and restore routes; like
+// errorResponse, it is where their errors become statuses.
+func writeArchiveError(w http.ResponseWriter, err error) {
+	status := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, checkpoint.ErrArchiveNotFound):
+		status = http.StatusNotFound
+	case errors.Is(err, runtime.ErrInvalid):
+		status = http.StatusBadRequest
+	case errors.Is(err, runtime.ErrExists), errors.Is(err, runtime.ErrBusy):
+		status = http.StatusConflict
+	}
+	writeText(w, status, err.Error())
 }
 
 // failureReason names a 500's cause for metrics; the label set is fixed.

@@ -72,50 +72,69 @@ type route struct {
 	pattern     string
 	subresource string // for the Guard
 	methods     map[string]http.HandlerFunc
+	verb        string // for the Guard; "" = from the HTTP method
 }
 
 type server struct {
 	opts Options
 	c    Checkpointer
 	h    HealthChecker
+	a    Archives
 }
 
 // New returns the API handler. g must not be nil (use a pass-through Guard
 // only in tests or behind another authenticating layer).
 func New(opts Options, c Checkpointer, g Guard, h HealthChecker) http.Handler {
+	return NewWithArchives(opts, c, nil, g, h)
+}
+
+// NewWithArchives is New plus the archive management and restore routes
+// (absent when a is nil).
+func NewWithArchives(opts Options, c Checkpointer, a Archives, g Guard, h HealthChecker) http.Handler {
 	if opts.DefaultTimeout <= 0 {
 		opts.DefaultTimeout = DefaultTimeout
 	}
 	if opts.Registry == nil {
 		opts.Registry = prometheus.DefaultGatherer
 	}
-	s := &server{opts: opts, c: c, h: h}
+	s := &server{opts: opts, c: c, h: h, a: a}
 
 	// The route table. The lead adds here:
 	//   {"/checkpoints", "checkpoint", GET: list}
 	//   {"/checkpoints/{file}", "checkpoint", GET: download, DELETE: remove}
 	//   {"/restore/{ns}/{pod}/{ctr}", "checkpoint", POST: restore}
 	routes := []route{
-		{"/healthz", "proxy", map[string]http.HandlerFunc{http.MethodGet: s.healthz}},
-		{"/metrics", "metrics", map[string]http.HandlerFunc{
+		{pattern: "/healthz", subresource: "proxy", methods: map[string]http.HandlerFunc{http.MethodGet: s.healthz}},
+		{pattern: "/metrics", subresource: "metrics", methods: map[string]http.HandlerFunc{
 			http.MethodGet: promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}).ServeHTTP,
 		}},
 	}
 	// Feature gate off: the route does not exist, so it is a 404 like any
 	// unknown path, as in the kubelet.
 	if opts.CheckpointEnabled && c != nil {
-		routes = append(routes, route{"/checkpoint/{ns}/{pod}/{ctr}", "checkpoint",
-			map[string]http.HandlerFunc{http.MethodPost: s.checkpoint}})
+		routes = append(routes, route{pattern: "/checkpoint/{ns}/{pod}/{ctr}", subresource: "checkpoint",
+			methods: map[string]http.HandlerFunc{http.MethodPost: s.checkpoint}})
+	}
+
+	if a != nil {
+		routes = append(routes,
+			route{pattern: "/checkpoints", subresource: "checkpoint", verb: "list",
+				methods: map[string]http.HandlerFunc{http.MethodGet: s.listArchives}},
+			route{pattern: "/checkpoints/{file}", subresource: "checkpoint",
+				methods: map[string]http.HandlerFunc{http.MethodGet: s.downloadArchive, http.MethodDelete: s.deleteArchive}},
+			route{pattern: "/restore/{ns}/{pod}/{ctr}", subresource: "restore",
+				methods: map[string]http.HandlerFunc{http.MethodPost: s.restore}},
+		)
 	}
 
 	mux := http.NewServeMux()
 	for _, r := range routes {
-		mux.Handle(r.pattern, g.Wrap("", r.subresource, methodHandler(r.methods)))
+		mux.Handle(r.pattern, g.Wrap(r.verb, r.subresource, methodHandler(r.methods)))
 	}
 	// Unknown paths are authorized too (as the kubelet's filter does for
 	// every path) so that they reveal nothing to anonymous callers.
 	notFound := map[string]http.Handler{}
-	for _, sub := range []string{"checkpoint", "metrics", "proxy"} {
+	for _, sub := range []string{"checkpoint", "restore", "metrics", "proxy"} {
 		notFound[sub] = g.Wrap("", sub, http.HandlerFunc(writeNotFound))
 	}
 	unknown := func(w http.ResponseWriter, r *http.Request) {
@@ -167,9 +186,10 @@ func methodHandler(methods map[string]http.HandlerFunc) http.Handler {
 func subresourceOf(p string) string {
 	switch {
 	case p == "/checkpoint" || strings.HasPrefix(p, "/checkpoint/"),
-		p == "/checkpoints" || strings.HasPrefix(p, "/checkpoints/"),
-		p == "/restore" || strings.HasPrefix(p, "/restore/"):
+		p == "/checkpoints" || strings.HasPrefix(p, "/checkpoints/"):
 		return "checkpoint"
+	case p == "/restore" || strings.HasPrefix(p, "/restore/"):
+		return "restore"
 	case p == "/metrics" || strings.HasPrefix(p, "/metrics/"):
 		return "metrics"
 	}

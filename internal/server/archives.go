@@ -1,0 +1,132 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path"
+
+	"github.com/ckpt-dev/ckpt/internal/checkpoint"
+	"github.com/ckpt-dev/ckpt/internal/runtime"
+)
+
+// Archives manages published archives and restores from them.
+// internal/checkpoint.Service implements it.
+type Archives interface {
+	ListWithDigests() ([]checkpoint.ArchiveInfo, error)
+	Open(name string) (*os.File, checkpoint.ArchiveInfo, func(), error)
+	Delete(name string) error
+	Restore(ctx context.Context, src io.Reader, target runtime.Ref, source string) (runtime.Container, error)
+	RestoreArchive(ctx context.Context, name string, target runtime.Ref) (runtime.Container, error)
+}
+
+// RestoredContainer is the answer to a restore.
+type RestoredContainer struct {
+	ID        string `json:"id"`
+	Namespace string `json:"namespace"`
+	Pod       string `json:"pod"`
+	Container string `json:"container"`
+	State     string `json:"state"`
+	Pid       int    `json:"pid,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (s *server) listArchives(w http.ResponseWriter, r *http.Request) {
+	list, err := s.a.ListWithDigests()
+	if err != nil {
+		writeArchiveError(w, err)
+		return
+	}
+	if list == nil {
+		list = []checkpoint.ArchiveInfo{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": list})
+}
+
+func (s *server) downloadArchive(w http.ResponseWriter, r *http.Request) {
+	f, info, release, err := s.a.Open(r.PathValue("file"))
+	if err != nil {
+		writeArchiveError(w, err)
+		return
+	}
+	defer release()
+	defer f.Close()
+	ctype := "application/x-tar"
+	switch path.Ext(info.Name) {
+	case ".zst":
+		ctype = "application/zstd"
+	case ".age":
+		ctype = "application/octet-stream"
+	}
+	w.Header().Set("Content-Type", ctype)
+	w.Header().Set("Content-Disposition", `attachment; filename="`+info.Name+`"`)
+	http.ServeContent(w, r, info.Name, info.Created, f)
+}
+
+func (s *server) deleteArchive(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("file")
+	if err := s.a.Delete(name); err != nil {
+		writeArchiveError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"deleted": name})
+}
+
+// restore restores into {ns}/{pod}/{ctr} from ?archive=NAME (a published
+// archive) or, without it, from the archive sent as the request body.
+func (s *server) restore(w http.ResponseWriter, r *http.Request) {
+	target, err := parseRestoreTarget(r.PathValue("ns"), r.PathValue("pod"), r.PathValue("ctr"))
+	if err != nil {
+		writeText(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	// A restore outlives a client that goes away: it is undone only by
+	// its own failure.
+	ctx := context.WithoutCancel(r.Context())
+	var c runtime.Container
+	if names := r.URL.Query()["archive"]; len(names) > 0 {
+		c, err = s.a.RestoreArchive(ctx, names[len(names)-1], target)
+	} else {
+		c, err = s.a.Restore(ctx, r.Body, target, "upload")
+	}
+	if err != nil {
+		writeArchiveError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, RestoredContainer{
+		ID: c.ID, Namespace: c.Namespace, Pod: c.Pod, Container: c.Name, State: string(c.State), Pid: c.Pid,
+	})
+}
+
+// keepName in a restore path segment keeps the name the archive recorded.
+const keepName = "_"
+
+func parseRestoreTarget(ns, pod, ctr string) (runtime.Ref, error) {
+	segs := []string{ns, pod, ctr}
+	for i, v := range segs {
+		if v == keepName {
+			segs[i] = "x" // any valid name: validate the others
+		}
+	}
+	ref, err := parseRef(segs[0], segs[1], segs[2])
+	if err != nil {
+		return ref, err
+	}
+	if ns == keepName {
+		ref.Namespace = ""
+	}
+	if pod == keepName {
+		ref.Pod = ""
+	}
+	if ctr == keepName {
+		ref.Container = ""
+	}
+	return ref, nil
+}
