@@ -189,11 +189,18 @@ func imageCreated(t, now time.Time) string {
 	case d < time.Minute:
 		return "less than a minute ago"
 	case d < time.Hour:
-		return fmt.Sprintf("%d minutes ago", int(d.Minutes()))
+		return imageAgo(int(d.Minutes()), "minute")
 	case d < 48*time.Hour:
-		return fmt.Sprintf("%d hours ago", int(d.Hours()))
+		return imageAgo(int(d.Hours()), "hour")
 	case d < 30*24*time.Hour:
-		return fmt.Sprintf("%d days ago", int(d.Hours()/24))
+		return imageAgo(int(d.Hours()/24), "day")
 	}
 	return t.UTC().Format(time.DateOnly)
+}
+
+func imageAgo(n int, unit string) string {
+	if n == 1 {
+		return "1 " + unit + " ago"
+	}
+	return fmt.Sprintf("%d %ss ago", n, unit)
 }

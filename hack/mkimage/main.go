@@ -28,6 +28,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 type listFlag []string
@@ -81,7 +82,7 @@ func run(out, ref, binary, entrypoint, format string, env []string) error {
 		created = time.Unix(sec, 0).UTC()
 	}
 
-	img, err := build(binary, entrypoint, env, created)
+	img, err := build(binary, entrypoint, env, created, format == "oci-layout")
 	if err != nil {
 		return err
 	}
@@ -94,7 +95,9 @@ func run(out, ref, binary, entrypoint, format string, env []string) error {
 	return fmt.Errorf("-format %q: want docker or oci-layout", format)
 }
 
-func build(binary, entrypoint string, env []string, created time.Time) (v1.Image, error) {
+// build makes the image, with OCI media types if oci is set and Docker
+// ones (which `docker save` tarballs carry) otherwise.
+func build(binary, entrypoint string, env []string, created time.Time, oci bool) (v1.Image, error) {
 	bin, err := os.ReadFile(binary)
 	if err != nil {
 		return nil, err
@@ -103,13 +106,18 @@ func build(binary, entrypoint string, env []string, created time.Time) (v1.Image
 	if err != nil {
 		return nil, err
 	}
+	base, layerType := empty.Image, types.DockerLayer
+	if oci {
+		base = mutate.ConfigMediaType(mutate.MediaType(base, types.OCIManifestSchema1), types.OCIConfigJSON)
+		layerType = types.OCILayer
+	}
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(layerTar)), nil
-	})
+	}, tarball.WithMediaType(layerType))
 	if err != nil {
 		return nil, err
 	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
+	img, err := mutate.AppendLayers(base, layer)
 	if err != nil {
 		return nil, err
 	}
