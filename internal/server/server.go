@@ -58,8 +58,11 @@ type HealthChecker interface {
 type Options struct {
 	CheckpointEnabled bool          // feature gate ContainerCheckpoint (default true)
 	DefaultTimeout    time.Duration // --runtime-request-timeout (default 2m)
-	Metrics           *metrics.Metrics
-	Registry          prometheus.Gatherer // for /metrics; nil = prometheus.DefaultGatherer
+	// Metrics records each checkpoint the server runs. Leave it nil when
+	// the Checkpointer records them itself (checkpoint.Options.Recorder),
+	// or every checkpoint is counted twice.
+	Metrics  *metrics.Metrics
+	Registry prometheus.Gatherer // for /metrics; nil = prometheus.DefaultGatherer
 }
 
 // DefaultTimeout is the kubelet's default runtime request timeout.
@@ -99,10 +102,8 @@ func NewWithArchives(opts Options, c Checkpointer, a Archives, g Guard, h Health
 	}
 	s := &server{opts: opts, c: c, h: h, a: a}
 
-	// The route table. The lead adds here:
-	//   {"/checkpoints", "checkpoint", GET: list}
-	//   {"/checkpoints/{file}", "checkpoint", GET: download, DELETE: remove}
-	//   {"/restore/{ns}/{pod}/{ctr}", "checkpoint", POST: restore}
+	// The route table: one entry per path pattern, its methods, and what
+	// the Guard authorizes it as.
 	routes := []route{
 		{pattern: "/healthz", subresource: "proxy", methods: map[string]http.HandlerFunc{http.MethodGet: s.healthz}},
 		{pattern: "/metrics", subresource: "metrics", methods: map[string]http.HandlerFunc{
