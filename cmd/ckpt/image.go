@@ -170,7 +170,7 @@ func humanSize(n int64) string {
 		return fmt.Sprintf("%dB", n)
 	}
 	f, i := float64(n), 0
-	units := []string{"kB", "MB", "GB", "TB", "PB"}
+	units := []string{"kB", "MB", "GB", "TB", "PB", "EB"}
 	for f /= unit; f >= unit && i < len(units)-1; i++ {
 		f /= unit
 	}
