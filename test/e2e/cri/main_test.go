@@ -69,6 +69,9 @@ func run(m *testing.M) int {
 	}
 	// Stop it whatever happened: the script may have got as far as starting it.
 	defer func() {
+		if _, err := os.Stat(filepath.Join(ctrdDir, "config.toml")); err != nil {
+			return // the script stopped before writing anything
+		}
 		stop := exec.Command(filepath.Join(repoRoot, "hack/stop-containerd.sh"), ctrdDir)
 		if out, err := stop.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "hack/stop-containerd.sh: %v\n%s", err, out)
