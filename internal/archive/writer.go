@@ -35,7 +35,7 @@ type Writer struct {
 	sums  map[string]string // member name -> hex sha256
 	names map[string]bool   // every name written, dirs included
 	h     hash.Hash
-	buf   []byte
+	bufs  [2][]byte
 	err   error
 }
 
@@ -220,13 +220,11 @@ func (w *Writer) addReg(name string, perm, size int64, r io.Reader) error {
 	if err := w.tw.WriteHeader(hdr); err != nil {
 		return w.fail(fmt.Errorf("write archive member %q: %w", n, err))
 	}
-	if w.buf == nil {
-		w.buf = make([]byte, copyBufSize)
+	if w.bufs[0] == nil {
+		w.bufs = [2][]byte{make([]byte, copyBufSize), make([]byte, copyBufSize)}
 	}
 	w.h.Reset()
-	// Hide any WriterTo of r so that io.CopyBuffer uses our large buffer,
-	// and tee every chunk into the hash.
-	copied, err := io.CopyBuffer(io.MultiWriter(w.tw, w.h), struct{ io.Reader }{io.LimitReader(r, size)}, w.buf)
+	copied, err := hashCopy(w.tw, io.LimitReader(r, size), w.h, &w.bufs)
 	if err == nil && copied != size {
 		err = fmt.Errorf("source ended after %d of %d bytes", copied, size)
 	}
