@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -24,7 +23,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
-	"golang.org/x/sys/unix"
 
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
@@ -435,43 +433,82 @@ func (s *Store) add(ctx context.Context, src source) (Image, error) {
 	hexID := strings.TrimPrefix(id, "sha256:")
 	final := filepath.Join(s.dir, hexID)
 
-	var size int64
-	if _, err := os.Stat(filepath.Join(final, "rootfs")); err != nil {
-		stage, err := s.mkTemp("unpack")
+	hasRootFS := func() bool {
+		_, err := os.Stat(filepath.Join(final, "rootfs"))
+		return err == nil
+	}
+	// Unpack outside the lock (it is slow); publish and index under it. Loop
+	// because Remove may take the image away in between.
+	var stage string
+	defer func() {
+		if stage != "" {
+			os.RemoveAll(stage)
+		}
+	}()
+	for {
+		if stage == "" && !hasRootFS() {
+			if stage, err = s.stage(ctx, src.img, cfg, raw, label); err != nil {
+				return Image{}, err
+			}
+		}
+		unlock, err := s.lock()
 		if err != nil {
 			return Image{}, err
 		}
-		defer os.RemoveAll(stage)
-		if size, err = s.unpack(ctx, src.img, cfg, label, stage); err != nil {
-			return Image{}, fmt.Errorf("unpack image %s: %w", label, err)
+		if !hasRootFS() {
+			if stage == "" {
+				unlock()
+				continue
+			}
+			if err := os.Rename(stage, final); err != nil {
+				unlock()
+				return Image{}, err
+			}
+			stage = ""
 		}
-		if err := os.WriteFile(filepath.Join(stage, "config.json"), raw, 0o600); err != nil {
-			return Image{}, err
-		}
-		if err := os.WriteFile(filepath.Join(stage, "size"), []byte(fmt.Sprint(size)), 0o600); err != nil {
-			return Image{}, err
-		}
-		// Another process may have won the race; its copy is as good.
-		if err := os.Rename(stage, final); err != nil && !errors.Is(err, fs.ErrExist) && !errors.Is(err, unix.ENOTEMPTY) {
-			return Image{}, err
-		}
+		img, err := s.publish(id, cfg, src.names, final)
+		unlock()
+		return img, err
 	}
+}
+
+// stage unpacks img into a new staging dir and returns it.
+func (s *Store) stage(ctx context.Context, img v1.Image, cfg *v1.ConfigFile, raw []byte, label string) (string, error) {
+	stage, err := s.mkTemp("unpack")
+	if err != nil {
+		return "", err
+	}
+	size, err := s.unpack(ctx, img, cfg, label, stage)
+	if err != nil {
+		err = fmt.Errorf("unpack image %s: %w", label, err)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(stage, "config.json"), raw, 0o600)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(stage, "size"), []byte(fmt.Sprint(size)), 0o600)
+	}
+	if err != nil {
+		os.RemoveAll(stage)
+		return "", err
+	}
+	return stage, nil
+}
+
+// publish records image id with names, which move to it from other images.
+// Callers hold the lock.
+func (s *Store) publish(id string, cfg *v1.ConfigFile, names []string, final string) (Image, error) {
+	var size int64
 	if b, err := os.ReadFile(filepath.Join(final, "size")); err == nil {
 		fmt.Sscan(string(b), &size)
 	}
-
-	unlock, err := s.lock()
-	if err != nil {
-		return Image{}, err
-	}
-	defer unlock()
 	idx, err := s.readIndex()
 	if err != nil {
 		return Image{}, err
 	}
 	// Names move to the newest import.
 	for i := range idx.Images {
-		idx.Images[i].Names = without(idx.Images[i].Names, src.names)
+		idx.Images[i].Names = without(idx.Images[i].Names, names)
 	}
 	at := -1
 	for i, r := range idx.Images {
@@ -484,7 +521,7 @@ func (s *Store) add(ctx context.Context, src source) (Image, error) {
 		at = len(idx.Images) - 1
 	}
 	r := &idx.Images[at]
-	r.Names = append(src.names, r.Names...)
+	r.Names = append(append([]string(nil), names...), r.Names...)
 	r.Imported = time.Now().UTC()
 	if err := s.writeIndex(idx); err != nil {
 		return Image{}, err
