@@ -22,8 +22,8 @@ type Checkpoint struct {
 	Sizes      Sizes       `json:"sizes"`
 	Statistics *Statistics `json:"statistics,omitempty"`
 	// Processes are the roots of the process tree (normally one).
-	Processes []*Process `json:"processes"`
-	Mounts    []Mount    `json:"mounts"`
+	Processes []*Process `json:"processes,omitempty"`
+	Mounts    []Mount    `json:"mounts,omitempty"`
 }
 
 // Container identifies the checkpointed container.

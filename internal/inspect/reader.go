@@ -206,15 +206,16 @@ func (p *pass) member(hdr *tar.Header, body io.Reader) error {
 	if hdr.Size > limit {
 		return fmt.Errorf("archive member %q: %w: %d bytes, limit %d", name, archive.ErrTooLarge, hdr.Size, limit)
 	}
-	return p.extract(name, hdr.Size, body)
-}
-
-// extract writes one member into the private root, hashing it.
-func (p *pass) extract(name string, size int64, body io.Reader) error {
-	p.extracted += size
+	p.extracted += hdr.Size
 	if p.extracted > maxExtractBytes {
 		return fmt.Errorf("archive member %q: %w: more than %d bytes of metadata and images", name, archive.ErrTooLarge, int64(maxExtractBytes))
 	}
+	return p.extract(name, hdr.Size, body)
+}
+
+// extract writes one member into the private root, hashing it. Sizes are
+// bounded by the caller.
+func (p *pass) extract(name string, size int64, body io.Reader) error {
 	f, err := p.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("archive member %q: %w", name, archive.ErrDuplicate)
