@@ -1,10 +1,26 @@
 // Package archive owns the checkpoint archive format: a tar stream laid out
-// the way CRI-O writes it (so checkpointctl can read it), plus an integrity
-// manifest, checksums.sha256, written as the last member.
+// the way CRI-O writes it, so that checkpointctl reads it and CRI-O can
+// restore it:
 //
-// Writing is one streaming pass. Reading treats every archive as hostile:
-// member names are validated, sizes and entry counts are bounded, and every
-// file is created through os.Root without following symlinks.
+//	checkpoint/        CRIU images (AddDir)
+//	config.dump        metadata.ContainerConfig as JSON (AddJSON)
+//	spec.dump          the OCI runtime spec; its annotations name the container
+//	rootfs-diff.tar    WriteRootfsDiff of the overlay upper dir
+//	deleted.files      MarshalDeletedFiles of what WriteRootfsDiff returned
+//	stats-dump, dump.log, container.log
+//	checksums.sha256   written last by Writer.Close
+//
+// File names come from checkpointctl's lib (package metadata). The one
+// addition is checksums.sha256: "<sha256 hex>  <member>" per regular file,
+// sorted by name, exactly what `sha256sum -c` reads after `tar x`. Other
+// readers ignore it.
+//
+// Writing is one streaming pass: each member is hashed while it is copied,
+// the hash running on a second goroutine. Reading treats every archive as
+// hostile: member names are validated, sizes and entry counts are bounded
+// (Limits), and every file is created through os.Root without following
+// symlinks. Archive files may be zstd-compressed and/or age-encrypted
+// (NewEncodingWriter, Open); the content, not the name, says which.
 package archive
 
 import (

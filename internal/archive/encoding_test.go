@@ -287,3 +287,27 @@ func mustRead(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+func TestDecodeStream(t *testing.T) {
+	id := newIdentity(t)
+	var buf bytes.Buffer
+	ew, _, err := NewEncodingWriter(&buf, true, []age.Recipient{id.Recipient()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := NewWriter(ew)
+	w.AddBytes("a", []byte("a"))
+	w.Close()
+	ew.Close()
+	rc, format, err := Decode(bytes.NewReader(buf.Bytes()), []age.Identity{id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if format != FormatZstdAge {
+		t.Errorf("format = %q", format)
+	}
+	if _, err := Extract(rc, t.TempDir(), Limits{}, nil); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -104,7 +104,9 @@ func Walk(r io.Reader, lim Limits, fn func(hdr *tar.Header, body io.Reader) erro
 // When the archive has checksums.sha256, every extracted member must be
 // listed there with a matching digest, and every listed member that the
 // filter selects must be present; Extract then returns the parsed Manifest.
-// Without one, it returns a nil Manifest. Digests of members that the filter
+// The manifest itself is not written to dest. Without one, Extract returns
+// a nil Manifest (archives written by CRI-O, containerd and Podman).
+// filter sees cleaned names ("checkpoint/pages-1.img"). Digests of members that the filter
 // skips are not checked. On error, what this call created is removed.
 func Extract(r io.Reader, dest string, lim Limits, filter func(name string) bool) (_ *Manifest, retErr error) {
 	created, err := mkdirIfMissing(dest)
@@ -149,7 +151,7 @@ func Extract(r io.Reader, dest string, lim Limits, filter func(name string) bool
 	got := make(map[string]string) // extracted member -> digest
 	var manifest *Manifest
 	h := sha256.New()
-	buf := make([]byte, copyBufSize)
+	bufs := [2][]byte{make([]byte, copyBufSize), make([]byte, copyBufSize)}
 	err = Walk(r, lim, func(hdr *tar.Header, body io.Reader) error {
 		if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeDir {
 			return memberErr(hdr.Name, fmt.Errorf("%w: %s in a checkpoint archive (only directories and regular files)", ErrType, typeName(hdr.Typeflag)))
@@ -192,7 +194,7 @@ func Extract(r io.Reader, dest string, lim Limits, filter func(name string) bool
 			return memberErr(hdr.Name, err)
 		}
 		h.Reset()
-		_, err = io.CopyBuffer(io.MultiWriter(f, h), struct{ io.Reader }{body}, buf)
+		_, err = hashCopy(f, body, h, &bufs)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
