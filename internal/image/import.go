@@ -36,6 +36,10 @@ const (
 // maxMetaSize bounds manifests, indexes and configs read into memory.
 const maxMetaSize = 8 << 20
 
+// maxArchiveEntries bounds the entries of an image file (not of its layers):
+// it holds a few blobs per layer.
+const maxArchiveEntries = 100000
+
 // source is one image found in an input file, with the names it carries.
 type source struct {
 	img   v1.Image
@@ -111,13 +115,13 @@ func (s *Store) open(file, work string) ([]source, error) {
 	if err != nil {
 		return nil, err
 	}
-	kind, err := sniffTar(tarFile, s.Limits)
+	kind, sizes, err := sniffTar(tarFile)
 	if err != nil {
 		return nil, notImage(err.Error())
 	}
 	switch kind {
 	case "docker":
-		return dockerSources(tarFile)
+		return dockerSources(tarFile, sizes)
 	case "oci":
 		dir := filepath.Join(work, "layout")
 		if err := extractLayout(tarFile, dir, s.Limits); err != nil {
@@ -154,7 +158,7 @@ func (s *Store) decompressed(file, work string) (string, error) {
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
 			return "", err
 		}
-		zd, err := zstd.NewReader(bufio.NewReader(f))
+		zd, err := zstd.NewReader(bufio.NewReader(f), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
 		if err != nil {
 			return "", notImage(err.Error())
 		}
@@ -177,52 +181,56 @@ func (s *Store) decompressed(file, work string) (string, error) {
 }
 
 // sniffTar tells a docker save tarball ("docker") from an OCI archive
-// ("oci") by the names of its entries.
-func sniffTar(file string, l Limits) (string, error) {
+// ("oci") by the names of its entries, and returns the sizes of its
+// regular files.
+func sniffTar(file string) (string, map[string]int64, error) {
 	f, err := os.Open(file)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	defer f.Close()
-	tr := tar.NewReader(bufio.NewReader(f))
-	var hasLayout, hasIndex bool
+	tr := tar.NewReader(f) // an *os.File lets tar seek over contents
+	sizes := map[string]int64{}
 	for n := 0; ; n++ {
 		hdr, err := tr.Next()
 		if err == io.EOF {
 			if n == 0 {
-				return "", errors.New("empty tar archive")
+				return "", nil, errors.New("empty tar archive")
 			}
 			break
 		}
 		if err != nil {
 			if n == 0 {
-				return "", errors.New("not a tar archive")
+				return "", nil, errors.New("not a tar archive")
 			}
-			return "", fmt.Errorf("broken tar archive: %v", err)
+			return "", nil, fmt.Errorf("broken tar archive: %v", err)
 		}
-		if n > l.MaxEntries {
-			return "", errors.New("too many entries")
+		if n > maxArchiveEntries {
+			return "", nil, errors.New("too many entries")
 		}
-		switch strings.TrimPrefix(hdr.Name, "./") {
-		case "manifest.json":
-			if hdr.Size > maxMetaSize {
-				return "", errors.New("manifest.json too large")
-			}
-			return "docker", nil
-		case "oci-layout":
-			hasLayout = true
-		case "index.json":
-			hasIndex = true
+		if hdr.Typeflag == tar.TypeReg && len(hdr.Name) <= maxPathLen {
+			sizes[strings.TrimPrefix(hdr.Name, "./")] = hdr.Size
 		}
 	}
-	if hasLayout && hasIndex {
-		return "oci", nil
+	switch {
+	case sizes["manifest.json"] > maxMetaSize:
+		return "", nil, errors.New("manifest.json too large")
+	case hasKey(sizes, "manifest.json"):
+		return "docker", sizes, nil
+	case hasKey(sizes, "oci-layout") && hasKey(sizes, "index.json"):
+		return "oci", sizes, nil
 	}
-	return "", nil
+	return "", nil, nil
+}
+
+func hasKey(m map[string]int64, k string) bool {
+	_, ok := m[k]
+	return ok
 }
 
 // dockerSources reads a `docker save` tarball.
-func dockerSources(file string) ([]source, error) {
+// sizes bounds the configs read into memory.
+func dockerSources(file string, sizes map[string]int64) ([]source, error) {
 	opener := func() (io.ReadCloser, error) { return os.Open(file) }
 	m, err := tarball.LoadManifest(opener)
 	if err != nil {
@@ -230,6 +238,9 @@ func dockerSources(file string) ([]source, error) {
 	}
 	var out []source
 	for i, d := range m {
+		if sizes[d.Config] > maxMetaSize {
+			return nil, fmt.Errorf("config %s too large", d.Config)
+		}
 		var tag *name.Tag
 		var names []string
 		for _, rt := range d.RepoTags {
@@ -385,7 +396,7 @@ func extractLayout(file, dir string, l Limits) error {
 		if err != nil {
 			return err
 		}
-		if n > l.MaxEntries {
+		if n > maxArchiveEntries {
 			return errors.New("too many entries")
 		}
 		p, err := cleanPath(hdr.Name)
