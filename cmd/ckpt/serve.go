@@ -163,7 +163,7 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 		svc.SetRestorer(embeddedRestorer{embeddedRT}, ids)
 	}
 	handler := server.NewWithArchives(server.Options{
-		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Metrics: m, Registry: reg,
+		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Registry: reg,
 	}, svc, svc, guard, rt)
 	go retentionLoop(ctx, log, svc)
 
@@ -251,6 +251,7 @@ func (e embeddedHealth) Healthy(ctx context.Context) error {
 // syncPodsLoop runs the static pods and re-reads their manifests.
 func syncPodsLoop(ctx context.Context, log *slog.Logger, rt *embedded.Runtime, dir string, every time.Duration) {
 	reported := map[string]string{}
+	lastFailing := map[string]bool{}
 	for {
 		pods, bad := embedded.LoadManifests(dir)
 		for _, e := range bad {
@@ -259,9 +260,15 @@ func syncPodsLoop(ctx context.Context, log *slog.Logger, rt *embedded.Runtime, d
 				reported[e.File] = e.Err.Error()
 			}
 		}
+		// Report each distinct failure once, not at every pass.
+		failing := map[string]bool{}
 		for _, err := range rt.SyncPods(ctx, pods) {
-			log.Error("pod sync", "error", err)
+			failing[err.Error()] = true
+			if !lastFailing[err.Error()] {
+				log.Error("pod sync", "error", err)
+			}
 		}
+		lastFailing = failing
 		select {
 		case <-ctx.Done():
 			return

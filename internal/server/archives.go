@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"time"
 
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
@@ -90,6 +91,9 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 	// A restore outlives a client that goes away: it is undone only by
 	// its own failure.
 	ctx := context.WithoutCancel(r.Context())
+	// The server's read timeout bounds headers and small bodies; an
+	// uploaded archive may take longer.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 	var c runtime.Container
 	if names := r.URL.Query()["archive"]; len(names) > 0 {
 		c, err = s.a.RestoreArchive(ctx, names[len(names)-1], target)

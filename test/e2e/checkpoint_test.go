@@ -135,7 +135,8 @@ func TestBadInputIsReportedAndOthersKeepRunning(t *testing.T) {
 	for name, c := range bad {
 		a.waitFor(func() bool {
 			log, _ := os.ReadFile(a.logPath)
-			return strings.Contains(string(log), c.wantLog)
+			unquoted := strings.ReplaceAll(string(log), `\"`, `"`) // slog quotes values
+			return strings.Contains(unquoted, c.wantLog)
 		}, fmt.Sprintf("agent log to report %s (%q)", name, c.wantLog))
 	}
 	if path, resp := a.checkpoint("default/good/counter", ""); path == "" {
