@@ -377,7 +377,7 @@ func TestHostileArchives(t *testing.T) {
 	}
 }
 
-func readMember(t *testing.T, path, name string) []byte {
+func readMember(t testing.TB, path, name string) []byte {
 	for _, m := range readMembers(t, path) {
 		if m.hdr.Name == name {
 			return m.data
