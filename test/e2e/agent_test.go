@@ -37,8 +37,10 @@ type agent struct {
 
 type agentOption func(*agent)
 
-func withHTTPS() agentOption             { return func(a *agent) { a.https = true } }
-func withArgs(args ...string) agentOption { return func(a *agent) { a.extra = append(a.extra, args...) } }
+func withHTTPS() agentOption { return func(a *agent) { a.https = true } }
+func withArgs(args ...string) agentOption {
+	return func(a *agent) { a.extra = append(a.extra, args...) }
+}
 
 // newAgent prepares a root dir with the example images imported and starts
 // ckpt serve on a free loopback port. It is stopped (not its containers'
