@@ -22,6 +22,9 @@
 # Images: imports CKPT_IMAGES/pause.tar and CKPT_IMAGES/counter.tar into the
 # k8s.io namespace (build them with ./hack/build-images.sh _output/images).
 # The sandbox image is localhost/pause:3.10.
+#
+# CONTAINERD_VERSION=v2.3.7 CKPT_CONTAINERD_BIN=/opt/ckpt/containerd-2.3/bin
+# runs an older containerd instead, with restore through CRI enabled.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -109,6 +112,12 @@ esac
 PLUGIN
 chmod 0755 "$DIR/cni/bin/ckpt-loopback-ip"
 
+# containerd 2.1-2.3 restore through CRI CreateContainer only when asked to
+# (2.4 removed the feature and its setting).
+RESTORE_VIA_CREATE=
+case "$CONTAINERD_VERSION" in
+v2.[123].*) RESTORE_VIA_CREATE="    enable_experimental_restore_via_create = true" ;;
+esac
 cat >"$DIR/config.toml" <<TOML
 # Written by hack/start-containerd.sh for ckpt's tests.
 version = 3
@@ -130,6 +139,7 @@ state = "$DIR/state"
     restrict_oom_score_adj = true
     # keep pod network namespaces inside DIR, not /run/netns
     netns_mounts_under_state_dir = true
+$RESTORE_VIA_CREATE
     [plugins.'io.containerd.cri.v1.runtime'.containerd]
       default_runtime_name = 'runc'
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]

@@ -362,6 +362,8 @@ func TestRestore(t *testing.T) {
 		msgs                       []string
 		wantAttempt                uint32
 		wantRemoved                bool
+		sbNamespaces               *runtimeapi.NamespaceOption
+		wantPid                    runtimeapi.NamespaceMode
 	}{{
 		name: "containerd 2.4 cannot", version: "v2.4.2",
 		err:  runtime.ErrUnsupported,
@@ -374,12 +376,18 @@ func TestRestore(t *testing.T) {
 		err: runtime.ErrUnsupported, msgs: []string{"ckpt restore"},
 	}, {
 		name: "containerd 2.3 restores", version: "v2.3.7",
+		wantPid: runtimeapi.NamespaceMode_CONTAINER, // the kubelet's default
 	}, {
 		name: "CRI-O restores", runtimeName: "cri-o", version: "1.33.0",
+		wantPid: runtimeapi.NamespaceMode_CONTAINER,
+	}, {
+		name: "pod that shares its process namespace", version: "v2.3.7",
+		sbNamespaces: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_POD},
+		wantPid:      runtimeapi.NamespaceMode_POD,
 	}, {
 		name: "new attempt after an earlier container", version: "v2.3.7",
 		containers:  []*runtimeapi.Container{ctr("old", "sb1", "counter", 2, exited, 10)},
-		wantAttempt: 3,
+		wantAttempt: 3, wantPid: runtimeapi.NamespaceMode_CONTAINER,
 	}, {
 		name: "pod missing", version: "v2.3.7",
 		sandboxes: []*runtimeapi.PodSandbox{sandbox("sb0", "default", "web", false, 1)},
@@ -395,6 +403,10 @@ func TestRestore(t *testing.T) {
 		createErr: status.Error(codes.Unknown, "failed to read \"spec.dump\""),
 		err:       errUntyped, msgs: []string{"spec.dump"},
 	}, {
+		name: "containerd 2.3 with restore via create switched off", version: "v2.3.7",
+		createErr: status.Error(codes.Unknown, "checkpoint restore via CreateContainer is disabled by configuration"),
+		err:       runtime.ErrUnsupported, msgs: []string{"enable_experimental_restore_via_create", "disabled by configuration"},
+	}, {
 		name: "start fails: the container is removed", version: "v2.3.7",
 		startErr: status.Error(codes.Unknown, "criu failed: type RESTORE errno 0"),
 		err:      errUntyped, msgs: []string{"start container restored-counter", "criu failed"},
@@ -407,8 +419,9 @@ func TestRestore(t *testing.T) {
 			}
 			f := &fakeCRI{
 				name: tc.runtimeName, version: tc.version, sandboxes: sbs, containers: tc.containers,
-				sbConfigs: map[string]*runtimeapi.PodSandboxConfig{"sb1": sbCfg},
-				createErr: tc.createErr, startErr: tc.startErr,
+				sbConfigs:    map[string]*runtimeapi.PodSandboxConfig{"sb1": sbCfg},
+				sbNamespaces: map[string]*runtimeapi.NamespaceOption{"sb1": tc.sbNamespaces},
+				createErr:    tc.createErr, startErr: tc.startErr,
 				pids: map[string]int{"restored-counter": 777},
 			}
 			r := f.client(t)
@@ -444,6 +457,9 @@ func TestRestore(t *testing.T) {
 				cfg.GetMetadata().GetName() != "counter" || cfg.GetMetadata().GetAttempt() != tc.wantAttempt ||
 				cfg.GetLabels()[labelContainerName] != "counter" || cfg.GetLabels()[labelPodUID] != "uid-sb1" {
 				t.Errorf("unexpected create request %v", req)
+			}
+			if got := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetPid(); got != tc.wantPid {
+				t.Errorf("container PID namespace mode %v, want %v", got, tc.wantPid)
 			}
 			if got := req.GetSandboxConfig().GetLogDirectory(); got != sbCfg.LogDirectory {
 				t.Errorf("sandbox config log directory %q, want %q (from verbose status)", got, sbCfg.LogDirectory)

@@ -19,14 +19,15 @@ import (
 type fakeCRI struct {
 	runtimeapi.UnimplementedRuntimeServiceServer
 
-	mu         sync.Mutex
-	name       string // runtime name; "containerd" unless set
-	version    string
-	notReady   bool
-	sandboxes  []*runtimeapi.PodSandbox
-	sbConfigs  map[string]*runtimeapi.PodSandboxConfig // verbose info, by sandbox ID
-	containers []*runtimeapi.Container
-	pids       map[string]int
+	mu           sync.Mutex
+	name         string // runtime name; "containerd" unless set
+	version      string
+	notReady     bool
+	sandboxes    []*runtimeapi.PodSandbox
+	sbConfigs    map[string]*runtimeapi.PodSandboxConfig // verbose info, by sandbox ID
+	sbNamespaces map[string]*runtimeapi.NamespaceOption  // status, by sandbox ID
+	containers   []*runtimeapi.Container
+	pids         map[string]int
 
 	// checkpoint handles CheckpointContainer; nil means Unimplemented.
 	checkpoint   func(ctx context.Context, req *runtimeapi.CheckpointContainerRequest) error
@@ -125,6 +126,9 @@ func (f *fakeCRI) PodSandboxStatus(_ context.Context, req *runtimeapi.PodSandbox
 			continue
 		}
 		resp := &runtimeapi.PodSandboxStatusResponse{Status: &runtimeapi.PodSandboxStatus{Id: sb.GetId(), Metadata: sb.GetMetadata(), State: sb.GetState()}}
+		if o := f.sbNamespaces[sb.GetId()]; o != nil {
+			resp.Status.Linux = &runtimeapi.LinuxPodSandboxStatus{Namespaces: &runtimeapi.Namespace{Options: o}}
+		}
 		if cfg := f.sbConfigs[sb.GetId()]; cfg != nil && req.GetVerbose() {
 			resp.Info = map[string]string{"info": mustJSON(map[string]any{"pid": 1, "config": cfg})}
 		}

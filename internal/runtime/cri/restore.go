@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/ckpt-dev/ckpt/internal/runtime"
@@ -62,6 +63,7 @@ func (r *Runtime) Restore(ctx context.Context, archivePath string, target runtim
 	if err != nil {
 		return runtime.Container{}, r.callError(what, err)
 	}
+	sbCfg, nsOpts := r.sandboxConfig(ctx, sb)
 	created, err := r.client.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
 		PodSandboxId: sb.GetId(),
 		Config: &runtimeapi.ContainerConfig{
@@ -74,10 +76,22 @@ func (r *Runtime) Restore(ctx context.Context, archivePath string, target runtim
 				labelPodUID:        sb.GetMetadata().GetUid(),
 			},
 			LogPath: filepath.Join(target.Container, strconv.FormatUint(uint64(attempt), 10)+".log"),
+			// The pod's namespaces, as the kubelet gives every container.
+			// Without them the runtime joins the pod's PID namespace, where
+			// the checkpointed PIDs may be taken.
+			Linux: &runtimeapi.LinuxContainerConfig{
+				SecurityContext: &runtimeapi.LinuxContainerSecurityContext{NamespaceOptions: nsOpts},
+			},
 		},
-		SandboxConfig: r.sandboxConfig(ctx, sb),
+		SandboxConfig: sbCfg,
 	})
 	if err != nil {
+		if strings.Contains(err.Error(), "restore via CreateContainer is disabled") {
+			// containerd 2.3 has the feature behind a setting.
+			return runtime.Container{}, fmt.Errorf("%s: %w: %s (set enable_experimental_restore_via_create = true "+
+				"in containerd's [plugins.'io.containerd.cri.v1.runtime'] section, or use `ckpt restore` "+
+				"on the embedded runtime)", what, runtime.ErrUnsupported, status.Convert(err).Message())
+		}
 		return runtime.Container{}, r.callError(what, err)
 	}
 	id := created.GetContainerId()
@@ -136,19 +150,29 @@ func (r *Runtime) nextAttempt(ctx context.Context, sandboxID, name string) (uint
 
 // sandboxConfig returns the config the sandbox was created with, read from
 // the runtime's verbose status (containerd and CRI-O report it), or a
-// minimal one built from what the sandbox list says.
-func (r *Runtime) sandboxConfig(ctx context.Context, sb *runtimeapi.PodSandbox) *runtimeapi.PodSandboxConfig {
-	st, err := r.client.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sb.GetId(), Verbose: true})
-	if err == nil {
-		if cfg, err := sandboxConfigFromInfo(st.GetInfo()); err == nil {
-			return cfg
-		}
-	}
-	return &runtimeapi.PodSandboxConfig{
+// minimal one built from what the sandbox list says; and the namespace
+// options its containers get: the sandbox's, with the kubelet's default of
+// a PID namespace per container.
+func (r *Runtime) sandboxConfig(ctx context.Context, sb *runtimeapi.PodSandbox) (*runtimeapi.PodSandboxConfig, *runtimeapi.NamespaceOption) {
+	cfg := &runtimeapi.PodSandboxConfig{
 		Metadata:    sb.GetMetadata(),
 		Labels:      sb.GetLabels(),
 		Annotations: sb.GetAnnotations(),
 	}
+	ns := &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER}
+	st, err := r.client.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sb.GetId(), Verbose: true})
+	if err != nil {
+		return cfg, ns
+	}
+	if full, err := sandboxConfigFromInfo(st.GetInfo()); err == nil {
+		cfg = full
+	}
+	if o := st.GetStatus().GetLinux().GetNamespaces().GetOptions(); o != nil {
+		ns = o
+	} else if o := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions(); o != nil {
+		ns = o
+	}
+	return cfg, ns
 }
 
 // sandboxConfigFromInfo parses the "config" member of info["info"].

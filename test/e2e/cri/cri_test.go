@@ -47,6 +47,12 @@ func criClient(t *testing.T) runtimeapi.RuntimeServiceClient {
 	return runtimeapi.NewRuntimeServiceClient(conn)
 }
 
+var kubeletNamespaces = &runtimeapi.NamespaceOption{
+	Network: runtimeapi.NamespaceMode_POD,
+	Pid:     runtimeapi.NamespaceMode_CONTAINER,
+	Ipc:     runtimeapi.NamespaceMode_POD,
+}
+
 // startPod runs a sandbox named name in namespace "default", labelled as the
 // kubelet labels it, and removes it at the end of the test.
 func startPod(t *testing.T, c runtimeapi.RuntimeServiceClient, name string) *pod {
@@ -62,7 +68,10 @@ func startPod(t *testing.T, c runtimeapi.RuntimeServiceClient, name string) *pod
 		Labels: map[string]string{
 			"io.kubernetes.pod.name": p.name, "io.kubernetes.pod.namespace": p.ns, "io.kubernetes.pod.uid": p.uid,
 		},
-		Linux: &runtimeapi.LinuxPodSandboxConfig{},
+		// The kubelet's defaults: pod network and IPC, a PID namespace per container.
+		Linux: &runtimeapi.LinuxPodSandboxConfig{
+			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: kubeletNamespaces},
+		},
 	}
 	sb, err := c.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: sbCfg})
 	if err != nil {
@@ -100,7 +109,9 @@ func startCounterPod(t *testing.T, c runtimeapi.RuntimeServiceClient, name strin
 				"io.kubernetes.pod.name":       p.name, "io.kubernetes.pod.namespace": p.ns, "io.kubernetes.pod.uid": p.uid,
 			},
 			LogPath: "counter/0.log",
-			Linux:   &runtimeapi.LinuxContainerConfig{},
+			Linux: &runtimeapi.LinuxContainerConfig{
+				SecurityContext: &runtimeapi.LinuxContainerSecurityContext{NamespaceOptions: kubeletNamespaces},
+			},
 		},
 		SandboxConfig: p.sbConfig,
 	})
