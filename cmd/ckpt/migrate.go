@@ -1,0 +1,98 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func init() { register(newMigrateCommand) }
+
+// newMigrateCommand checkpoints a container on one agent and restores it on
+// another, streaming the archive between them without a local copy.
+func newMigrateCommand(*globalOptions) *cobra.Command {
+	var client clientOptions
+	var from, to string
+	var timeout time.Duration
+	var target restoreTarget
+	cmd := &cobra.Command{
+		Use:   "migrate NAMESPACE/POD/CONTAINER --from URL --to URL",
+		Short: "Checkpoint a container on one node and restore it on another",
+		Long: "migrate checkpoints the container through the source agent's kubelet API, streams the\n" +
+			"archive from the source's GET /checkpoints/{name} into the destination's POST /restore,\n" +
+			"and prints where it runs now. The source container keeps running (a checkpoint never\n" +
+			"stops it) and the archive stays on the source. Both agents take the same credentials;\n" +
+			"--cacert may hold both CAs.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ref, err := splitRef(args[0])
+			if err != nil {
+				return err
+			}
+			if from == "" || to == "" {
+				return fmt.Errorf("--from and --to are required")
+			}
+			src, err := client.withServer(from).newClient()
+			if err != nil {
+				return err
+			}
+			dst, err := client.withServer(to).newClient()
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			start := time.Now()
+			paths, err := runCheckpoint(ctx, src, ref, timeout, os.Stderr)
+			if err != nil {
+				return err
+			}
+			name := filepath.Base(paths[0])
+			fmt.Fprintf(os.Stderr, "checkpointed on %s: %s\n", from, name)
+			resp, err := src.do(ctx, http.MethodGet, []string{"checkpoints", name}, nil)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("download %s from %s: %w", name, from, statusError(resp))
+			}
+			if target.pod == "" {
+				target.pod = ref[0] + "/" + ref[1]
+			}
+			if target.name == "" {
+				target.name = ref[2]
+			}
+			segs, err := target.segments()
+			if err != nil {
+				return err
+			}
+			stop := startTicker(os.Stderr, "restoring on "+to)
+			restored, err := runRestore(ctx, dst, segs, nil, resp.Body)
+			stop()
+			if err != nil {
+				return fmt.Errorf("restore on %s: %w", to, err)
+			}
+			fmt.Printf("migrated %s to %s as %s/%s/%s (%.12s) in %s\n", args[0], to, restored.Namespace, restored.Pod,
+				restored.Container, restored.ID, time.Since(start).Round(time.Millisecond))
+			return nil
+		},
+	}
+	client.addFlags(cmd.Flags())
+	cmd.Flags().Lookup("server").Hidden = true
+	cmd.Flags().StringVar(&from, "from", "", "URL of the agent that runs the container")
+	cmd.Flags().StringVar(&to, "to", "", "URL of the agent to restore on")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "checkpoint timeout (0 = the source's default)")
+	cmd.Flags().StringVar(&target.pod, "pod", "", "restore into this NAMESPACE/POD (default: the same)")
+	cmd.Flags().StringVar(&target.name, "name", "", "container name on the destination (default: the same)")
+	return cmd
+}
+
+// withServer returns a copy of the options aimed at another server.
+func (o clientOptions) withServer(url string) *clientOptions {
+	o.server = url
+	return &o
+}

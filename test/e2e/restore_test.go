@@ -1,0 +1,158 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// restoreRuns is how many times each restore case runs.
+const restoreRuns = 10
+
+// archivedCount is K: the last count in the archive's container log, which
+// ckpt cuts where CRIU froze the process.
+func archivedCount(t *testing.T, archive string) int {
+	t.Helper()
+	out, err := exec.Command("tar", "xOf", archive, "container.log").Output()
+	if err != nil {
+		t.Fatalf("read container.log of %s: %v", archive, err)
+	}
+	k := -1
+	for _, line := range strings.Split(string(out), "\n") {
+		if _, msg, ok := strings.Cut(line, " stdout F count "); ok {
+			if n, err := strconv.Atoi(strings.TrimSpace(msg)); err == nil {
+				k = n
+			}
+		}
+	}
+	if k < 0 {
+		t.Fatalf("archive %s has no count in its log", archive)
+	}
+	return k
+}
+
+// restored is the API's answer to a restore.
+type restored struct {
+	ID, Namespace, Pod, Container, State string
+}
+
+func (a *agent) restoreArchive(name, ns, pod, ctr string) restored {
+	a.t.Helper()
+	resp, err := a.do("POST", fmt.Sprintf("/restore/%s/%s/%s?archive=%s", ns, pod, ctr, name), testToken)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	if resp.status != 201 {
+		log, _ := os.ReadFile(a.logPath)
+		a.t.Fatalf("restore %s: %d %s\nagent log:\n%s", name, resp.status, resp.body, log)
+	}
+	var r restored
+	if err := json.Unmarshal([]byte(resp.body), &r); err != nil {
+		a.t.Fatal(err)
+	}
+	return r
+}
+
+// resumesAt waits for a restored container's first counts and checks that
+// it continued at k+1 with no gap and no repeat.
+func resumesAt(t *testing.T, logPath string, k int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		counts := countsIn(t, logPath)
+		if len(counts) >= 2 {
+			if counts[0] != k+1 || counts[1] != k+2 {
+				t.Fatalf("checkpoint at %d; restored container printed %v first, want %d %d (log %s)", k, counts, k+1, k+2, logPath)
+			}
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("restored container printed nothing (log %s)", logPath)
+}
+
+func (a *agent) rmContainer(id string) {
+	a.t.Helper()
+	a.ckpt("rm", id)
+}
+
+// TestRestoreWhileOriginalRuns restores under a new pod name while the
+// original keeps counting.
+func TestRestoreWhileOriginalRuns(t *testing.T) {
+	a := newAgent(t)
+	a.addPod("counter", counterManifest("counter", nil))
+	orig := a.waitRunning("counter", "counter")
+	for i := 0; i < restoreRuns; i++ {
+		path, resp := a.checkpoint("default/counter/counter", "")
+		if path == "" {
+			t.Fatalf("run %d: checkpoint: %d %s", i, resp.status, resp.body)
+		}
+		k := archivedCount(t, path)
+		r := a.restoreArchive(filepath.Base(path), "default", "counter-copy", "counter")
+		if r.State != "running" || r.Pod != "counter-copy" {
+			t.Fatalf("run %d: restored %+v", i, r)
+		}
+		resumesAt(t, a.containerLog(r.ID[:12]), k)
+		keepsCounting(t, a.containerLog(orig))
+		a.rmContainer(r.ID)
+	}
+}
+
+// TestRestoreAfterOriginalRemoved checkpoints, removes the container and
+// restores it under its own name; the restored container is then the one
+// checkpointed next, so every run also checkpoints a restored container.
+func TestRestoreAfterOriginalRemoved(t *testing.T) {
+	a := newAgent(t)
+	a.addPod("counter", counterManifest("counter", nil))
+	current := a.waitRunning("counter", "counter")
+	// Restored containers are not the manifest's: take the pod off the
+	// manifests so that the agent does not start a new one.
+	os.Remove(filepath.Join(a.manifests, "counter.yaml"))
+	for i := 0; i < restoreRuns; i++ {
+		path, resp := a.checkpoint("default/counter/counter", "")
+		if path == "" {
+			t.Fatalf("run %d: checkpoint: %d %s", i, resp.status, resp.body)
+		}
+		k := archivedCount(t, path)
+		a.rmContainer(current)
+		if line := a.psLine("counter", "counter"); line != "" {
+			t.Fatalf("run %d: container still listed after rm: %s", i, line)
+		}
+		r := a.restoreArchive(filepath.Base(path), "_", "_", "_")
+		if r.Namespace != "default" || r.Pod != "counter" || r.Container != "counter" {
+			t.Fatalf("run %d: restored as %s/%s/%s, want the archive's default/counter/counter", i, r.Namespace, r.Pod, r.Container)
+		}
+		resumesAt(t, a.containerLog(r.ID[:12]), k)
+		current = r.ID[:12]
+	}
+}
+
+// TestMigrateToSecondAgent moves the counter to another agent with its own
+// root dir and port, ten times.
+func TestMigrateToSecondAgent(t *testing.T) {
+	src := newAgent(t)
+	dst := newAgent(t)
+	src.addPod("counter", counterManifest("counter", nil))
+	src.waitRunning("counter", "counter")
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte(testToken), 0o600)
+	for i := 0; i < restoreRuns; i++ {
+		out := src.ckpt("migrate", "default/counter/counter", "--from", src.url(""), "--to", dst.url(""),
+			"--token-file", tokenFile, "--pod", "default/counter-moved")
+		if !strings.Contains(out, "migrated default/counter/counter") {
+			t.Fatalf("run %d: migrate said %q", i, out)
+		}
+		_, rest, _ := strings.Cut(out, "checkpointed on "+src.url("")+": ")
+		name, _, _ := strings.Cut(rest, "\n")
+		k := archivedCount(t, filepath.Join(src.rootDir, "checkpoints", name))
+		id := dst.waitRunning("counter-moved", "counter")
+		resumesAt(t, dst.containerLog(id), k)
+		dst.rmContainer(id)
+	}
+}
