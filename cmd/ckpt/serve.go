@@ -122,6 +122,7 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 
 	var rt backend
 	var embeddedRT *embedded.Runtime
+	var criRT *cri.Runtime
 	if o.criEndpoint != "" {
 		if o.podManifestPath != "" {
 			return errors.New("--pod-manifest-path runs pods on the embedded runtime; it cannot be combined with --container-runtime-endpoint")
@@ -132,6 +133,7 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 		}
 		defer c.Close()
 		rt = c
+		criRT = c
 		log.Info("using CRI runtime", "endpoint", o.criEndpoint)
 	} else {
 		if embeddedRT, err = g.embeddedRuntime(); err != nil {
@@ -161,6 +163,12 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 			return err
 		}
 		svc.SetRestorer(embeddedRestorer{embeddedRT}, ids)
+	} else {
+		ids, err := loadIdentities(o.identityFile)
+		if err != nil {
+			return err
+		}
+		svc.SetRestorer(criRestorer{criRT, svc.StagingDir()}, ids)
 	}
 	handler := server.NewWithArchives(server.Options{
 		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Registry: reg,
@@ -221,6 +229,37 @@ func (e embeddedRestorer) Restore(ctx context.Context, tarStream io.Reader, targ
 	return e.rt.Restore(ctx, tarStream, embedded.RestoreOptions{
 		Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, Source: source,
 	})
+}
+
+// criRestorer restores through CRI, which takes an archive file: the
+// stream is written to the staging directory first.
+type criRestorer struct {
+	rt      *cri.Runtime
+	staging string
+}
+
+func (c criRestorer) Restore(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
+	if target.Namespace == "" || target.Pod == "" || target.Container == "" {
+		return runtime.Container{}, fmt.Errorf("restore %s through CRI: name the target namespace, pod and container: %w", source, runtime.ErrInvalid)
+	}
+	dir, err := os.MkdirTemp(c.staging, "restore-")
+	if err != nil {
+		return runtime.Container{}, err
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "archive.tar")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return runtime.Container{}, err
+	}
+	_, err = io.Copy(f, tarStream)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: spool archive: %w", source, err)
+	}
+	return c.rt.Restore(ctx, path, target)
 }
 
 // retentionLoop applies the retention policy every minute, besides after

@@ -90,6 +90,9 @@ func New(rt Runtime, opts Options) (*Service, error) {
 // Dir is the checkpoints directory.
 func (s *Service) Dir() string { return s.dir }
 
+// StagingDir holds work in progress; the next start empties it.
+func (s *Service) StagingDir() string { return filepath.Join(s.dir, stagingDir) }
+
 // ArchiveName is the kubelet's name for an archive:
 // checkpoint-<pod>_<namespace>-<container>-<RFC3339>.tar
 func ArchiveName(ref runtime.Ref, t time.Time, layout string) string {
