@@ -31,6 +31,7 @@ import (
 	"k8s.io/apiserver/pkg/server/dynamiccertificates"
 	authenticationv1 "k8s.io/client-go/kubernetes/typed/authentication/v1"
 	authorizationv1 "k8s.io/client-go/kubernetes/typed/authorization/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
@@ -83,11 +84,11 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.TokenAuthFile, "token-auth-file", d.TokenAuthFile,
 		`Authenticate bearer tokens listed in this CSV file: token,user,uid,"group1,group2".`)
 	fs.BoolVar(&c.WebhookAuthn, "authentication-token-webhook", d.WebhookAuthn,
-		"Authenticate bearer tokens with the API server's TokenReview API (needs --kubeconfig).")
+		"Authenticate bearer tokens with the API server's TokenReview API (--kubeconfig, or in a pod the service account).")
 	fs.DurationVar(&c.WebhookAuthnCacheTTL, "authentication-token-webhook-cache-ttl", d.WebhookAuthnCacheTTL,
 		"How long to cache TokenReview answers.")
 	fs.StringVar(&c.AuthorizationMode, "authorization-mode", d.AuthorizationMode,
-		"Authorization mode: AlwaysAllow, or Webhook (SubjectAccessReview against the API server, needs --kubeconfig).")
+		"Authorization mode: AlwaysAllow, or Webhook (SubjectAccessReview against the API server: --kubeconfig, or in a pod the service account).")
 	fs.DurationVar(&c.WebhookAuthzAuthorizedTTL, "authorization-webhook-cache-authorized-ttl", d.WebhookAuthzAuthorizedTTL,
 		"How long to cache 'authorized' SubjectAccessReview answers.")
 	fs.DurationVar(&c.WebhookAuthzUnauthorizedTTL, "authorization-webhook-cache-unauthorized-ttl", d.WebhookAuthzUnauthorizedTTL,
@@ -130,14 +131,6 @@ func New(c Config) (*Auth, error) {
 	default:
 		return nil, fmt.Errorf("auth: unknown --authorization-mode %q (AlwaysAllow or Webhook)", c.AuthorizationMode)
 	}
-	if c.Kubeconfig == "" {
-		if c.WebhookAuthn {
-			return nil, errors.New("auth: --authentication-token-webhook needs --kubeconfig")
-		}
-		if webhookAuthz {
-			return nil, errors.New("auth: --authorization-mode=Webhook needs --kubeconfig")
-		}
-	}
 
 	var authns []authenticator.Request
 	// Static tokens first: a local lookup saves a TokenReview round trip.
@@ -171,9 +164,9 @@ func New(c Config) (*Auth, error) {
 	var authnClient authenticationv1.AuthenticationV1Interface
 	var authzClient authorizationv1.AuthorizationV1Interface
 	if c.WebhookAuthn || webhookAuthz {
-		restCfg, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
+		restCfg, err := apiServerConfig(c.Kubeconfig)
 		if err != nil {
-			return nil, fmt.Errorf("auth: load --kubeconfig %s: %w", c.Kubeconfig, err)
+			return nil, err
 		}
 		if c.WebhookAuthn {
 			if authnClient, err = authenticationv1.NewForConfig(restCfg); err != nil {
@@ -334,4 +327,21 @@ func GroupsFrom(ctx context.Context) []string {
 		return u.GetGroups()
 	}
 	return nil
+}
+
+// apiServerConfig reads --kubeconfig or, without it, the in-cluster
+// service account (ckpt deployed as a DaemonSet).
+func apiServerConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("auth: load --kubeconfig %s: %w", kubeconfig, err)
+		}
+		return cfg, nil
+	}
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("auth: the webhooks need --kubeconfig, or an in-cluster service account: %w", err)
+	}
+	return cfg, nil
 }

@@ -302,8 +302,8 @@ func TestNewErrors(t *testing.T) {
 		edit func(*Config)
 		want string // substring of the error
 	}{
-		{"webhook authz without kubeconfig", func(c *Config) { c.AuthorizationMode = ModeWebhook }, "--authorization-mode=Webhook needs --kubeconfig"},
-		{"webhook authn without kubeconfig", func(c *Config) { c.WebhookAuthn = true }, "--authentication-token-webhook needs --kubeconfig"},
+		{"webhook authz without kubeconfig", func(c *Config) { c.AuthorizationMode = ModeWebhook }, "need --kubeconfig, or an in-cluster service account"},
+		{"webhook authn without kubeconfig", func(c *Config) { c.WebhookAuthn = true }, "need --kubeconfig, or an in-cluster service account"},
 		{"unknown mode", func(c *Config) { c.AuthorizationMode = "RBAC" }, `unknown --authorization-mode "RBAC"`},
 		{"empty mode", func(c *Config) { c.AuthorizationMode = "" }, "no --authorization-mode"},
 		{"nothing to authenticate with", func(c *Config) { c.AnonymousAuth = false }, "no authentication method"},
