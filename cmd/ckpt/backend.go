@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"path/filepath"
 
 	"github.com/ckpt-dev/ckpt/internal/image"
@@ -40,4 +41,22 @@ func (g *globalOptions) embeddedRuntime() (*embedded.Runtime, error) {
 		return nil, err
 	}
 	return embedded.New(embedded.Config{StateDir: g.stateDir()}, imageResolver{store})
+}
+
+// imagesInUse maps image IDs to the containers whose root filesystems
+// stack on them.
+func (g *globalOptions) imagesInUse(ctx context.Context) (map[string][]string, error) {
+	rt, err := g.embeddedRuntime()
+	if err != nil {
+		return nil, nil // no runtime here (no runc or CRIU): no containers either
+	}
+	list, err := rt.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	users := map[string][]string{}
+	for _, c := range list {
+		users[c.ImageID] = append(users[c.ImageID], c.Namespace+"/"+c.Pod+"/"+c.Name)
+	}
+	return users, nil
 }

@@ -142,9 +142,19 @@ func newImageRmCommand(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			inUse, err := g.imagesInUse(cmd.Context())
+			if err != nil {
+				return err
+			}
 			for _, ref := range args {
-				img, err := s.Remove(ref)
+				img, err := s.Resolve(ref)
 				if err != nil {
+					return err
+				}
+				if users := inUse[img.ID]; len(users) > 0 {
+					return fmt.Errorf("image %s is used by %s: remove those containers first (ckpt rm)", ref, strings.Join(users, ", "))
+				}
+				if img, err = s.Remove(ref); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "Removed %s\n", img.ID)

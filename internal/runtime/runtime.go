@@ -38,6 +38,7 @@ type Container struct {
 	Pod       string
 	Name      string
 	Image     string
+	ImageID   string // the image's config digest, when known
 	State     State
 	Pid       int
 	CreatedAt time.Time

@@ -124,7 +124,7 @@ func (r *Runtime) newRunc(logFile string) *gorunc.Runc {
 func (r *Runtime) container(ctx context.Context, rec *record) runtime.Container {
 	c := runtime.Container{
 		ID: rec.ID, Namespace: rec.Namespace, Pod: rec.Pod, Name: rec.Name,
-		Image: rec.Image, CreatedAt: rec.CreatedAt, State: runtime.StateUnknown,
+		Image: rec.Image, ImageID: rec.ImageID, CreatedAt: rec.CreatedAt, State: runtime.StateUnknown,
 	}
 	if st, err := r.runc.State(ctx, rec.ID); err == nil {
 		c.Pid = st.Pid
