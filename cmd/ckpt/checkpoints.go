@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
+	"github.com/ckpt-dev/ckpt/internal/inspect"
 )
 
 func init() { register(newCheckpointsCommand) }
@@ -56,7 +57,7 @@ func newCheckpointsCommand(*globalOptions) *cobra.Command {
 			fmt.Fprintln(tw, "NAME\tNAMESPACE\tPOD\tCONTAINER\tSIZE\tAGE\tSHA256")
 			for _, a := range body.Items {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.12s\n", a.Name, a.Namespace, a.Pod, a.Container,
-					humanBytes(a.Size), time.Since(a.Created).Round(time.Second), a.SHA256)
+					inspect.HumanBytes(a.Size), time.Since(a.Created).Round(time.Second), a.SHA256)
 			}
 			return tw.Flush()
 		},
@@ -145,19 +146,6 @@ func downloadTo(path string, r io.Reader, size int64) (err error) {
 	if size >= 0 && n != size {
 		return fmt.Errorf("download %s: got %d of %d bytes", path, n, size)
 	}
-	fmt.Fprintf(os.Stderr, "wrote %s (%s in %s)\n", path, humanBytes(n), elapsed.Round(time.Millisecond))
+	fmt.Fprintf(os.Stderr, "wrote %s (%s in %s)\n", path, inspect.HumanBytes(n), elapsed.Round(time.Millisecond))
 	return f.Sync()
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
