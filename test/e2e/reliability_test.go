@@ -478,4 +478,3 @@ func verifyComplete(t *testing.T, path string) {
 		t.Fatalf("archive %s: %d members, %d listed", path, len(got), n)
 	}
 }
-
