@@ -55,22 +55,44 @@ func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePa
 	}
 	defer os.WriteFile(filepath.Join(dir, fileCriuConf), nil, 0o600)
 
-	start := time.Now()
+	f, err := os.OpenFile(archivePath, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	if err != nil {
+		return res, fmt.Errorf("checkpoint container %s: %w", rec.ID, err)
+	}
+	defer f.Close()
+	var w memberWriter = archive.NewWriter(f)
+	var capt *capture
+	if onePass() {
+		// The pages go straight into the archive while CRIU dumps (stream.go).
+		sa := newStreamArchive(f)
+		if err := sa.addDirHeader(lib.CheckpointDirectory, 0o700); err != nil {
+			return res, fmt.Errorf("checkpoint container %s: write archive: %w", rec.ID, err)
+		}
+		n := fifoCount(filepath.Join(defaultContainerCgroup, rec.ID))
+		if capt, err = startCapture(images, work, lib.CheckpointDirectory, n, sa); err != nil {
+			return res, fmt.Errorf("checkpoint container %s: %w", rec.ID, err)
+		}
+		defer capt.finish()
+		w = sa
+	}
+
 	if err := r.dump(ctx, rec.ID, images, criuWork); err != nil {
 		return res, err
+	}
+	if capt != nil {
+		if err := capt.finish(); err != nil {
+			return res, fmt.Errorf("checkpoint container %s: %w", rec.ID, err)
+		}
+		if err := capt.flush(); err != nil {
+			return res, fmt.Errorf("checkpoint container %s: write archive: %w", rec.ID, err)
+		}
 	}
 	if st, err := crit.GetDumpStats(criuWork); err == nil {
 		res.FreezeTime = time.Duration(st.GetFrozenTime()) * time.Microsecond
 		res.PagesWritten = st.GetPagesWritten()
 	}
-	_ = start
 
-	f, err := os.OpenFile(archivePath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return res, fmt.Errorf("checkpoint container %s: %w", rec.ID, err)
-	}
-	defer f.Close()
-	if err := r.writeArchive(f, rec, images, criuWork, work, readSize(logSize)); err != nil {
+	if err := r.writeArchive(w, rec, images, criuWork, work, readSize(logSize)); err != nil {
 		return res, fmt.Errorf("checkpoint container %s: write archive: %w", rec.ID, err)
 	}
 	return res, f.Close()
@@ -140,8 +162,18 @@ func (r *Runtime) Frozen(id string) bool {
 	return false
 }
 
+// memberWriter is what writeArchive needs: archive.Writer, or the
+// streamArchive that already holds the pages captured during the dump.
+type memberWriter interface {
+	AddBytes(name string, data []byte) error
+	AddFile(name, path string) error
+	AddDir(name, dir string) error
+	AddReader(name string, size int64, r io.Reader) error
+	Close() error
+}
+
 // writeArchive writes the CRI-O compatible layout.
-func (r *Runtime) writeArchive(f *os.File, rec *record, images, criuWork, work string, logSize int64) error {
+func (r *Runtime) writeArchive(w memberWriter, rec *record, images, criuWork, work string, logSize int64) error {
 	dir := r.containerDir(rec.ID)
 	diffPath := filepath.Join(work, lib.RootFsDiffTar)
 	diff, err := os.OpenFile(diffPath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
@@ -165,7 +197,6 @@ func (r *Runtime) writeArchive(f *os.File, rec *record, images, criuWork, work s
 	if err != nil {
 		return err
 	}
-	w := archive.NewWriter(f)
 	steps := []func() error{
 		func() error { return w.AddBytes(lib.ConfigDumpFile, cfgJSON) },
 		func() error { return w.AddFile(lib.SpecDumpFile, filepath.Join(dir, dirBundle, "config.json")) },
@@ -185,7 +216,7 @@ func (r *Runtime) writeArchive(f *os.File, rec *record, images, criuWork, work s
 	return nil
 }
 
-func addIfExists(w *archive.Writer, name, path string) error {
+func addIfExists(w memberWriter, name, path string) error {
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -206,7 +237,7 @@ func readSize(path string) int64 {
 }
 
 // addLog archives the container log up to size bytes (all of it if size < 0).
-func addLog(w *archive.Writer, path string, size int64) error {
+func addLog(w memberWriter, path string, size int64) error {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
