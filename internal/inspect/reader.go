@@ -72,6 +72,7 @@ type pageSink interface {
 // pass is the state of one streaming read.
 type pass struct {
 	opts      Options
+	tmp       string // the private temporary root's path
 	root      *os.Root
 	dir       *imageDir
 	sinks     []pageSink
@@ -106,7 +107,7 @@ func read(path string, opts Options, sinks []pageSink) (_ *Checkpoint, err error
 		return nil, fmt.Errorf("inspect %s: %w", path, err)
 	}
 	p := &pass{
-		opts: opts, root: root, dir: &imageDir{root: root}, sinks: sinks,
+		opts: opts, tmp: tmp, root: root, dir: &imageDir{root: root}, sinks: sinks,
 		sums: make(map[string]string), h: sha256.New(),
 	}
 	if opts.Cmdline || opts.Env {
@@ -176,6 +177,10 @@ func (p *pass) member(hdr *tar.Header, body io.Reader) error {
 	}
 	if name == "rootfs-diff.tar" {
 		p.sizes.RootfsDiff = hdr.Size
+		return p.checkRootfsDiff(name, hdr.Size, body)
+	}
+	if name == "deleted.files" {
+		return p.checkDeletedFiles(name, hdr.Size, body)
 	}
 	if name == archive.ManifestFile {
 		if p.manifest != nil {
@@ -211,6 +216,48 @@ func (p *pass) member(hdr *tar.Header, body io.Reader) error {
 		return fmt.Errorf("archive member %q: %w: more than %d bytes of metadata and images", name, archive.ErrTooLarge, int64(maxExtractBytes))
 	}
 	return p.extract(name, hdr.Size, body)
+}
+
+// checkRootfsDiff refuses a rootfs-diff.tar that restore would refuse, by
+// applying it with restore's rules inside the private root, then dropping it.
+func (p *pass) checkRootfsDiff(name string, size int64, body io.Reader) error {
+	dir, err := os.MkdirTemp(p.tmp, "rootfs-check-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	p.h.Reset()
+	tee := io.TeeReader(io.LimitReader(body, size), p.h)
+	if err := archive.ApplyRootfsDiff(dir, tee, p.opts.Limits); err != nil {
+		return fmt.Errorf("archive member %q: %w", name, err)
+	}
+	if _, err := io.Copy(io.Discard, tee); err != nil {
+		return fmt.Errorf("archive member %q: %w", name, err)
+	}
+	p.sums[name] = hex.EncodeToString(p.h.Sum(nil))
+	return nil
+}
+
+// checkDeletedFiles refuses a deleted.files that restore would refuse.
+func (p *pass) checkDeletedFiles(name string, size int64, body io.Reader) error {
+	if size > maxMetaBytes {
+		return fmt.Errorf("archive member %q: %w: %d bytes, limit %d", name, archive.ErrTooLarge, size, maxMetaBytes)
+	}
+	data, err := io.ReadAll(io.LimitReader(body, size))
+	if err != nil {
+		return fmt.Errorf("archive member %q: %w", name, err)
+	}
+	dir, err := os.MkdirTemp(p.tmp, "deleted-check-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := archive.RemoveDeleted(dir, data); err != nil {
+		return fmt.Errorf("archive member %q: %w", name, err)
+	}
+	sum := sha256.Sum256(data)
+	p.sums[name] = hex.EncodeToString(sum[:])
+	return nil
 }
 
 // extract writes one member into the private root, hashing it. Sizes are
