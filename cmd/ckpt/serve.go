@@ -140,6 +140,9 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 			return err
 		}
 		rt = embeddedHealth{embeddedRT}
+		for _, id := range embeddedRT.ThawAll() {
+			log.Warn("thawed a container an interrupted checkpoint left frozen", "id", id)
+		}
 		log.Info("using the embedded runtime (runc + CRIU)", "state", g.stateDir())
 	}
 

@@ -365,3 +365,18 @@ func (r *Runtime) Remove(ctx context.Context, id string) error {
 
 // Log returns the path of a container's log file.
 func (r *Runtime) Log(id string) string { return filepath.Join(r.containerDir(id), fileLog) }
+
+// ThawAll thaws containers left frozen by a dump that an earlier agent did
+// not see through (it was killed together with runc and CRIU). Call it at
+// start, before any checkpoint runs. It returns the IDs it thawed.
+func (r *Runtime) ThawAll() []string {
+	recs, _ := r.loadRecords()
+	var thawed []string
+	for _, rec := range recs {
+		if r.Frozen(rec.ID) {
+			r.thaw(rec.ID)
+			thawed = append(thawed, rec.ID)
+		}
+	}
+	return thawed
+}

@@ -233,9 +233,11 @@ func tailErrors(path string, n int) string {
 	if err != nil {
 		return ""
 	}
+	// CRIU marks errors "Error (file.c:line): ..."; other lines that
+	// mention errors are often harmless warnings.
 	var errs []string
 	for _, line := range strings.Split(string(data), "\n") {
-		if strings.Contains(line, "Error") || strings.Contains(line, "error") {
+		if strings.Contains(line, "Error (") {
 			errs = append(errs, strings.TrimSpace(line))
 		}
 	}
