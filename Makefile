@@ -4,7 +4,7 @@ BIN       := bin
 IMAGES    := _output/images
 export PATH := /usr/local/go/bin:/usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: all build deps images test unit e2e demo bench fuzz clean
+.PHONY: all build deps images test unit demo bench soak fuzz clean
 
 all: build
 
@@ -30,6 +30,10 @@ demo: deps build images
 
 fuzz:
 	./hack/fuzz.sh
+
+# Longer reliability runs: 60 s of load, 50 agent kills.
+soak: deps build images
+	./hack/soak.sh
 
 clean:
 	rm -rf $(BIN) _output
