@@ -84,10 +84,10 @@ func TestAgentKilledDuringCheckpoint(t *testing.T) {
 
 		// runc and CRIU run in their own process group and finish the
 		// dump they started; then the container must be thawed.
-		if a.waitOrphans(30 * time.Second) {
+		if a.waitOrphans(90 * time.Second) {
 			orphanWaits++
 		}
-		waitThawed(t, id, 30*time.Second)
+		waitThawed(t, id, 90*time.Second)
 		if d := time.Since(killed); frozen && d > maxFrozenAfter {
 			maxFrozenAfter = d
 		}
