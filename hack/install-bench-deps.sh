@@ -4,8 +4,9 @@
 # with CRIU here, plus containerd 2.4 and crictl (via hack/start-containerd.sh,
 # which installs them on first use). Idempotent; run as root.
 #
-# Podman needs default_ulimits in containers.conf: without it containers get
-# the host's nofile limit and CRIU's restore of the fd table fails here.
+# Podman needs default_ulimits in containers.conf: by default it asks runc for
+# nofile=1048576, which this machine (no CAP_SYS_RESOURCE, hard limit lower)
+# refuses ("error setting rlimit type 7"), and likewise nproc (type 6).
 # Podman must use the CRIU that passes `criu check` (/usr/local/sbin/criu,
 # see hack/install-deps.sh), so PATH puts /usr/local/sbin first.
 set -euo pipefail
@@ -28,14 +29,20 @@ log "podman: $(podman --version)"
 
 conf=/etc/containers/containers.conf
 mkdir -p /etc/containers
-if ! grep -q '^[[:space:]]*default_ulimits' "$conf" 2>/dev/null; then
-	log "setting default_ulimits in $conf"
-	if grep -q '^\[containers\]' "$conf" 2>/dev/null; then
-		sed -i '/^\[containers\]/a default_ulimits = ["nofile=1048576:1048576"]' "$conf"
-	else
-		printf '[containers]\ndefault_ulimits = ["nofile=1048576:1048576"]\n' >>"$conf"
-	fi
+nofile=$(ulimit -Hn)
+[ "$nofile" = unlimited ] && nofile=1048576
+# conmon's hard nproc limit can be lower than this shell's; 4096 processes
+# is plenty for a benchmark container and always below it.
+nproc=4096
+line="default_ulimits = [\"nofile=$nofile:$nofile\", \"nproc=$nproc:$nproc\"]"
+if grep -q '^[[:space:]]*default_ulimits' "$conf" 2>/dev/null; then
+	sed -i "s|^[[:space:]]*default_ulimits.*|$line|" "$conf"
+elif grep -q '^\[containers\]' "$conf" 2>/dev/null; then
+	sed -i "/^\[containers\]/a $line" "$conf"
+else
+	printf '[containers]\n%s\n' "$line" >>"$conf"
 fi
+log "containers.conf: $line"
 if ! grep -q '^[[:space:]]*runtime[[:space:]]*=' "$conf"; then
 	if grep -q '^\[engine\]' "$conf"; then
 		sed -i '/^\[engine\]/a runtime = "runc"' "$conf"
