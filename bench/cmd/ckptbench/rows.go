@@ -502,6 +502,8 @@ func (e *env) criRun(ctx context.Context, pod string, mib int) (string, string, 
 		"metadata":      map[string]any{"name": pod, "namespace": ns, "uid": "uid-" + pod, "attempt": 0},
 		"log_directory": filepath.Join(dir, "logs"),
 		"linux":         map[string]any{},
+		// the kubelet's labels, by which ckpt finds the pod
+		"labels": map[string]string{"io.kubernetes.pod.name": pod, "io.kubernetes.pod.namespace": ns, "io.kubernetes.pod.uid": "uid-" + pod},
 	}
 	ctrCfg := map[string]any{
 		"metadata": map[string]any{"name": "counter"},

@@ -30,6 +30,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -323,6 +324,12 @@ type hashResult struct {
 // (written >= 0: bytes so far; < 0: done at -1-written bytes), and starts
 // write-back of what it has hashed.
 func (a *streamArchive) hashBehind(off int64, written *atomic.Int64, progress <-chan struct{}) hashResult {
+	// Hash at the lowest CPU priority: while the container is frozen, CRIU
+	// and the splice get the CPUs first, and the hash catches up after. The
+	// thread is never unlocked, so it ends with this goroutine and its nice
+	// value goes nowhere else.
+	goruntime.LockOSThread()
+	unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 19)
 	h := sha256.New()
 	buf := make([]byte, spliceLen)
 	var done, synced int64
@@ -493,6 +500,9 @@ func (c *capture) receive(name, path string) error {
 	if c.finished.Load() {
 		return nil // opened by finish: CRIU never used it
 	}
+	// A FIFO holds 64 KiB: CRIU would hand over the pages 16 at a time and
+	// wait for us between each. Grow it to what the system allows.
+	growPipe(pipe)
 	member := c.prefix + "/" + name
 	if err := c.ar.stream(member, pipe); !errors.Is(err, errTailTaken) {
 		return err
@@ -543,6 +553,17 @@ func (c *capture) flush() error {
 	}
 	c.spooled = nil
 	return nil
+}
+
+// growPipe sets the pipe's buffer to fs.pipe-max-size (1 MiB by default).
+func growPipe(pipe *os.File) {
+	size := 1 << 20
+	if b, err := os.ReadFile("/proc/sys/fs/pipe-max-size"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 0 {
+			size = n
+		}
+	}
+	unix.FcntlInt(pipe.Fd(), unix.F_SETPIPE_SZ, size)
 }
 
 // fifoCount is how many pages images to expect: one per process in the
