@@ -140,8 +140,11 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 			return err
 		}
 		rt = embeddedHealth{embeddedRT}
-		for _, id := range embeddedRT.ThawAll() {
-			log.Warn("thawed a container an interrupted checkpoint left frozen", "id", id)
+		if err := embeddedRT.LockAgent(); err != nil {
+			return err
+		}
+		for _, what := range embeddedRT.RecoverInterruptedDumps() {
+			log.Warn("recovered from an interrupted checkpoint: " + what)
 		}
 		log.Info("using the embedded runtime (runc + CRIU)", "state", g.stateDir())
 	}

@@ -109,8 +109,20 @@ func (r *Runtime) dump(ctx context.Context, id, images, criuWork string) (err er
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out := &strings.Builder{}
 	cmd.Stdout, cmd.Stderr = out, out
+	var guard *dumpGuard
+	if onePass() {
+		if guard, err = r.startDumpGuard(id, images); err != nil {
+			return err
+		}
+		defer guard.stop()
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("checkpoint container %s: start runc: %w", id, err)
+	}
+	r.recordDump(id, cmd.Process.Pid)
+	defer r.forgetDump(id)
+	if guard != nil {
+		guard.watch(cmd.Process.Pid)
 	}
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()
@@ -138,17 +150,7 @@ func (r *Runtime) dump(ctx context.Context, id, images, criuWork string) (err er
 }
 
 // thaw makes sure a container is not left frozen by an interrupted dump.
-func (r *Runtime) thaw(id string) {
-	cg := filepath.Join(defaultContainerCgroup, id)
-	v1 := filepath.Join("/sys/fs/cgroup/freezer", cg, "freezer.state")
-	if _, err := os.Stat(v1); err == nil {
-		os.WriteFile(v1, []byte("THAWED"), 0)
-	}
-	v2 := filepath.Join("/sys/fs/cgroup", cg, "cgroup.freeze")
-	if _, err := os.Stat(v2); err == nil {
-		os.WriteFile(v2, []byte("0"), 0)
-	}
-}
+func (r *Runtime) thaw(id string) { thawCgroup(id) }
 
 // Frozen reports whether the container's cgroup is frozen.
 func (r *Runtime) Frozen(id string) bool {

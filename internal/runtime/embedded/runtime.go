@@ -57,7 +57,8 @@ type Runtime struct {
 	images Images
 	runc   *gorunc.Runc
 
-	mu sync.Mutex // serializes container creation and removal
+	mu        sync.Mutex // serializes container creation and removal
+	agentLock *os.File   // held by the agent; see LockAgent
 }
 
 // New prepares the state directory and finds the binaries.
