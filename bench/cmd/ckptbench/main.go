@@ -38,7 +38,7 @@ import (
 )
 
 type options struct {
-	repo      string
+	repo      string // fields are set from flags in main
 	ckpt      string
 	images    string
 	work      string
@@ -66,6 +66,7 @@ func main() {
 	flag.StringVar(&rows, "rows", "a,b,c,d,e,f,ra,rc,rf", "rows to run")
 	flag.IntVar(&o.parallel, "parallel", 4, "containers checkpointed at once in the parallel run (0: skip)")
 	flag.IntVar(&o.parMiB, "parallel-mib", 256, "memory of each container in the parallel run")
+	renderOnly := flag.Bool("render", false, "only write the chart and the Markdown again from the results in -out")
 	flag.Parse()
 	for _, s := range strings.Split(sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -84,6 +85,12 @@ func main() {
 			log.Fatal(err)
 		}
 		*p = abs
+	}
+	if *renderOnly {
+		if err := render(o); err != nil {
+			log.Fatal(err)
+		}
+		return
 	}
 	if os.Geteuid() != 0 {
 		log.Fatal("ckptbench must run as root (runc, CRIU, containerd, podman)")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"image/color"
 	"os"
@@ -93,6 +94,9 @@ func writeResults(o options, e *env, samples []sample, par *parallelResult, star
 	if err := writeChart(filepath.Join(o.out, "time-vs-memory.png"), sums); err != nil {
 		return err
 	}
+	if err := writeState(o.out, e, par, started); err != nil {
+		return err
+	}
 	return os.WriteFile(o.doc, []byte(markdown(o, e, sums, par, started)), 0o644)
 }
 
@@ -151,7 +155,17 @@ func writeChart(path string, sums []summary) error {
 	p.X.Label.Text = "container memory (MiB)"
 	p.Y.Label.Text = "end-to-end time (s)"
 	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
-	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{}, plot.LogTicks{}
+	var xt []plot.Tick
+	for _, s := range sums {
+		if len(xt) == 0 || xt[len(xt)-1].Value != float64(s.MiB) {
+			xt = append(xt, plot.Tick{Value: float64(s.MiB), Label: strconv.Itoa(s.MiB)})
+		}
+	}
+	var yt []plot.Tick
+	for _, v := range []float64{0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100} {
+		yt = append(yt, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', -1, 64)})
+	}
+	p.X.Tick.Marker, p.Y.Tick.Marker = plot.ConstantTicks(xt), plot.ConstantTicks(yt)
 	p.Legend.Top, p.Legend.Left = true, true
 	p.Add(plotter.NewGrid())
 	i := 0
@@ -286,7 +300,7 @@ func markdown(o options, e *env, sums []summary, par *parallelResult, started ti
 		}
 	}
 	w("\n%s", analysisMarker)
-	w(analysis)
+	b.WriteString(analysis)
 	return b.String()
 }
 
@@ -298,3 +312,61 @@ func met(ok bool) string {
 }
 
 const analysisMarker = "## Analysis\n\n"
+
+// state is what -render needs besides samples.csv to write the report again.
+type state struct {
+	Started  time.Time
+	Versions map[string]string
+	Failures []string
+	Parallel *parallelResult
+	Runs     int
+	Sizes    []int
+}
+
+func writeState(dir string, e *env, par *parallelResult, started time.Time) error {
+	b, err := json.MarshalIndent(state{started, e.versions, e.failures, par, e.o.runs, e.o.sizes}, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "run.json"), append(b, '\n'), 0o644)
+}
+
+// render writes the chart and the Markdown again from a finished run's
+// samples.csv and run.json, e.g. after the analysis text changed.
+func render(o options) error {
+	b, err := os.ReadFile(filepath.Join(o.out, "run.json"))
+	if err != nil {
+		return err
+	}
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		return err
+	}
+	f, err := os.Open(filepath.Join(o.out, "samples.csv"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	recs, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		return err
+	}
+	var samples []sample
+	for _, r := range recs[1:] {
+		if len(r) < 8 {
+			return fmt.Errorf("samples.csv: short record %q", r)
+		}
+		mib, _ := strconv.Atoi(r[2])
+		run, _ := strconv.Atoi(r[3])
+		lat, _ := strconv.ParseFloat(r[4], 64)
+		frz, _ := strconv.ParseFloat(r[5], 64)
+		size, _ := strconv.ParseInt(r[6], 10, 64)
+		rss, _ := strconv.ParseInt(r[7], 10, 64)
+		samples = append(samples, sample{Row: r[0], MiB: mib, Run: run, Latency: seconds(lat), Freeze: seconds(frz), Size: size, RSS: rss})
+	}
+	e := &env{o: o, versions: st.Versions, failures: st.Failures}
+	e.o.runs, e.o.sizes = st.Runs, st.Sizes
+	return writeResults(e.o, e, samples, st.Parallel, st.Started)
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
