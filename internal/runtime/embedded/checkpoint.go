@@ -77,6 +77,12 @@ func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePa
 	}
 
 	if err := r.dump(ctx, rec.ID, images, criuWork); err != nil {
+		if capt != nil {
+			// CRIU fails when the capture stops reading (a full disk): say why.
+			if cerr := capt.finish(); cerr != nil {
+				return res, fmt.Errorf("checkpoint container %s: write archive: %w (%v)", rec.ID, cerr, err)
+			}
+		}
 		return res, err
 	}
 	if capt != nil {

@@ -443,6 +443,11 @@ type capture struct {
 	prefix string // archive directory of the images, e.g. "checkpoint"
 	spool  string // directory for images that arrive while the tail is taken
 	fifos  []string
+	// keep holds a non-blocking read end of every FIFO from before CRIU
+	// starts: CRIU's open never waits for a reader, and if this process
+	// dies, CRIU's writes fail with EPIPE and the dump ends instead of
+	// hanging with the container frozen.
+	keep []*os.File
 
 	wg       sync.WaitGroup
 	finished atomic.Bool // CRIU has exited; FIFOs opened from now on are unused
@@ -470,11 +475,21 @@ func startCapture(images, spool, prefix string, n int, ar *streamArchive) (*capt
 			return nil, fmt.Errorf("create FIFO %s: %w", path, err)
 		}
 		c.fifos = append(c.fifos, path)
+		k, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+		if err != nil {
+			c.finish()
+			return nil, fmt.Errorf("open FIFO %s: %w", path, err)
+		}
+		c.mu.Lock()
+		c.keep = append(c.keep, k)
+		c.mu.Unlock()
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
 			if err := c.receive(name, path); err != nil {
 				c.fail(err)
+				// No reader left: CRIU's next write fails and the dump ends.
+				c.closeKeep(i - 1)
 			}
 		}()
 	}
@@ -492,7 +507,8 @@ func (c *capture) fail(err error) {
 // receive waits for CRIU to open the FIFO and streams the image into the
 // archive, or spools it to a file when another image holds the tail.
 func (c *capture) receive(name, path string) error {
-	pipe, err := os.OpenFile(path, os.O_RDONLY, 0) // blocks until a writer opens it
+	// This open blocks until a writer opens the FIFO: then CRIU is there.
+	pipe, err := os.OpenFile(path, os.O_RDONLY, 0)
 	if err != nil {
 		return fmt.Errorf("open FIFO %s: %w", path, err)
 	}
@@ -526,20 +542,31 @@ func (c *capture) receive(name, path string) error {
 func (c *capture) finish() error {
 	c.finished.Store(true)
 	for _, p := range c.fifos {
-		// A reader blocked in open returns once a writer comes and goes;
-		// ENXIO means its reader is already past open.
+		// A reader blocked in open returns once a writer comes and goes.
 		if fd, err := unix.Open(p, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err == nil {
 			unix.Close(fd)
 		}
 	}
 	c.wg.Wait()
+	for i := range c.keep {
+		c.closeKeep(i)
+	}
 	for _, p := range c.fifos {
 		os.Remove(p)
 	}
-	c.fifos = nil
+	c.fifos, c.keep = nil, nil
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.err
+}
+
+func (c *capture) closeKeep(i int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.keep[i] != nil {
+		c.keep[i].Close()
+		c.keep[i] = nil
+	}
 }
 
 // flush appends the spooled images to the archive.
