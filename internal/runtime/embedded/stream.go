@@ -29,6 +29,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
 	"sort"
@@ -36,6 +37,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -448,6 +450,10 @@ type capture struct {
 	// dies, CRIU's writes fail with EPIPE and the dump ends instead of
 	// hanging with the container frozen.
 	keep []*os.File
+	// watchdog unblocks CRIU if this process dies before CRIU has opened
+	// every FIFO (see startWatchdog); dog is the write end of its stdin.
+	watchdog *exec.Cmd
+	dog      *os.File
 
 	wg       sync.WaitGroup
 	finished atomic.Bool // CRIU has exited; FIFOs opened from now on are unused
@@ -493,7 +499,35 @@ func startCapture(images, spool, prefix string, n int, ar *streamArchive) (*capt
 			}
 		}()
 	}
+	if err := c.startWatchdog(); err != nil {
+		c.finish()
+		return nil, err
+	}
 	return c, nil
+}
+
+// startWatchdog runs a shell that waits for EOF on its stdin, whose write
+// end only this process holds. If this process dies mid-dump, a FIFO that
+// CRIU has not opened yet would block CRIU's open forever, with the
+// container frozen. The shell then opens each FIFO left (which releases a
+// blocked open; CRIU's writes then fail with EPIPE) and removes it (later
+// opens create regular files). It runs in its own process group, like runc.
+func (c *capture) startWatchdog() error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	const script = `read _; for f; do if [ -p "$f" ]; then exec 3<>"$f"; rm -f "$f"; exec 3<&-; fi; done`
+	cmd := exec.Command("/bin/sh", append([]string{"-c", script, "ckpt-fifo-watchdog"}, c.fifos...)...)
+	cmd.Stdin = r
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("start FIFO watchdog: %w", err)
+	}
+	c.watchdog, c.dog = cmd, w
+	return nil
 }
 
 func (c *capture) fail(err error) {
@@ -540,6 +574,13 @@ func (c *capture) receive(name, path string) error {
 // finish is called once CRIU has exited: it releases the readers of FIFOs
 // that CRIU did not open, waits for the others, and removes the FIFOs.
 func (c *capture) finish() error {
+	if c.watchdog != nil {
+		// We are alive: the watchdog has nothing to do.
+		c.watchdog.Process.Kill()
+		c.watchdog.Wait()
+		c.dog.Close()
+		c.watchdog = nil
+	}
 	c.finished.Store(true)
 	for _, p := range c.fifos {
 		// A reader blocked in open returns once a writer comes and goes.
