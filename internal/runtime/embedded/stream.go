@@ -445,10 +445,10 @@ type capture struct {
 	prefix string // archive directory of the images, e.g. "checkpoint"
 	spool  string // directory for images that arrive while the tail is taken
 	fifos  []string
-	// keep holds a non-blocking read end of every FIFO from before CRIU
-	// starts: CRIU's open never waits for a reader, and if this process
-	// dies, CRIU's writes fail with EPIPE and the dump ends instead of
-	// hanging with the container frozen.
+	// keep holds the read end of every FIFO, opened before CRIU starts:
+	// CRIU's open never waits for a reader, and if this process dies,
+	// CRIU's writes fail with EPIPE and the dump ends instead of hanging
+	// with the container frozen.
 	keep []*os.File
 	// watchdog unblocks CRIU if this process dies before CRIU has opened
 	// every FIFO (see startWatchdog); dog is the write end of its stdin.
@@ -456,7 +456,7 @@ type capture struct {
 	dog      *os.File
 
 	wg       sync.WaitGroup
-	finished atomic.Bool // CRIU has exited; FIFOs opened from now on are unused
+	finished atomic.Bool // CRIU has exited; an empty FIFO now is an unused one
 
 	mu      sync.Mutex
 	spooled []*spooledImage
@@ -492,7 +492,7 @@ func startCapture(images, spool, prefix string, n int, ar *streamArchive) (*capt
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			if err := c.receive(name, path); err != nil {
+			if err := c.receive(name, k); err != nil {
 				c.fail(err)
 				// No reader left: CRIU's next write fails and the dump ends.
 				c.closeKeep(i - 1)
@@ -538,17 +538,27 @@ func (c *capture) fail(err error) {
 	c.mu.Unlock()
 }
 
-// receive waits for CRIU to open the FIFO and streams the image into the
-// archive, or spools it to a file when another image holds the tail.
-func (c *capture) receive(name, path string) error {
-	// This open blocks until a writer opens the FIFO: then CRIU is there.
-	pipe, err := os.OpenFile(path, os.O_RDONLY, 0)
-	if err != nil {
-		return fmt.Errorf("open FIFO %s: %w", path, err)
+// receive waits for CRIU to write to the FIFO and streams the image into
+// the archive, or spools it to a file when another image holds the tail.
+// pipe is the read end opened before the dump.
+func (c *capture) receive(name string, pipe *os.File) error {
+	fd := int(pipe.Fd()) // blocking from here on
+	// Poll on a FIFO opened before any writer reports data, or a hang-up
+	// once a writer has come and gone (CRIU's, or finish's for an unused
+	// FIFO); it never reports the state before the first writer.
+	for {
+		_, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, -1)
+		if err == nil {
+			break
+		}
+		if err != unix.EINTR {
+			return fmt.Errorf("poll FIFO %s: %w", name, err)
+		}
 	}
-	defer pipe.Close()
 	if c.finished.Load() {
-		return nil // opened by finish: CRIU never used it
+		if n, err := unix.IoctlGetInt(fd, unix.TIOCINQ); err == nil && n == 0 { // TIOCINQ is FIONREAD
+			return nil // released by finish: CRIU never used it
+		}
 	}
 	// A FIFO holds 64 KiB: CRIU would hand over the pages 16 at a time and
 	// wait for us between each. Grow it to what the system allows.
@@ -583,7 +593,7 @@ func (c *capture) finish() error {
 	}
 	c.finished.Store(true)
 	for _, p := range c.fifos {
-		// A reader blocked in open returns once a writer comes and goes.
+		// A writer that comes and goes makes the reader's poll return.
 		if fd, err := unix.Open(p, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err == nil {
 			unix.Close(fd)
 		}
