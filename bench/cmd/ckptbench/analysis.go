@@ -50,6 +50,13 @@ it extracts and verifies the archive (every byte hashed) before runc restores. A
 pages to CRIU straight from the archive (FIFOs again, for ` + "`pages-*.img`" + `) would
 remove the extraction copy; that is the next step.
 
+**Which code.** This run is of ckpt 0d7b4ca. Later commits keep a read end of
+every FIFO open from before the dump, run a small watchdog shell, and (the lead's)
+a ` + "`ckpt dump-guard`" + ` process, so that a dying agent never leaves CRIU blocked
+on a FIFO. A 2-run spot check at 1 GiB after them gave (c) 1.12 × (a) and a
+freeze of 1.3 × (a), within this machine's noise but above the full run's; run
+` + "`make bench`" + ` again to refresh this page.
+
 **Noise.** The 2 vCPUs are shared with other engineers' builds and tests during the
 run, and memory handed back by the VM is slow on first touch (DESIGN.md), so the
 floor itself is 2 × slower than DESIGN.md's numbers at 1 and 4 GiB. The rows take
