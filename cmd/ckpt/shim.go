@@ -27,20 +27,3 @@ func newShimCommand(*globalOptions) *cobra.Command {
 	f.StringVar(&o.Restore, "restore", "", "restore from the CRIU images in this directory")
 	return cmd
 }
-
-func init() { register(newDumpGuardCommand) }
-
-// newDumpGuardCommand is the per-dump guard the embedded runtime starts.
-func newDumpGuardCommand(*globalOptions) *cobra.Command {
-	var id, images string
-	cmd := &cobra.Command{
-		Use:    "dump-guard",
-		Short:  "Releases a container if the agent dies mid-checkpoint (started by ckpt serve)",
-		Hidden: true,
-		Args:   cobra.NoArgs,
-		RunE:   func(*cobra.Command, []string) error { return embedded.RunDumpGuard(id, images) },
-	}
-	cmd.Flags().StringVar(&id, "id", "", "container ID")
-	cmd.Flags().StringVar(&images, "images", "", "CRIU images directory")
-	return cmd
-}

@@ -115,21 +115,11 @@ func (r *Runtime) dump(ctx context.Context, id, images, criuWork string) (err er
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out := &strings.Builder{}
 	cmd.Stdout, cmd.Stderr = out, out
-	var guard *dumpGuard
-	if onePass() {
-		if guard, err = r.startDumpGuard(id, images); err != nil {
-			return err
-		}
-		defer guard.stop()
-	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("checkpoint container %s: start runc: %w", id, err)
 	}
 	r.recordDump(id, cmd.Process.Pid)
 	defer r.forgetDump(id)
-	if guard != nil {
-		guard.watch(cmd.Process.Pid)
-	}
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()
 	select {
