@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -19,14 +20,15 @@ func newMigrateCommand(*globalOptions) *cobra.Command {
 	var from, to string
 	var timeout time.Duration
 	var target restoreTarget
+	var stopSource bool
 	cmd := &cobra.Command{
 		Use:   "migrate NAMESPACE/POD/CONTAINER --from URL --to URL",
 		Short: "Checkpoint a container on one node and restore it on another",
 		Long: "migrate checkpoints the container through the source agent's kubelet API, streams the\n" +
 			"archive from the source's GET /checkpoints/{name} into the destination's POST /restore,\n" +
-			"and prints where it runs now. The source container keeps running (a checkpoint never\n" +
-			"stops it) and the archive stays on the source. Both agents take the same credentials;\n" +
-			"--cacert may hold both CAs.",
+			"and prints where it runs now. By default the source container keeps running (a\n" +
+			"checkpoint never stops it); --stop-source stops it once the copy runs. The archive\n" +
+			"stays on the source. Both agents take the same credentials; --cacert may hold both CAs.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref, err := splitRef(args[0])
@@ -78,6 +80,13 @@ func newMigrateCommand(*globalOptions) *cobra.Command {
 			}
 			fmt.Printf("migrated %s to %s as %s/%s/%s (%.12s) in %s\n", args[0], to, restored.Namespace, restored.Pod,
 				restored.Container, restored.ID, time.Since(start).Round(time.Millisecond))
+			if !stopSource {
+				return nil
+			}
+			if err := stopContainer(ctx, src, ref); err != nil {
+				return fmt.Errorf("the copy runs on %s, but stopping the source failed: %w", to, err)
+			}
+			fmt.Printf("stopped %s on %s\n", args[0], from)
 			return nil
 		},
 	}
@@ -88,6 +97,7 @@ func newMigrateCommand(*globalOptions) *cobra.Command {
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "checkpoint timeout (0 = the source's default)")
 	cmd.Flags().StringVar(&target.pod, "pod", "", "restore into this NAMESPACE/POD (default: the same)")
 	cmd.Flags().StringVar(&target.name, "name", "", "container name on the destination (default: the same)")
+	cmd.Flags().BoolVar(&stopSource, "stop-source", false, "stop the source container once the copy runs (default: leave it running)")
 	return cmd
 }
 
@@ -95,4 +105,17 @@ func newMigrateCommand(*globalOptions) *cobra.Command {
 func (o clientOptions) withServer(url string) *clientOptions {
 	o.server = url
 	return &o
+}
+
+// stopContainer asks an agent to stop a container.
+func stopContainer(ctx context.Context, c *apiClient, ref [3]string) error {
+	resp, err := c.do(ctx, http.MethodPost, []string{"stop", ref[0], ref[1], ref[2]}, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return statusError(resp)
+	}
+	return nil
 }

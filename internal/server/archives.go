@@ -21,6 +21,7 @@ type Archives interface {
 	Delete(name string) error
 	Restore(ctx context.Context, src io.Reader, target runtime.Ref, source string) (runtime.Container, error)
 	RestoreArchive(ctx context.Context, name string, target runtime.Ref) (runtime.Container, error)
+	StopContainer(ctx context.Context, ref runtime.Ref) error
 }
 
 // RestoredContainer is the answer to a restore.
@@ -133,4 +134,19 @@ func parseRestoreTarget(ns, pod, ctr string) (runtime.Ref, error) {
 		ref.Container = ""
 	}
 	return ref, nil
+}
+
+// stop stops {ns}/{pod}/{ctr}: what `ckpt migrate --stop-source` does once
+// the copy runs elsewhere.
+func (s *server) stop(w http.ResponseWriter, r *http.Request) {
+	ref, err := parseRef(r.PathValue("ns"), r.PathValue("pod"), r.PathValue("ctr"))
+	if err != nil {
+		writeText(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := s.a.StopContainer(context.WithoutCancel(r.Context()), ref); err != nil {
+		writeArchiveError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"stopped": ref.String()})
 }

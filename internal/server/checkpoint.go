@@ -105,11 +105,12 @@ func errorResponse(ref runtime.Ref, err error) (status int, body, reason string)
 func writeArchiveError(w http.ResponseWriter, err error) {
 	status := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, checkpoint.ErrArchiveNotFound):
+	case errors.Is(err, checkpoint.ErrArchiveNotFound), errors.Is(err, runtime.ErrPodNotFound),
+		errors.Is(err, runtime.ErrContainerNotFound):
 		status = http.StatusNotFound
 	case errors.Is(err, runtime.ErrInvalid):
 		status = http.StatusBadRequest
-	case errors.Is(err, runtime.ErrExists), errors.Is(err, runtime.ErrBusy):
+	case errors.Is(err, runtime.ErrExists), errors.Is(err, runtime.ErrBusy), errors.Is(err, runtime.ErrNotRunning):
 		status = http.StatusConflict
 	}
 	writeText(w, status, err.Error())

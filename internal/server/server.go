@@ -125,6 +125,8 @@ func NewWithArchives(opts Options, c Checkpointer, a Archives, g Guard, h Health
 				methods: map[string]http.HandlerFunc{http.MethodGet: s.downloadArchive, http.MethodDelete: s.deleteArchive}},
 			route{pattern: "/restore/{ns}/{pod}/{ctr}", subresource: "restore",
 				methods: map[string]http.HandlerFunc{http.MethodPost: s.restore}},
+			route{pattern: "/stop/{ns}/{pod}/{ctr}", subresource: "stop",
+				methods: map[string]http.HandlerFunc{http.MethodPost: s.stop}},
 		)
 	}
 
@@ -135,7 +137,7 @@ func NewWithArchives(opts Options, c Checkpointer, a Archives, g Guard, h Health
 	// Unknown paths are authorized too (as the kubelet's filter does for
 	// every path) so that they reveal nothing to anonymous callers.
 	notFound := map[string]http.Handler{}
-	for _, sub := range []string{"checkpoint", "restore", "metrics", "proxy"} {
+	for _, sub := range []string{"checkpoint", "restore", "stop", "metrics", "proxy"} {
 		notFound[sub] = g.Wrap("", sub, http.HandlerFunc(writeNotFound))
 	}
 	unknown := func(w http.ResponseWriter, r *http.Request) {
@@ -191,6 +193,8 @@ func subresourceOf(p string) string {
 		return "checkpoint"
 	case p == "/restore" || strings.HasPrefix(p, "/restore/"):
 		return "restore"
+	case p == "/stop" || strings.HasPrefix(p, "/stop/"):
+		return "stop"
 	case p == "/metrics" || strings.HasPrefix(p, "/metrics/"):
 		return "metrics"
 	}

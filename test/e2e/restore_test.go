@@ -155,4 +155,26 @@ func TestMigrateToSecondAgent(t *testing.T) {
 		resumesAt(t, dst.containerLog(id), k)
 		dst.rmContainer(id)
 	}
+
+	// --stop-source: the copy runs on the destination, the source stops,
+	// and the agent does not start it again from its manifest.
+	out := src.ckpt("migrate", "default/counter/counter", "--from", src.url(""), "--to", dst.url(""),
+		"--token-file", tokenFile, "--stop-source")
+	if !strings.Contains(out, "stopped default/counter/counter") {
+		t.Fatalf("migrate --stop-source said %q", out)
+	}
+	dst.waitRunning("counter", "counter")
+	if line := src.psLine("counter", "counter"); !strings.Contains(line, " exited ") {
+		t.Fatalf("source after --stop-source: %q", line)
+	}
+	time.Sleep(time.Second) // two manifest re-reads
+	if line := src.psLine("counter", "counter"); !strings.Contains(line, " exited ") {
+		t.Fatalf("the agent restarted the moved container: %q", line)
+	}
+	if resp, _ := src.do("POST", "/stop/default/counter/counter", testToken); resp.status != 409 {
+		t.Errorf("stopping a stopped container: %d %s, want 409", resp.status, resp.body)
+	}
+	if resp, _ := src.do("POST", "/stop/default/nopod/counter", testToken); resp.status != 404 {
+		t.Errorf("stopping a missing pod: %d %s, want 404", resp.status, resp.body)
+	}
 }
