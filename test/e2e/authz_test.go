@@ -72,6 +72,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 			return "/checkpoints/" + keep
 		}, "delete", "checkpoint", 200},
 		{"restore", "POST", func(id string) string { return "/restore/default/restored-" + id + "/counter?archive=" + keep }, "create", "restore", 201},
+		// Stops what the restore row just restored for the same caller.
+		{"stop", "POST", func(id string) string { return "/stop/default/restored-" + id + "/counter" }, "create", "stop", 200},
 		{"healthz", "GET", func(string) string { return "/healthz" }, "get", "proxy", 200},
 		{"metrics", "GET", func(string) string { return "/metrics" }, "get", "metrics", 200},
 	}
