@@ -64,8 +64,8 @@ func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePa
 	var capt *capture
 	if onePass() {
 		// The pages go straight into the archive while CRIU dumps (stream.go).
-		sa := newStreamArchive(f)
-		if err := sa.addDirHeader(lib.CheckpointDirectory, 0o700); err != nil {
+		sa := archive.NewFileWriter(f)
+		if err := sa.AddDirEntry(lib.CheckpointDirectory, 0o700); err != nil {
 			return res, fmt.Errorf("checkpoint container %s: write archive: %w", rec.ID, err)
 		}
 		n := fifoCount(filepath.Join(defaultContainerCgroup, rec.ID))
@@ -161,7 +161,7 @@ func (r *Runtime) Frozen(id string) bool {
 }
 
 // memberWriter is what writeArchive needs: archive.Writer, or the
-// streamArchive that already holds the pages captured during the dump.
+// archive.FileWriter that already holds the pages captured during the dump.
 type memberWriter interface {
 	AddBytes(name string, data []byte) error
 	AddFile(name, path string) error
