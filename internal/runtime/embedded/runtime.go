@@ -312,9 +312,11 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("stop container %s: %w", id, runtime.ErrContainerNotFound)
 	}
-	if r.container(ctx, rec).State != runtime.StateRunning {
+	if st := r.container(ctx, rec).State; st != runtime.StateRunning && st != runtime.StatePaused {
 		return nil
 	}
+	// A frozen process cannot act on a signal: never leave one frozen here.
+	r.thaw(id)
 	if err := r.runc.Kill(ctx, id, int(syscall.SIGTERM), nil); err != nil && !isGone(err) {
 		return fmt.Errorf("stop container %s: %w", id, err)
 	}
@@ -324,8 +326,9 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 	if err := r.runc.Kill(ctx, id, int(syscall.SIGKILL), &gorunc.KillOpts{All: true}); err != nil && !isGone(err) {
 		return fmt.Errorf("kill container %s: %w", id, err)
 	}
+	r.thaw(id)
 	if !r.waitExit(ctx, id, 10*time.Second) {
-		return fmt.Errorf("stop container %s: still running after SIGKILL", id)
+		return fmt.Errorf("stop container %s: still running after SIGKILL (frozen: %v, shim log %s)", id, r.Frozen(id), filepath.Join(r.containerDir(id), fileShimLog))
 	}
 	return nil
 }
