@@ -8,9 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"path/filepath"
 	goruntime "runtime"
 	"sort"
 	"strings"
@@ -153,59 +151,34 @@ func (a *FileWriter) AddBytes(name string, data []byte) error {
 
 // AddFile adds the regular file at path, keeping its permission bits.
 func (a *FileWriter) AddFile(name, path string) error {
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	f, fi, err := openRegular(name, path)
 	if err != nil {
-		return fmt.Errorf("add %s to archive as %q: %w", path, name, err)
+		return err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("add %s to archive as %q: %w", path, name, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("add %s to archive as %q: not a regular file (%s)", path, name, fi.Mode().Type())
-	}
 	return a.addReg(name, int64(fi.Mode().Perm()), fi.Size(), f)
 }
 
-// AddDir adds dir's directories and regular files under name; members
-// already in the archive (streamed images) must not be there twice.
+// AddDir adds dir's directories and regular files under name: the
+// directories first, then the files; members already in the archive
+// (streamed images) must not be there twice.
 func (a *FileWriter) AddDir(name, dir string) error {
-	type entry struct{ name, path string }
-	var dirs, files []entry
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
-		}
-		n := name
-		if rel != "." {
-			n = name + "/" + filepath.ToSlash(rel)
-		}
-		switch {
-		case d.IsDir():
-			dirs = append(dirs, entry{n, p})
-		case d.Type().IsRegular():
-			files = append(files, entry{n, p})
-		default:
-			return fmt.Errorf("%s: only directories and regular files can be archived, not %s", p, d.Type())
-		}
-		return nil
-	})
+	entries, err := walkArchivable(name, dir)
 	if err != nil {
-		return fmt.Errorf("add directory %s to archive as %q: %w", dir, name, err)
+		return err
 	}
-	for _, e := range dirs {
-		if err := a.AddDirEntry(e.name, 0o700); err != nil {
-			return err
+	for _, e := range entries {
+		if e.info.IsDir() {
+			if err := a.AddDirEntry(e.name, 0o700); err != nil {
+				return err
+			}
 		}
 	}
-	for _, e := range files {
-		if err := a.AddFile(e.name, e.path); err != nil {
-			return err
+	for _, e := range entries {
+		if !e.info.IsDir() {
+			if err := a.AddFile(e.name, e.path); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

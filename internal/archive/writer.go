@@ -10,14 +10,9 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // copyBufSize is the chunk size for member bodies: large enough that
@@ -78,18 +73,11 @@ func (w *Writer) AddReader(name string, size int64, r io.Reader) error {
 // AddFile adds the regular file at path under name, keeping its permission
 // bits. Symlinks and other types are refused.
 func (w *Writer) AddFile(name, path string) error {
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	f, fi, err := openRegular(name, path)
 	if err != nil {
-		return fmt.Errorf("add %s to archive as %q: %w", path, name, err)
+		return err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("add %s to archive as %q: %w", path, name, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("add %s to archive as %q: not a regular file (%s)", path, name, fi.Mode().Type())
-	}
 	return w.addReg(name, int64(fi.Mode().Perm()), fi.Size(), f)
 }
 
@@ -104,36 +92,10 @@ func (w *Writer) AddDir(name, dir string) error {
 	if err != nil {
 		return memberErr(name, err)
 	}
-	type entry struct {
-		name, path string
-		info       fs.FileInfo
-	}
-	var entries []entry
 	// Collect first so that a refused entry leaves the stream intact.
-	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil {
-			return err
-		}
-		n := base
-		if rel != "." {
-			n = joinName(base, filepath.ToSlash(rel))
-		}
-		if !d.IsDir() && !d.Type().IsRegular() {
-			return fmt.Errorf("%s: only directories and regular files can be archived, not %s", p, d.Type())
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		entries = append(entries, entry{n, p, fi})
-		return nil
-	})
+	entries, err := walkArchivable(base, dir)
 	if err != nil {
-		return fmt.Errorf("add directory %s to archive as %q: %w", dir, name, err)
+		return err
 	}
 	for _, e := range entries {
 		if e.info.IsDir() {
