@@ -38,18 +38,17 @@ import (
 )
 
 type options struct {
-	repo      string // fields are set from flags in main
-	ckpt      string
-	images    string
-	work      string
-	out       string
-	doc       string
-	sizes     []int
-	runs      int
-	rows      map[string]bool
-	parallel  int
-	parMiB    int
-	keepGoing bool
+	repo     string // fields are set from flags in main
+	ckpt     string
+	images   string
+	work     string
+	out      string
+	doc      string
+	sizes    []int
+	runs     int
+	rows     map[string]bool
+	parallel int
+	parMiB   int
 }
 
 func main() {

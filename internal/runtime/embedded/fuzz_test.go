@@ -1,6 +1,7 @@
 package embedded
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -81,4 +82,10 @@ func checkAccepted(t *testing.T, pod *corev1.Pod) {
 			}
 		}
 	}
+}
+
+// podJSON shows a pod's spec compactly in failure messages.
+func podJSON(p *corev1.Pod) string {
+	b, _ := json.Marshal(p.Spec)
+	return string(b)
 }

@@ -1,7 +1,6 @@
 package embedded
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -12,8 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
-
-	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
 // maxManifestBytes bounds a manifest file; the kubelet's static pods are tiny.
@@ -237,11 +234,3 @@ func readBounded(path string, limit int64) ([]byte, error) {
 	_, err = io.ReadFull(f, data)
 	return data, err
 }
-
-// podJSON is used by tests and errors to show a pod compactly.
-func podJSON(p *corev1.Pod) string {
-	b, _ := json.Marshal(p.Spec)
-	return string(b)
-}
-
-var _ = runtime.ErrInvalid
