@@ -243,25 +243,33 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// reason classifies an error for metrics; "" means success.
+// reason classifies an error for ckpt_checkpoint_errors_total; "" means
+// success. The label set is fixed.
 func reason(err error) string {
-	switch {
-	case err == nil:
+	if err == nil {
 		return ""
-	case errors.Is(err, runtime.ErrPodNotFound), errors.Is(err, runtime.ErrContainerNotFound):
-		return "not_found"
-	case errors.Is(err, runtime.ErrTimeout):
-		return "timeout"
-	case errors.Is(err, runtime.ErrNotRunning):
-		return "not_running"
-	case errors.Is(err, runtime.ErrUnsupported):
-		return "unsupported"
-	case errors.Is(err, runtime.ErrUnavailable):
-		return "unavailable"
-	case errors.Is(err, context.Canceled):
-		return "cancelled"
 	}
-	return "runtime"
+	for _, c := range []struct {
+		err    error
+		reason string
+	}{
+		{runtime.ErrPodNotFound, "pod_not_found"},
+		{runtime.ErrContainerNotFound, "container_not_found"},
+		{runtime.ErrInvalid, "invalid"},
+		{runtime.ErrTimeout, "timeout"},
+		{context.DeadlineExceeded, "timeout"},
+		{context.Canceled, "canceled"},
+		{runtime.ErrUnsupported, "unsupported"},
+		{runtime.ErrUnavailable, "unavailable"},
+		{runtime.ErrBusy, "busy"},
+		{runtime.ErrNotRunning, "not_running"},
+		{runtime.ErrExists, "exists"},
+	} {
+		if errors.Is(err, c.err) {
+			return c.reason
+		}
+	}
+	return "internal"
 }
 
 // keyedMutex is a set of mutexes, one per key, that waiters can give up on.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ckpt-dev/ckpt/internal/metrics"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
@@ -21,6 +26,7 @@ type fakeRuntime struct {
 	running int
 	maxPar  int
 	err     error
+	freeze  time.Duration
 }
 
 func (f *fakeRuntime) Lookup(_ context.Context, ref runtime.Ref) (runtime.Container, error) {
@@ -49,7 +55,7 @@ func (f *fakeRuntime) Checkpoint(ctx context.Context, c runtime.Container, path 
 	case <-ctx.Done():
 		return runtime.CheckpointResult{}, ctx.Err()
 	}
-	return runtime.CheckpointResult{}, f.err
+	return runtime.CheckpointResult{FreezeTime: f.freeze}, f.err
 }
 
 func newService(t *testing.T, rt Runtime, opts Options) *Service {
@@ -302,4 +308,38 @@ func FuzzValidArchiveName(f *testing.F) {
 			t.Fatalf("accepted %q", name)
 		}
 	})
+}
+
+// TestCheckpointMetrics: the service records every checkpoint, once, in the
+// Prometheus metrics that /metrics serves.
+func TestCheckpointMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	rt := &fakeRuntime{freeze: 250 * time.Millisecond}
+	s := newService(t, rt, Options{Recorder: metrics.New(reg)})
+	ok := runtime.Ref{Namespace: "default", Pod: "p", Container: "c"}
+	if _, err := s.Checkpoint(context.Background(), ok, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "nopod", Container: "c"}, time.Minute)
+	rt.err = errors.New("criu exploded")
+	s.Checkpoint(context.Background(), ok, time.Minute)
+
+	rec := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	text := rec.Body.String()
+	for _, want := range []string{
+		`ckpt_checkpoints_total{result="success"} 1`,
+		`ckpt_checkpoints_total{result="failure"} 2`,
+		`ckpt_checkpoint_errors_total{reason="pod_not_found"} 1`,
+		`ckpt_checkpoint_errors_total{reason="internal"} 1`,
+		`ckpt_checkpoint_archive_bytes_sum 7`, // the fake's "partial"
+		`ckpt_checkpoint_archive_bytes_count 1`,
+		`ckpt_checkpoint_duration_seconds_count 3`,
+		`ckpt_checkpoint_last_freeze_seconds 0.25`,
+		`ckpt_checkpoints_in_flight 0`,
+	} {
+		if !strings.Contains(text, want+"\n") {
+			t.Errorf("metrics lack %q:\n%s", want, text)
+		}
+	}
 }

@@ -1,14 +1,12 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -38,19 +36,20 @@ func (s *server) checkpoint(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	end := s.opts.Metrics.Begin()
-	res, err := s.run(r.Context(), ref, timeout)
+	path, err := s.c.Checkpoint(r.Context(), ref, timeout)
 	if err != nil {
-		status, msg, reason := errorResponse(ref, err)
-		end(0, 0, reason)
+		status, msg := errorResponse(ref, err)
 		writeText(w, status, msg)
 		return
 	}
-	end(res.Size, res.FreezeTime, "")
+	if !filepath.IsAbs(path) {
+		writeText(w, http.StatusInternalServerError, fmt.Sprintf("checkpointing of %s failed (archive path %q is not absolute)", ref, path))
+		return
+	}
 
 	body, err := json.Marshal(struct {
 		Items []string `json:"items"`
-	}{Items: []string{res.Path}})
+	}{Items: []string{path}})
 	if err != nil { // cannot happen for a []string; kept for honesty
 		writeText(w, http.StatusInternalServerError, err.Error())
 		return
@@ -60,44 +59,20 @@ func (s *server) checkpoint(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(body)
 }
 
-// run calls the Checkpointer and fills in what it does not report.
-func (s *server) run(ctx context.Context, ref runtime.Ref, timeout time.Duration) (Result, error) {
-	var res Result
-	var err error
-	if rc, ok := s.c.(ResultCheckpointer); ok {
-		res, err = rc.CheckpointResult(ctx, ref, timeout)
-	} else {
-		res.Path, err = s.c.Checkpoint(ctx, ref, timeout)
-	}
-	if err != nil {
-		return Result{}, err
-	}
-	if !filepath.IsAbs(res.Path) {
-		return Result{}, fmt.Errorf("archive path %q is not absolute", res.Path)
-	}
-	if res.Size == 0 {
-		if fi, err := os.Lstat(res.Path); err == nil && fi.Mode().IsRegular() {
-			res.Size = fi.Size()
-		}
-	}
-	return res, nil
-}
-
-// errorResponse is the one place where errors become HTTP statuses. It
-// returns the status, the plain-text body (the kubelet's wording) and the
-// reason label for ckpt_checkpoint_errors_total.
-func errorResponse(ref runtime.Ref, err error) (status int, body, reason string) {
+// errorResponse is the one place where checkpoint errors become HTTP
+// statuses. It returns the status and the plain-text body (the kubelet's
+// wording). Metrics are the checkpoint service's.
+func errorResponse(ref runtime.Ref, err error) (status int, body string) {
 	switch {
 	case errors.Is(err, runtime.ErrPodNotFound):
-		return http.StatusNotFound, "pod does not exist", "pod_not_found"
+		return http.StatusNotFound, "pod does not exist"
 	case errors.Is(err, runtime.ErrContainerNotFound):
-		return http.StatusNotFound, fmt.Sprintf("container %s does not exist", ref.Container), "container_not_found"
+		return http.StatusNotFound, fmt.Sprintf("container %s does not exist", ref.Container)
 	case errors.Is(err, runtime.ErrInvalid):
-		return http.StatusBadRequest, err.Error(), "invalid"
+		return http.StatusBadRequest, err.Error()
 	}
 	return http.StatusInternalServerError,
-		fmt.Sprintf("checkpointing of %s/%s/%s failed (%v)", ref.Namespace, ref.Pod, ref.Container, err),
-		failureReason(err)
+		fmt.Sprintf("checkpointing of %s/%s/%s failed (%v)", ref.Namespace, ref.Pod, ref.Container, err)
 }
 
 // writeArchiveError answers the archive and restore routes; like
@@ -114,28 +89,6 @@ func writeArchiveError(w http.ResponseWriter, err error) {
 		status = http.StatusConflict
 	}
 	writeText(w, status, err.Error())
-}
-
-// failureReason names a 500's cause for metrics; the label set is fixed.
-func failureReason(err error) string {
-	for _, c := range []struct {
-		err    error
-		reason string
-	}{
-		{runtime.ErrTimeout, "timeout"},
-		{context.DeadlineExceeded, "timeout"},
-		{context.Canceled, "canceled"},
-		{runtime.ErrUnsupported, "unsupported"},
-		{runtime.ErrUnavailable, "unavailable"},
-		{runtime.ErrBusy, "busy"},
-		{runtime.ErrNotRunning, "not_running"},
-		{runtime.ErrExists, "exists"},
-	} {
-		if errors.Is(err, c.err) {
-			return c.reason
-		}
-	}
-	return "internal"
 }
 
 // parseRef validates the three path segments as the API server validates

@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/ckpt-dev/ckpt/internal/metrics"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
@@ -25,20 +24,6 @@ import (
 // its default); the Checkpointer owns the deadline it derives from it.
 type Checkpointer interface {
 	Checkpoint(ctx context.Context, ref runtime.Ref, timeout time.Duration) (path string, err error)
-}
-
-// Result is what a checkpoint produced, for metrics.
-type Result struct {
-	Path       string
-	Size       int64         // archive bytes; 0 = unknown
-	FreezeTime time.Duration // how long the container was frozen; 0 = unknown
-}
-
-// ResultCheckpointer may be implemented by a Checkpointer that knows its
-// archive size and freeze time. Without it the server stats the archive for
-// its size and records no freeze time.
-type ResultCheckpointer interface {
-	CheckpointResult(ctx context.Context, ref runtime.Ref, timeout time.Duration) (Result, error)
 }
 
 // Guard authenticates and authorizes a request before next runs.
@@ -58,11 +43,9 @@ type HealthChecker interface {
 type Options struct {
 	CheckpointEnabled bool          // feature gate ContainerCheckpoint (default true)
 	DefaultTimeout    time.Duration // --runtime-request-timeout (default 2m)
-	// Metrics records each checkpoint the server runs. Leave it nil when
-	// the Checkpointer records them itself (checkpoint.Options.Recorder),
-	// or every checkpoint is counted twice.
-	Metrics  *metrics.Metrics
-	Registry prometheus.Gatherer // for /metrics; nil = prometheus.DefaultGatherer
+	// Registry is served on /metrics; nil = prometheus.DefaultGatherer. The
+	// checkpoint service records the checkpoint metrics in it.
+	Registry prometheus.Gatherer
 }
 
 // DefaultTimeout is the kubelet's default runtime request timeout.
