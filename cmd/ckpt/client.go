@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,8 +103,13 @@ func (o clientOptions) withServer(url string) *clientOptions {
 	return &o
 }
 
+// socketExists reports whether path is a socket, or may be one that this
+// user may not reach (permission denied): then connecting says why.
 func socketExists(path string) bool {
 	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrPermission) {
+		return true
+	}
 	return err == nil && st.Mode().Type() == os.ModeSocket
 }
 
