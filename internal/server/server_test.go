@@ -26,13 +26,14 @@ type fakeCheckpointer struct {
 	calls   int
 	ref     runtime.Ref
 	timeout time.Duration
+	tcp     bool
 }
 
-func (f *fakeCheckpointer) Checkpoint(_ context.Context, ref runtime.Ref, timeout time.Duration) (string, error) {
+func (f *fakeCheckpointer) Checkpoint(_ context.Context, ref runtime.Ref, opts runtime.CheckpointOptions) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
-	f.ref, f.timeout = ref, timeout
+	f.ref, f.timeout, f.tcp = ref, opts.Timeout, opts.TCPEstablished
 	return f.path, f.err
 }
 
