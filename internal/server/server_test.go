@@ -243,6 +243,37 @@ func TestTimeoutReachesCheckpointer(t *testing.T) {
 	}
 }
 
+func TestTCPEstablishedReachesCheckpointer(t *testing.T) {
+	cases := []struct {
+		query  string
+		status int
+		want   bool
+	}{
+		{"", 200, false},
+		{"?tcpEstablished=true", 200, true},
+		{"?tcpEstablished=1", 200, true},
+		{"?tcpEstablished=false", 200, false},
+		{"?tcpEstablished=true&tcpEstablished=false", 200, false}, // the last value wins
+		{"?tcpEstablished=yes", 400, false},
+		{"?tcpEstablished=", 400, false},
+	}
+	for _, c := range cases {
+		fc := &fakeCheckpointer{path: archive}
+		h := New(Options{CheckpointEnabled: true}, fc, &passGuard{}, nil)
+		resp := serve(h, "POST", "/checkpoint/default/web/app"+c.query)
+		if resp.StatusCode != c.status {
+			t.Errorf("%q: status %d, want %d", c.query, resp.StatusCode, c.status)
+			continue
+		}
+		if c.status == 200 && fc.tcp != c.want {
+			t.Errorf("%q: checkpointer got tcpEstablished=%v, want %v", c.query, fc.tcp, c.want)
+		}
+		if c.status != 200 && fc.calls != 0 {
+			t.Errorf("%q: a bad value still reached the checkpointer", c.query)
+		}
+	}
+}
+
 func TestParseTimeout(t *testing.T) {
 	const def = 2 * time.Minute
 	cases := []struct {
