@@ -53,7 +53,7 @@ its socket <root-dir>/ckpt.sock.`,
 	}
 	co.addFlags(g, cmd.Flags())
 	cmd.Flags().DurationVar(&copts.Timeout, "timeout", 0, "how long the server may take, sent in whole seconds (rounded up); 0 = the server's default (2m on a kubelet)")
-	cmd.Flags().BoolVar(&copts.TCPEstablished, "tcp-established", false, "checkpoint established TCP connections too (ckpt only)")
+	cmd.Flags().BoolVar(&copts.TCPEstablished, "tcp-established", false, "also checkpoint established TCP connections (CRIU --tcp-established; ckpt servers only)")
 	return cmd
 }
 

@@ -42,11 +42,12 @@ type fakeService struct {
 	restored string
 	stopped  runtime.Ref
 	timeout  time.Duration
+	tcp      bool
 }
 
-func (f *fakeService) Checkpoint(_ context.Context, ref runtime.Ref, timeout time.Duration) (string, error) {
+func (f *fakeService) Checkpoint(_ context.Context, ref runtime.Ref, opts runtime.CheckpointOptions) (string, error) {
 	f.mu.Lock()
-	f.timeout = timeout
+	f.timeout, f.tcp = opts.Timeout, opts.TCPEstablished
 	f.mu.Unlock()
 	if f.err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", ref, f.err)
@@ -254,8 +255,8 @@ func TestCheckpointSendsOptions(t *testing.T) {
 	if q := <-e.queries; q != "/checkpoint/default/web/app?tcpEstablished=true&timeout=2" {
 		t.Fatalf("request %q: want the timeout rounded up to whole seconds and tcpEstablished", q)
 	}
-	if e.svc.timeout != 2*time.Second {
-		t.Fatalf("server got timeout %s", e.svc.timeout)
+	if e.svc.timeout != 2*time.Second || !e.svc.tcp {
+		t.Fatalf("server got timeout %s, tcpEstablished %v", e.svc.timeout, e.svc.tcp)
 	}
 	if _, err := e.admin.Checkpoint(context.Background(), ref, client.CheckpointOptions{Timeout: -time.Second}); err == nil {
 		t.Fatal("negative timeout accepted")
