@@ -22,13 +22,9 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
-// Runtime is what the service needs of a container runtime backend.
-type Runtime interface {
-	Lookup(ctx context.Context, ref runtime.Ref) (runtime.Container, error)
-	// Checkpoint writes an archive of a running container to archivePath,
-	// leaving the container running. The deadline comes from ctx.
-	Checkpoint(ctx context.Context, c runtime.Container, archivePath string, opts runtime.CheckpointOptions) (runtime.CheckpointResult, error)
-}
+// Runtime is what the service needs of a container runtime backend; its
+// optional capabilities (restore, stop) are found by runtime.Discover.
+type Runtime = runtime.Backend
 
 // Recorder observes checkpoints (Prometheus metrics in production).
 type Recorder interface {
@@ -46,6 +42,8 @@ type Options struct {
 	// Compress (zstd) and Recipients (age) encode archives at rest.
 	Compress   bool
 	Recipients []age.Recipient
+	// Identities decrypt encrypted archives to restore them.
+	Identities []age.Identity
 }
 
 // Service checkpoints containers into archives.
@@ -58,8 +56,7 @@ type Service struct {
 	now   func() time.Time
 
 	retentionMu sync.Mutex
-	restorer    Restorer
-	identities  []age.Identity
+	caps        runtime.Capabilities
 }
 
 // stagingDir holds archives being written; it is emptied on start.
@@ -84,7 +81,7 @@ func New(rt Runtime, opts Options) (*Service, error) {
 	if err := os.Mkdir(filepath.Join(dir, stagingDir), 0o700); err != nil {
 		return nil, err
 	}
-	return &Service{rt: rt, opts: opts, dir: dir, locks: newKeyedMutex(), now: time.Now}, nil
+	return &Service{rt: rt, caps: runtime.Discover(rt), opts: opts, dir: dir, locks: newKeyedMutex(), now: time.Now}, nil
 }
 
 // Dir is the checkpoints directory.
