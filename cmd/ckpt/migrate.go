@@ -20,7 +20,7 @@ func newMigrateCommand(*globalOptions) *cobra.Command {
 	var from, to string
 	var timeout time.Duration
 	var target restoreTarget
-	var stopSource bool
+	var stopSource, tcpEstablished bool
 	cmd := &cobra.Command{
 		Use:   "migrate NAMESPACE/POD/CONTAINER --from URL --to URL",
 		Short: "Checkpoint a container on one node and restore it on another",
@@ -48,7 +48,7 @@ func newMigrateCommand(*globalOptions) *cobra.Command {
 			}
 			ctx := cmd.Context()
 			start := time.Now()
-			paths, err := runCheckpoint(ctx, src, ref, timeout, false, os.Stderr)
+			paths, err := runCheckpoint(ctx, src, ref, timeout, tcpEstablished, os.Stderr)
 			if err != nil {
 				return err
 			}
@@ -97,6 +97,7 @@ func newMigrateCommand(*globalOptions) *cobra.Command {
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "checkpoint timeout (0 = the source's default)")
 	cmd.Flags().StringVar(&target.pod, "pod", "", "restore into this NAMESPACE/POD (default: the same)")
 	cmd.Flags().StringVar(&target.name, "name", "", "container name on the destination (default: the same)")
+	cmd.Flags().BoolVar(&tcpEstablished, "tcp-established", false, "also move established TCP connections (see docs/restore.md)")
 	cmd.Flags().BoolVar(&stopSource, "stop-source", false, "stop the source container once the copy runs (default: leave it running)")
 	return cmd
 }
