@@ -37,6 +37,9 @@ type Config struct {
 	// TLS verifies the server and may hold a client certificate; nil
 	// means the system roots.
 	TLS *tls.Config
+	// MaxIdleConnsPerHost is how many idle connections are kept for
+	// reuse (0: net/http's default, 2); raise it for many concurrent calls.
+	MaxIdleConnsPerHost int
 }
 
 // Client sends requests to one ckpt server. It is safe for concurrent use.
@@ -54,6 +57,7 @@ func New(cfg Config) (*Client, error) {
 	// and the kubelet's API is HTTP/1.1 too.
 	tr.ForceAttemptHTTP2 = false
 	tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	tr.MaxIdleConnsPerHost = cfg.MaxIdleConnsPerHost
 	c := &Client{token: cfg.Token, socket: cfg.Socket}
 	if cfg.Socket != "" {
 		// The host is never resolved: every connection goes to the socket.
@@ -90,6 +94,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	return c, nil
 }
+
+// CloseIdleConnections closes the connections kept for reuse.
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
 
 // String names the server: its URL, or unix://PATH for the local socket.
 func (c *Client) String() string {
