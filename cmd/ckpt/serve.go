@@ -123,7 +123,8 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
 	copts := checkpoint.Options{RootDir: g.rootDir, DefaultTimeout: o.requestTimeout, Recorder: m,
-		Retention: o.retention, Compress: o.compress}
+		Retention: o.retention, Compress: o.compress,
+		RetentionError: func(err error) { log.Error("retention after a checkpoint", "error", err) }}
 	if o.recipientsFile != "" {
 		if copts.Recipients, err = archive.ParseRecipientsFile(o.recipientsFile); err != nil {
 			return err

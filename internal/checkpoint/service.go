@@ -44,6 +44,9 @@ type Options struct {
 	Recipients []age.Recipient
 	// Identities decrypt encrypted archives to restore them.
 	Identities []age.Identity
+	// RetentionError is told when retention after a checkpoint fails to
+	// delete an archive (the checkpoint itself succeeded); nil ignores it.
+	RetentionError func(error)
 }
 
 // Service checkpoints containers into archives.
@@ -57,6 +60,7 @@ type Service struct {
 
 	retentionMu sync.Mutex
 	caps        runtime.Capabilities
+	remove      func(string) error // os.Remove; tests replace it
 }
 
 // stagingDir holds archives being written; it is emptied on start.
@@ -81,7 +85,8 @@ func New(rt Runtime, opts Options) (*Service, error) {
 	if err := os.Mkdir(filepath.Join(dir, stagingDir), 0o700); err != nil {
 		return nil, err
 	}
-	return &Service{rt: rt, caps: runtime.Discover(rt), opts: opts, dir: dir, locks: newKeyedMutex(), now: time.Now}, nil
+	return &Service{rt: rt, caps: runtime.Discover(rt), opts: opts, dir: dir, locks: newKeyedMutex(), now: time.Now,
+		remove: os.Remove}, nil
 }
 
 // Dir is the checkpoints directory.
@@ -142,7 +147,9 @@ func (s *Service) Checkpoint(ctx context.Context, ref runtime.Ref, opts runtime.
 	if path, err = s.publish(tmp, ref); err != nil {
 		return "", fmt.Errorf("checkpoint %s: publish archive: %w", ref, err)
 	}
-	s.ApplyRetention()
+	if _, err := s.ApplyRetention(); err != nil && s.opts.RetentionError != nil {
+		s.opts.RetentionError(err)
+	}
 	return path, nil
 }
 
