@@ -183,10 +183,11 @@ func (s *Service) Open(name string) (f *os.File, info ArchiveInfo, release func(
 	if !ValidArchiveName(name) {
 		return nil, info, nil, fmt.Errorf("archive name %q: %w", name, runtime.ErrInvalid)
 	}
-	release = s.pins.pin(name)
+	// unpin is a local: the error returns below set release to nil.
+	unpin := s.pins.pin(name)
 	defer func() {
 		if err != nil {
-			release()
+			unpin()
 		}
 	}()
 	root, err := os.OpenRoot(s.dir)
@@ -205,7 +206,7 @@ func (s *Service) Open(name string) (f *os.File, info ArchiveInfo, release func(
 		f.Close()
 		return nil, info, nil, err
 	}
-	return f, info, release, nil
+	return f, info, unpin, nil
 }
 
 // ErrArchiveNotFound is returned for an archive name that does not exist.
