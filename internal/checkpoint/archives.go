@@ -18,19 +18,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ckpt-dev/ckpt/internal/runtime"
+	"github.com/ckpt-dev/ckpt/pkg/api"
 )
 
-// ArchiveInfo describes one published archive.
-type ArchiveInfo struct {
-	Name      string    `json:"name"`
-	Path      string    `json:"path"`
-	Namespace string    `json:"namespace"`
-	Pod       string    `json:"pod"`
-	Container string    `json:"container"`
-	Size      int64     `json:"size"`
-	Created   time.Time `json:"created"`
-	SHA256    string    `json:"sha256"`
-}
+// ArchiveInfo describes one published archive, as the API lists it.
+type ArchiveInfo = api.Archive
 
 // Extended attributes that record who an archive belongs to (the name alone
 // is ambiguous: namespaces and container names both contain dashes) and a

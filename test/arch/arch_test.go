@@ -16,11 +16,12 @@ const module = "github.com/ckpt-dev/ckpt/"
 // may import (docs/architecture.md, table "Packages"). nil: anything.
 var allowed = map[string][]string{
 	"cmd/ckpt":                  nil,
-	"pkg/client":                {},
-	"internal/server":           {"internal/checkpoint", "internal/runtime"},
+	"pkg/api":                   {},
+	"pkg/client":                {"pkg/api"},
+	"internal/server":           {"internal/checkpoint", "internal/runtime", "pkg/api"},
 	"internal/auth":             {},
 	"internal/auth/authtest":    {},
-	"internal/checkpoint":       {"internal/archive", "internal/runtime"},
+	"internal/checkpoint":       {"internal/archive", "internal/runtime", "pkg/api"},
 	"internal/runtime":          {},
 	"internal/runtime/embedded": {"internal/archive", "internal/runtime"},
 	"internal/runtime/cri":      {"internal/runtime"},
