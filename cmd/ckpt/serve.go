@@ -28,6 +28,7 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/runtime/cri"
 	"github.com/ckpt-dev/ckpt/internal/runtime/embedded"
 	"github.com/ckpt-dev/ckpt/internal/server"
+	"github.com/ckpt-dev/ckpt/internal/trust"
 )
 
 func init() { register(newServeCommand) }
@@ -49,6 +50,8 @@ type serveOptions struct {
 	compress         bool
 	recipientsFile   string
 	identityFile     string
+	trustedKeysFile  string
+	allowUnsigned    bool
 }
 
 func newServeCommand(g *globalOptions) *cobra.Command {
@@ -80,6 +83,8 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 	f.BoolVar(&o.compress, "checkpoint-compress", false, "compress archives with zstd (.tar.zst)")
 	f.StringVar(&o.recipientsFile, "checkpoint-encryption-recipients-file", "", "encrypt archives at rest to these age recipients (.tar.age)")
 	f.StringVar(&o.identityFile, "checkpoint-encryption-identity-file", "", "age identities the agent uses to restore encrypted archives")
+	f.StringVar(&o.trustedKeysFile, "restore-trusted-keys", "", "restore archives signed by these keys (authorized_keys format, e.g. other nodes' <root-dir>/pki/"+trust.PubKeyFile+"); this node's own key is always trusted")
+	f.BoolVar(&o.allowUnsigned, "restore-allow-unsigned", false, "also restore unsigned archives (written by containerd, CRI-O or Podman, or by hand); signed archives must still verify")
 	o.auth.AddFlags(f)
 	gate.AddFlag(f)
 	return cmd
@@ -152,8 +157,21 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
+	key, err := trust.LoadOrCreateNodeKey(filepath.Join(g.rootDir, "pki"))
+	if err != nil {
+		return err
+	}
+	keys := trust.NewKeyring(key.PublicKey())
+	if o.trustedKeysFile != "" {
+		if err := keys.ReadKeysFile(o.trustedKeysFile); err != nil {
+			return err
+		}
+	}
+	log.Info("archives are signed with the node key", "key", trust.Fingerprint(key.PublicKey()),
+		"trusted", strings.Join(keys.Fingerprints(), ","), "allowUnsigned", o.allowUnsigned)
 	copts := checkpoint.Options{RootDir: g.rootDir, DefaultTimeout: o.requestTimeout, Recorder: m,
-		Retention: o.retention, Compress: o.compress}
+		Retention: o.retention, Compress: o.compress,
+		Signer: key, Trust: trust.Policy{Keys: keys, AllowUnsigned: o.allowUnsigned}}
 	if o.recipientsFile != "" {
 		if copts.Recipients, err = archive.ParseRecipientsFile(o.recipientsFile); err != nil {
 			return err
@@ -231,20 +249,22 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 // embeddedRestorer adapts the embedded runtime to the service.
 type embeddedRestorer struct{ rt *embedded.Runtime }
 
-func (e embeddedRestorer) Restore(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
+func (e embeddedRestorer) Restore(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string, v checkpoint.Verifier) (runtime.Container, error) {
 	return e.rt.Restore(ctx, tarStream, embedded.RestoreOptions{
-		Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, Source: source,
+		Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, Source: source, Verify: v.Verify,
 	})
 }
 
 // criRestorer restores through CRI, which takes an archive file: the
-// stream is written to the staging directory first.
+// stream is written to the staging directory first, checked on the way
+// (every member against checksums.sha256, the signature against the
+// node's policy) exactly as the runtime will read it.
 type criRestorer struct {
 	rt      *cri.Runtime
 	staging string
 }
 
-func (c criRestorer) Restore(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
+func (c criRestorer) Restore(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string, v checkpoint.Verifier) (runtime.Container, error) {
 	if target.Namespace == "" || target.Pod == "" || target.Container == "" {
 		return runtime.Container{}, fmt.Errorf("restore %s through CRI: name the target namespace, pod and container: %w", source, runtime.ErrInvalid)
 	}
@@ -258,12 +278,20 @@ func (c criRestorer) Restore(ctx context.Context, tarStream io.Reader, target ru
 	if err != nil {
 		return runtime.Container{}, err
 	}
-	_, err = io.Copy(f, tarStream)
+	m, err := archive.Check(io.TeeReader(tarStream, f), archive.DefaultLimits())
+	if err != nil {
+		f.Close()
+		return runtime.Container{}, fmt.Errorf("restore %s: %w", source, err)
+	}
+	_, err = io.Copy(f, tarStream) // the tar trailer
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: spool archive: %w", source, err)
+	}
+	if err := v.Verify(m); err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: %w", source, err)
 	}
 	return c.rt.Restore(ctx, path, target)
 }

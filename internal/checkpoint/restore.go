@@ -10,11 +10,21 @@ import (
 
 	"github.com/ckpt-dev/ckpt/internal/archive"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
+	"github.com/ckpt-dev/ckpt/internal/trust"
 )
 
-// Restorer restores a container from a plain tar stream of an archive.
+// Restorer restores a container from a plain tar stream of an archive. It
+// must call v.Verify with the manifest that the archive's members were
+// checked against (nil when it has none) before anything of the archive is
+// used, and stop on its error.
 type Restorer interface {
-	Restore(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string) (runtime.Container, error)
+	Restore(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string, v Verifier) (runtime.Container, error)
+}
+
+// Verifier decides whether an archive may be restored, from its verified
+// manifest and the signature over it (trust.Policy).
+type Verifier interface {
+	Verify(m *archive.Manifest) error
 }
 
 // SetRestorer enables restores; without one they fail with ErrUnsupported.
@@ -34,7 +44,7 @@ func (s *Service) Restore(ctx context.Context, src io.Reader, target runtime.Ref
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", source, invalidArchive(err))
 	}
 	defer tarStream.Close()
-	c, err := s.restorer.Restore(ctx, tarStream, target, source)
+	c, err := s.restorer.Restore(ctx, tarStream, target, source, s.opts.Trust)
 	if err != nil {
 		return c, invalidArchive(err)
 	}
@@ -59,7 +69,13 @@ func invalidArchive(err error) error {
 	var memberErr *archive.Error
 	for _, sentinel := range []error{archive.ErrEscape, archive.ErrAbsolute, archive.ErrBadName, archive.ErrType,
 		archive.ErrTooLarge, archive.ErrTooMany, archive.ErrChecksum, archive.ErrUnlisted, archive.ErrMissing,
-		archive.ErrSymlink, archive.ErrSetuid, archive.ErrDuplicate, archive.ErrFormat, archive.ErrNoIdentity, archive.ErrWrongIdentity} {
+		archive.ErrSymlink, archive.ErrSetuid, archive.ErrDuplicate, archive.ErrFormat, archive.ErrNoIdentity, archive.ErrWrongIdentity,
+		archive.ErrMisplaced} {
+		if errors.Is(err, sentinel) {
+			return fmt.Errorf("%w: %w", runtime.ErrInvalid, err)
+		}
+	}
+	for _, sentinel := range []error{trust.ErrUnsigned, trust.ErrBadSignature, trust.ErrUntrusted} {
 		if errors.Is(err, sentinel) {
 			return fmt.Errorf("%w: %w", runtime.ErrInvalid, err)
 		}

@@ -18,8 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ckpt-dev/ckpt/internal/archive"
-
 	"github.com/ckpt-dev/ckpt/internal/runtime"
+	"github.com/ckpt-dev/ckpt/internal/trust"
 )
 
 // Runtime is what the service needs of a container runtime backend.
@@ -46,6 +46,11 @@ type Options struct {
 	// Compress (zstd) and Recipients (age) encode archives at rest.
 	Compress   bool
 	Recipients []age.Recipient
+	// Signer signs every archive (the node key); nil leaves them unsigned.
+	Signer archive.Signer
+	// Trust decides which archives restore; the zero Policy trusts no key
+	// and refuses unsigned archives.
+	Trust trust.Policy
 }
 
 // Service checkpoints containers into archives.
@@ -134,6 +139,13 @@ func (s *Service) Checkpoint(ctx context.Context, ref runtime.Ref, timeout time.
 			return "", fmt.Errorf("%w (checkpoint of %s did not finish within %s)", timeoutErr(ctx.Err(), timeout), ref, timeout)
 		}
 		return "", err
+	}
+	if s.opts.Signer != nil {
+		// Signed before it is encoded: the signature is inside the tar,
+		// under zstd and age like every other member.
+		if err := archive.SealFile(tmp, s.opts.Signer, archive.DefaultLimits()); err != nil {
+			return "", fmt.Errorf("checkpoint %s: %w", ref, err)
+		}
 	}
 	if tmp, err = s.encode(tmp); err != nil {
 		return "", fmt.Errorf("checkpoint %s: encode archive: %w", ref, err)

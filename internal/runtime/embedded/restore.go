@@ -24,6 +24,10 @@ type RestoreOptions struct {
 	Name      string
 	// Source describes the archive in the container's record.
 	Source string
+	// Verify, when set, decides on the manifest the archive's members were
+	// checked against (nil: none) whether the archive may be used: the
+	// signature check (internal/trust). It runs before anything else.
+	Verify func(*archive.Manifest) error
 }
 
 // Restore rebuilds a container from a checkpoint archive (a plain tar
@@ -36,8 +40,14 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 	}
 	defer os.RemoveAll(staging)
-	if _, err := archive.Extract(tarStream, staging, archive.DefaultLimits(), nil); err != nil {
+	m, err := archive.Extract(tarStream, staging, archive.DefaultLimits(), nil)
+	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+	}
+	if o.Verify != nil {
+		if err := o.Verify(m); err != nil {
+			return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+		}
 	}
 	var cfg lib.ContainerConfig
 	if err := readJSON(filepath.Join(staging, lib.ConfigDumpFile), &cfg); err != nil {
