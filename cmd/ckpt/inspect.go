@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 
 	"github.com/ckpt-dev/ckpt/internal/archive"
 	"github.com/ckpt-dev/ckpt/internal/inspect"
+	"github.com/ckpt-dev/ckpt/internal/trust"
 )
 
 func init() { register(newInspectCommand) }
@@ -72,17 +75,18 @@ func clearProgress(opts inspect.Options) {
 	}
 }
 
-func newInspectCommand(*globalOptions) *cobra.Command {
+func newInspectCommand(g *globalOptions) *cobra.Command {
 	var (
-		rf     readFlags
-		v      inspect.View
-		all    bool
-		format string
+		rf          readFlags
+		v           inspect.View
+		all         bool
+		format      string
+		trustedKeys string
 	)
 	cmd := &cobra.Command{
 		Use:   "inspect ARCHIVE...",
 		Short: "Show what checkpoint archives hold",
-		Long: "Show the container, sizes and CRIU statistics of checkpoint archives written by ckpt,\n" +
+		Long: "Show the container, sizes, CRIU statistics and signature of checkpoint archives written by ckpt,\n" +
 			"containerd, CRI-O or Podman (.tar, .tar.zst, .tar.age, .tar.zst.age), and on request\n" +
 			"the process tree, command lines, environment, open files, sockets, mounts and memory.\n" +
 			"Archives are streamed once; nothing is extracted outside a private temporary directory.\n" +
@@ -102,6 +106,11 @@ func newInspectCommand(*globalOptions) *cobra.Command {
 				return err
 			}
 			opts.Cmdline, opts.Env = v.Cmdline, v.Env
+			if trustedKeys != "" {
+				if opts.TrustedKeys, err = inspectKeyring(g, trustedKeys); err != nil {
+					return err
+				}
+			}
 			var cs []*inspect.Checkpoint
 			for _, path := range args {
 				c, err := inspect.Open(path, opts)
@@ -125,6 +134,23 @@ func newInspectCommand(*globalOptions) *cobra.Command {
 	f.BoolVar(&v.Memory, "memory", false, "show the memory size of each process")
 	f.BoolVar(&all, "all", false, "show everything")
 	f.StringVar(&format, "format", "tree", "output format: tree, json or table")
+	f.StringVar(&trustedKeys, "trusted-keys", "", "say whether the signing key is one of these (authorized_keys format, as serve's --restore-trusted-keys); this node's key counts as trusted")
 	rf.add(cmd)
 	return cmd
+}
+
+// inspectKeyring is what a restore on this node would trust: the keys of
+// path and the node's own public key, if it has one.
+func inspectKeyring(g *globalOptions, path string) (*trust.Keyring, error) {
+	keys := trust.NewKeyring()
+	if err := keys.ReadKeysFile(path); err != nil {
+		return nil, err
+	}
+	own, err := trust.ReadPublicKeyFile(filepath.Join(g.rootDir, "pki", trust.PubKeyFile))
+	if err == nil {
+		keys.Add(own)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	return keys, nil
 }
