@@ -23,8 +23,9 @@ func init() { register(newCheckpointCommand) }
 
 func newCheckpointCommand(*globalOptions) *cobra.Command {
 	var (
-		client  clientOptions
-		timeout time.Duration
+		client         clientOptions
+		timeout        time.Duration
+		tcpEstablished bool
 	)
 	cmd := &cobra.Command{
 		Use:   "checkpoint NAMESPACE/POD/CONTAINER",
@@ -45,7 +46,7 @@ and prints the path of the archive it wrote on the server's node.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			paths, err := runCheckpoint(ctx, c, ref, timeout, cmd.ErrOrStderr())
+			paths, err := runCheckpoint(ctx, c, ref, timeout, tcpEstablished, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -56,6 +57,7 @@ and prints the path of the archive it wrote on the server's node.`,
 		},
 	}
 	client.addFlags(cmd.Flags())
+	cmd.Flags().BoolVar(&tcpEstablished, "tcp-established", false, "also checkpoint established TCP connections (CRIU --tcp-established; ckpt servers only)")
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "how long the server may take, sent in whole seconds (rounded up); 0 = the server's default (2m on a kubelet)")
 	return cmd
 }
@@ -88,8 +90,11 @@ func timeoutSeconds(d time.Duration) (string, error) {
 // maxCheckpointBody bounds the success answer ({"items":[path]}).
 const maxCheckpointBody = 1 << 20
 
-func runCheckpoint(ctx context.Context, c *apiClient, ref [3]string, timeout time.Duration, stderr io.Writer) ([]string, error) {
+func runCheckpoint(ctx context.Context, c *apiClient, ref [3]string, timeout time.Duration, tcpEstablished bool, stderr io.Writer) ([]string, error) {
 	query := url.Values{}
+	if tcpEstablished {
+		query.Set("tcpEstablished", "true")
+	}
 	if timeout != 0 {
 		secs, err := timeoutSeconds(timeout)
 		if err != nil {

@@ -25,10 +25,10 @@ type stubCheckpointer struct {
 	timeout time.Duration
 }
 
-func (s *stubCheckpointer) Checkpoint(_ context.Context, ref runtime.Ref, timeout time.Duration) (string, error) {
+func (s *stubCheckpointer) Checkpoint(_ context.Context, ref runtime.Ref, opts runtime.CheckpointOptions) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.ref, s.timeout = ref, timeout
+	s.ref, s.timeout = ref, opts.Timeout
 	if s.err != nil {
 		return "", s.err
 	}

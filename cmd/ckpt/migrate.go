@@ -48,7 +48,7 @@ func newMigrateCommand(*globalOptions) *cobra.Command {
 			}
 			ctx := cmd.Context()
 			start := time.Now()
-			paths, err := runCheckpoint(ctx, src, ref, timeout, os.Stderr)
+			paths, err := runCheckpoint(ctx, src, ref, timeout, false, os.Stderr)
 			if err != nil {
 				return err
 			}

@@ -23,6 +23,7 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/archive"
 	"github.com/ckpt-dev/ckpt/internal/auth"
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
+	"github.com/ckpt-dev/ckpt/internal/criuprobe"
 	"github.com/ckpt-dev/ckpt/internal/metrics"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 	"github.com/ckpt-dev/ckpt/internal/runtime/cri"
@@ -145,6 +146,12 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 			return err
 		}
 		rt = embeddedHealth{embeddedRT}
+		probeCtx, cancel := context.WithTimeout(ctx, time.Minute)
+		err := criuprobe.Probe(probeCtx, embeddedRT.CriuPath())
+		cancel()
+		if err != nil {
+			return fmt.Errorf("the embedded runtime needs a CRIU that dumps sockets (run hack/install-deps.sh, or use --container-runtime-endpoint): %w", err)
+		}
 		if err := embeddedRT.LockAgent(); err != nil {
 			return err
 		}
