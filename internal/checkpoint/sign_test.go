@@ -24,7 +24,7 @@ func (tarRuntime) Lookup(_ context.Context, ref runtime.Ref) (runtime.Container,
 	return runtime.Container{ID: ref.String(), Namespace: ref.Namespace, Pod: ref.Pod, Name: ref.Container, State: runtime.StateRunning}, nil
 }
 
-func (r tarRuntime) Checkpoint(_ context.Context, _ runtime.Container, path string) (runtime.CheckpointResult, error) {
+func (r tarRuntime) Checkpoint(_ context.Context, _ runtime.Container, path string, _ runtime.CheckpointOptions) (runtime.CheckpointResult, error) {
 	if r.bare {
 		data, err := os.ReadFile("../archive/testdata/containerd-2.4.2-cri-counter.tar")
 		if err != nil {
@@ -103,7 +103,7 @@ func TestArchivesSignedAndVerified(t *testing.T) {
 				opts.Recipients = []age.Recipient{id.Recipient()}
 			}
 			s := newService(t, tc.rt, opts)
-			path, err := s.Checkpoint(context.Background(), ref, 0)
+			path, err := s.Checkpoint(context.Background(), ref, runtime.CheckpointOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -149,7 +149,7 @@ func TestRestoreRefusesUnsigned(t *testing.T) {
 	s := newService(t, tarRuntime{}, Options{})
 	r := &extractRestorer{dir: t.TempDir()}
 	s.SetRestorer(r, nil)
-	path, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "web", Container: "app"}, 0)
+	path, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "web", Container: "app"}, runtime.CheckpointOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
