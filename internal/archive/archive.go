@@ -141,3 +141,7 @@ func cleanName(name string) (string, error) {
 	}
 	return strings.Join(out, "/"), nil
 }
+
+// ErrRefusedImage: a CRIU image of the archive asks a restore for what it
+// will not do (internal/inspect.ValidateCRIUImages).
+var ErrRefusedImage = errors.New("refused by the CRIU image rules")

@@ -70,7 +70,7 @@ func invalidArchive(err error) error {
 	for _, sentinel := range []error{archive.ErrEscape, archive.ErrAbsolute, archive.ErrBadName, archive.ErrType,
 		archive.ErrTooLarge, archive.ErrTooMany, archive.ErrChecksum, archive.ErrUnlisted, archive.ErrMissing,
 		archive.ErrSymlink, archive.ErrSetuid, archive.ErrDuplicate, archive.ErrFormat, archive.ErrNoIdentity, archive.ErrWrongIdentity,
-		archive.ErrMisplaced} {
+		archive.ErrMisplaced, archive.ErrRefusedImage} {
 		if errors.Is(err, sentinel) {
 			return fmt.Errorf("%w: %w", runtime.ErrInvalid, err)
 		}

@@ -13,6 +13,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/ckpt-dev/ckpt/internal/archive"
+	"github.com/ckpt-dev/ckpt/internal/inspect"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
@@ -87,12 +88,32 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 		in.deletedJSON = data
 	}
 	c, err := r.create(ctx, rec, img, func(rootfs, criuConf string) ([]byte, error) {
-		return restoredSpec(spec, rec, rootfs, criuConf)
+		data, err := restoredSpec(spec, rec, rootfs, criuConf)
+		if err != nil {
+			return nil, err
+		}
+		// CRIU runs as root on these images: check them against the
+		// prepared root and the spec the container gets.
+		return data, checkImages(in.imagesDir, rootfs, data)
 	}, in)
 	if err != nil {
 		return c, fmt.Errorf("restore %s as %s/%s/%s: %w", o.Source, rec.Namespace, rec.Pod, rec.Name, err)
 	}
 	return c, nil
+}
+
+// checkImages applies inspect.ValidateCRIUImages with the restored
+// spec's bounding capabilities.
+func checkImages(imagesDir, rootfs string, specJSON []byte) error {
+	var s specs.Spec
+	if err := json.Unmarshal(specJSON, &s); err != nil {
+		return err
+	}
+	caps := []string{}
+	if s.Process != nil && s.Process.Capabilities != nil {
+		caps = s.Process.Capabilities.Bounding
+	}
+	return inspect.ValidateCRIUImages(imagesDir, inspect.ImageRules{Root: rootfs, Capabilities: caps})
 }
 
 // restoredSpec adapts the checkpointed spec to the new container.
