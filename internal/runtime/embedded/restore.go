@@ -13,7 +13,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/ckpt-dev/ckpt/internal/archive"
-	"github.com/ckpt-dev/ckpt/internal/inspect"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
@@ -29,6 +28,10 @@ type RestoreOptions struct {
 	// checked against (nil: none) whether the archive may be used: the
 	// signature check (internal/trust). It runs before anything else.
 	Verify func(*archive.Manifest) error
+	// CheckImages, when set, checks the CRIU images against the prepared
+	// root and the spec's bounding capabilities before CRIU runs
+	// (inspect.ValidateCRIUImages).
+	CheckImages func(imagesDir, rootfs string, capabilities []string) error
 }
 
 // Restore rebuilds a container from a checkpoint archive (a plain tar
@@ -92,9 +95,12 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 		if err != nil {
 			return nil, err
 		}
+		if o.CheckImages == nil {
+			return data, nil
+		}
 		// CRIU runs as root on these images: check them against the
 		// prepared root and the spec the container gets.
-		return data, checkImages(in.imagesDir, rootfs, data)
+		return data, o.CheckImages(in.imagesDir, rootfs, boundingCaps(data))
 	}, in)
 	if err != nil {
 		return c, fmt.Errorf("restore %s as %s/%s/%s: %w", o.Source, rec.Namespace, rec.Pod, rec.Name, err)
@@ -102,18 +108,14 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 	return c, nil
 }
 
-// checkImages applies inspect.ValidateCRIUImages with the restored
-// spec's bounding capabilities.
-func checkImages(imagesDir, rootfs string, specJSON []byte) error {
+// boundingCaps is the bounding set of a spec (none if it has none).
+func boundingCaps(specJSON []byte) []string {
 	var s specs.Spec
-	if err := json.Unmarshal(specJSON, &s); err != nil {
-		return err
-	}
 	caps := []string{}
-	if s.Process != nil && s.Process.Capabilities != nil {
-		caps = s.Process.Capabilities.Bounding
+	if json.Unmarshal(specJSON, &s) == nil && s.Process != nil && s.Process.Capabilities != nil {
+		caps = append(caps, s.Process.Capabilities.Bounding...)
 	}
-	return inspect.ValidateCRIUImages(imagesDir, inspect.ImageRules{Root: rootfs, Capabilities: caps})
+	return caps
 }
 
 // restoredSpec adapts the checkpointed spec to the new container.
