@@ -27,6 +27,13 @@ const maxSignatureBytes = 64 << 10
 // signature before the manifest, a member after them).
 var ErrMisplaced = errors.New("member out of place")
 
+// Why a restore refuses an archive's signature (internal/trust decides).
+var (
+	ErrUnsigned     = errors.New("archive is not signed")
+	ErrBadSignature = errors.New("archive signature is not valid")
+	ErrUntrusted    = errors.New("archive is signed by an untrusted key")
+)
+
 // Signer signs the bytes of checksums.sha256.
 type Signer interface {
 	Sign(manifest []byte) ([]byte, error)

@@ -47,14 +47,16 @@ func (r tarRuntime) Checkpoint(_ context.Context, _ runtime.Container, path stri
 	return runtime.CheckpointResult{}, w.Close()
 }
 
-// extractRestorer restores as the embedded runtime does: extract, verify.
-type extractRestorer struct {
+// restoringRuntime restores as the embedded runtime does: extract, then
+// the node's check on the verified manifest.
+type restoringRuntime struct {
+	tarRuntime
 	dir  string
-	used int
+	used *int
 }
 
-func (e *extractRestorer) Restore(_ context.Context, tarStream io.Reader, target runtime.Ref, _ string, v Verifier) (runtime.Container, error) {
-	dest, err := os.MkdirTemp(e.dir, "restore-")
+func (r restoringRuntime) RestoreStream(_ context.Context, tarStream io.Reader, target runtime.Ref, _ string, check runtime.ArchiveCheck) (runtime.Container, error) {
+	dest, err := os.MkdirTemp(r.dir, "restore-")
 	if err != nil {
 		return runtime.Container{}, err
 	}
@@ -63,10 +65,29 @@ func (e *extractRestorer) Restore(_ context.Context, tarStream io.Reader, target
 	if err != nil {
 		return runtime.Container{}, err
 	}
-	if err := v.Verify(m); err != nil {
+	if m == nil {
+		err = check(nil, nil)
+	} else {
+		err = check(m.Raw, m.Signature)
+	}
+	if err != nil {
 		return runtime.Container{}, err
 	}
-	e.used++
+	*r.used++
+	return runtime.Container{Name: target.Container}, nil
+}
+
+// spoolRuntime restores from a spooled file, as the CRI backend does.
+type spoolRuntime struct {
+	tarRuntime
+	used *int
+}
+
+func (r spoolRuntime) Restore(_ context.Context, path string, target runtime.Ref) (runtime.Container, error) {
+	if _, err := os.Stat(path); err != nil {
+		return runtime.Container{}, err
+	}
+	*r.used++
 	return runtime.Container{Name: target.Container}, nil
 }
 
@@ -98,11 +119,17 @@ func TestArchivesSignedAndVerified(t *testing.T) {
 		{"cri archive without manifest", tarRuntime{bare: true}, false, false, ".tar"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			opts := Options{Signer: key, Compress: tc.compress, Trust: trust.Policy{Keys: trust.NewKeyring(key.PublicKey())}}
+			used := 0
+			opts := Options{Signer: key, Compress: tc.compress, Trust: trust.Policy{Keys: trust.NewKeyring(key.PublicKey())},
+				Identities: []age.Identity{id}}
 			if tc.encrypt {
 				opts.Recipients = []age.Recipient{id.Recipient()}
 			}
-			s := newService(t, tc.rt, opts)
+			var rt Runtime = restoringRuntime{tc.rt, t.TempDir(), &used}
+			if tc.rt.bare {
+				rt = spoolRuntime{tc.rt, &used}
+			}
+			s := newService(t, rt, opts)
 			path, err := s.Checkpoint(context.Background(), ref, runtime.CheckpointOptions{})
 			if err != nil {
 				t.Fatal(err)
@@ -124,31 +151,28 @@ func TestArchivesSignedAndVerified(t *testing.T) {
 				t.Fatalf("signature %+v", sig)
 			}
 
-			r := &extractRestorer{dir: t.TempDir()}
-			s.SetRestorer(r, []age.Identity{id})
 			if _, err := s.RestoreArchive(context.Background(), filepath.Base(path), ref); err != nil {
 				t.Fatalf("restore of the node's own archive: %v", err)
 			}
 			// Another node refuses it until it trusts this node's key.
-			s2 := newService(t, tc.rt, Options{Signer: other, Trust: trust.Policy{Keys: trust.NewKeyring(other.PublicKey()), AllowUnsigned: true}})
-			s2.SetRestorer(r, []age.Identity{id})
+			s2 := newService(t, rt, Options{Signer: other, Trust: trust.Policy{Keys: trust.NewKeyring(other.PublicKey()), AllowUnsigned: true},
+				Identities: []age.Identity{id}})
 			f, _ := os.Open(path)
 			_, err = s2.Restore(context.Background(), f, ref, "upload")
 			f.Close()
 			if !errors.Is(err, runtime.ErrInvalid) || !errors.Is(err, trust.ErrUntrusted) {
 				t.Errorf("other node: %v, want ErrInvalid and ErrUntrusted", err)
 			}
-			if r.used != 1 {
-				t.Errorf("restorer went on after a refusal: %d restores", r.used)
+			if used != 1 {
+				t.Errorf("the backend went on after a refusal: %d restores", used)
 			}
 		})
 	}
 }
 
 func TestRestoreRefusesUnsigned(t *testing.T) {
-	s := newService(t, tarRuntime{}, Options{})
-	r := &extractRestorer{dir: t.TempDir()}
-	s.SetRestorer(r, nil)
+	used := 0
+	s := newService(t, restoringRuntime{tarRuntime{}, t.TempDir(), &used}, Options{Trust: trust.Policy{}})
 	path, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "web", Container: "app"}, runtime.CheckpointOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -156,5 +180,17 @@ func TestRestoreRefusesUnsigned(t *testing.T) {
 	_, err = s.RestoreArchive(context.Background(), filepath.Base(path), runtime.Ref{})
 	if !errors.Is(err, runtime.ErrInvalid) || !errors.Is(err, trust.ErrUnsigned) || !strings.Contains(err.Error(), "--restore-allow-unsigned") {
 		t.Errorf("unsigned archive: %v", err)
+	}
+	// Without a trust policy nothing restores.
+	s = newService(t, restoringRuntime{tarRuntime{}, t.TempDir(), &used}, Options{})
+	path, err = s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "web", Container: "app"}, runtime.CheckpointOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err = s.RestoreArchive(context.Background(), filepath.Base(path), runtime.Ref{}); !errors.Is(err, runtime.ErrInvalid) {
+		t.Errorf("restore without a policy: %v", err)
+	}
+	if used != 0 {
+		t.Errorf("%d restores went through", used)
 	}
 }

@@ -36,12 +36,12 @@ const (
 	PubKeyFile = "checkpoint-signing.pub"
 )
 
-// Why a restore refuses an archive. The checkpoint service answers them
-// as invalid input (400).
+// Why a restore refuses an archive, defined with the format so that the
+// checkpoint service answers them as invalid input (400).
 var (
-	ErrUnsigned     = errors.New("archive is not signed")
-	ErrBadSignature = errors.New("archive signature is not valid")
-	ErrUntrusted    = errors.New("archive is signed by an untrusted key")
+	ErrUnsigned     = archive.ErrUnsigned
+	ErrBadSignature = archive.ErrBadSignature
+	ErrUntrusted    = archive.ErrUntrusted
 )
 
 // NodeKey is the node's signing key.

@@ -28,10 +28,6 @@ type RestoreOptions struct {
 	// checked against (nil: none) whether the archive may be used: the
 	// signature check (internal/trust). It runs before anything else.
 	Verify func(*archive.Manifest) error
-	// CheckImages, when set, checks the CRIU images against the prepared
-	// root and the spec's bounding capabilities before CRIU runs
-	// (inspect.ValidateCRIUImages).
-	CheckImages func(imagesDir, rootfs string, capabilities []string) error
 }
 
 // Restore rebuilds a container from a checkpoint archive (a plain tar
@@ -95,12 +91,12 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 		if err != nil {
 			return nil, err
 		}
-		if o.CheckImages == nil {
+		if r.cfg.CheckImages == nil {
 			return data, nil
 		}
 		// CRIU runs as root on these images: check them against the
 		// prepared root and the spec the container gets.
-		return data, o.CheckImages(in.imagesDir, rootfs, boundingCaps(data))
+		return data, r.cfg.CheckImages(in.imagesDir, rootfs, boundingCaps(data))
 	}, in)
 	if err != nil {
 		return c, fmt.Errorf("restore %s as %s/%s/%s: %w", o.Source, rec.Namespace, rec.Pod, rec.Name, err)
