@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ckpt-dev/ckpt/internal/ckptimage"
 	"github.com/ckpt-dev/ckpt/internal/image"
 )
 
@@ -24,11 +26,12 @@ func newImageCommand(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "image",
 		Short: "Manage the local images that the embedded runtime runs",
-		Long: "There is no registry: images are imported from files (`docker save` tarballs,\n" +
-			"OCI archives, OCI image layout directories) and kept unpacked under\n" +
-			"<root-dir>/ckpt/images.",
+		Long: "Images to run are imported from files (`docker save` tarballs, OCI archives, OCI image\n" +
+			"layout directories) and kept unpacked under <root-dir>/ckpt/images. Checkpoint images\n" +
+			"(from-checkpoint, push, pull, save) are kept as an OCI layout beside them.",
 	}
 	cmd.AddCommand(newImageImportCommand(g), newImageLsCommand(g), newImageRmCommand(g))
+	cmd.AddCommand(checkpointImageCommands(g)...)
 	return cmd
 }
 
@@ -98,6 +101,10 @@ func newImageLsCommand(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			ckpts, err := listCheckpointImages(g)
+			if err != nil {
+				return err
+			}
 			out := cmd.OutOrStdout()
 			id := func(img image.Image) string {
 				if noTrunc {
@@ -105,9 +112,18 @@ func newImageLsCommand(g *globalOptions) *cobra.Command {
 				}
 				return shortImageID(img.ID)
 			}
+			ckptID := func(e ckptimage.Entry) string {
+				if noTrunc {
+					return e.Digest
+				}
+				return shortImageID(e.Digest)
+			}
 			if quiet {
 				for _, img := range imgs {
 					fmt.Fprintln(out, id(img))
+				}
+				for _, e := range ckpts {
+					fmt.Fprintln(out, ckptID(e))
 				}
 				return nil
 			}
@@ -122,6 +138,9 @@ func newImageLsCommand(g *globalOptions) *cobra.Command {
 				for _, n := range names {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n, id(img), humanSize(img.Size), imageCreated(img.Created, now))
 				}
+			}
+			for _, e := range ckpts {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Name+" (checkpoint of "+e.Container+")", ckptID(e), humanSize(e.Size), imageCreated(e.Created, now))
 			}
 			return tw.Flush()
 		},
@@ -148,6 +167,17 @@ func newImageRmCommand(g *globalOptions) *cobra.Command {
 			}
 			for _, ref := range args {
 				img, err := s.Resolve(ref)
+				var nf *image.NotFoundError
+				if errors.As(err, &nf) {
+					e, found, cerr := removeCheckpointImage(g, ref)
+					if cerr != nil {
+						return cerr
+					}
+					if found {
+						fmt.Fprintf(cmd.OutOrStdout(), "Removed %s %s\n", e.Name, e.Digest)
+						continue
+					}
+				}
 				if err != nil {
 					return err
 				}

@@ -72,7 +72,7 @@ func clearProgress(opts inspect.Options) {
 	}
 }
 
-func newInspectCommand(*globalOptions) *cobra.Command {
+func newInspectCommand(g *globalOptions) *cobra.Command {
 	var (
 		rf     readFlags
 		v      inspect.View
@@ -80,12 +80,13 @@ func newInspectCommand(*globalOptions) *cobra.Command {
 		format string
 	)
 	cmd := &cobra.Command{
-		Use:   "inspect ARCHIVE...",
+		Use:   "inspect ARCHIVE|IMAGE...",
 		Short: "Show what checkpoint archives hold",
 		Long: "Show the container, sizes and CRIU statistics of checkpoint archives written by ckpt,\n" +
 			"containerd, CRI-O or Podman (.tar, .tar.zst, .tar.age, .tar.zst.age), and on request\n" +
 			"the process tree, command lines, environment, open files, sockets, mounts and memory.\n" +
 			"Archives are streamed once; nothing is extracted outside a private temporary directory.\n" +
+			"An argument that is no file is a checkpoint image reference (local, or pulled).\n" +
 			"The json format is documented in docs/inspect.md.",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -103,8 +104,13 @@ func newInspectCommand(*globalOptions) *cobra.Command {
 			}
 			opts.Cmdline, opts.Env = v.Cmdline, v.Env
 			var cs []*inspect.Checkpoint
-			for _, path := range args {
+			for _, arg := range args {
+				path, cleanup, err := archivePath(cmd.Context(), g, arg, rf.tempDir)
+				if err != nil {
+					return err
+				}
 				c, err := inspect.Open(path, opts)
+				cleanup()
 				clearProgress(opts)
 				if err != nil {
 					return err

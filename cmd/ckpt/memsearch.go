@@ -19,7 +19,7 @@ func init() {
 	register(newMemdumpCommand)
 }
 
-func newMemsearchCommand(*globalOptions) *cobra.Command {
+func newMemsearchCommand(g *globalOptions) *cobra.Command {
 	var (
 		rf       readFlags
 		literal  string
@@ -31,7 +31,7 @@ func newMemsearchCommand(*globalOptions) *cobra.Command {
 		errFound = errors.New("no match")
 	)
 	cmd := &cobra.Command{
-		Use:   "memsearch ARCHIVE (--search STR | --search-regex RE) [--context N] [--pid P]",
+		Use:   "memsearch ARCHIVE|IMAGE (--search STR | --search-regex RE) [--context N] [--pid P]",
 		Short: "Search the memory pages of a checkpoint",
 		Long: "Search the dumped memory of every process (or one) while the archive streams by, and\n" +
 			"print the process, the virtual address and the bytes around each hit. Bytes that are\n" +
@@ -53,7 +53,12 @@ func newMemsearchCommand(*globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			_, res, err := inspect.Search(args[0], opts, so)
+			path, cleanup, err := archivePath(cmd.Context(), g, args[0], rf.tempDir)
+			if err != nil {
+				return err
+			}
+			defer cleanup()
+			_, res, err := inspect.Search(path, opts, so)
 			clearProgress(opts)
 			if err != nil {
 				return err
@@ -101,7 +106,7 @@ func printMatches(w io.Writer, res *inspect.SearchResult) {
 	}
 }
 
-func newMemdumpCommand(*globalOptions) *cobra.Command {
+func newMemdumpCommand(g *globalOptions) *cobra.Command {
 	var (
 		rf     readFlags
 		pid    uint32
@@ -139,7 +144,12 @@ func newMemdumpCommand(*globalOptions) *cobra.Command {
 				}()
 				w = f
 			}
-			_, regions, err := inspect.Dump(args[0], opts, pid, inspect.DumpFormat(format), w)
+			path, cleanup, err := archivePath(cmd.Context(), g, args[0], rf.tempDir)
+			if err != nil {
+				return err
+			}
+			defer cleanup()
+			_, regions, err := inspect.Dump(path, opts, pid, inspect.DumpFormat(format), w)
 			clearProgress(opts)
 			if err != nil {
 				return err

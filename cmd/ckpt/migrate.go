@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/url"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -21,11 +23,14 @@ func newMigrateCommand(*globalOptions) *cobra.Command {
 	var timeout time.Duration
 	var target restoreTarget
 	var stopSource bool
+	var via, identity string
 	cmd := &cobra.Command{
 		Use:   "migrate NAMESPACE/POD/CONTAINER --from URL --to URL",
 		Short: "Checkpoint a container on one node and restore it on another",
 		Long: "migrate checkpoints the container through the source agent's kubelet API, streams the\n" +
 			"archive from the source's GET /checkpoints/{name} into the destination's POST /restore,\n" +
+			"or, with --via REGISTRY/REPO, builds a checkpoint image of it here, pushes it, and has the\n" +
+			"destination pull and restore it (for nodes that cannot reach each other; the image stays),\n" +
 			"and prints where it runs now. By default the source container keeps running (a\n" +
 			"checkpoint never stops it); --stop-source stops it once the copy runs. The archive\n" +
 			"stays on the source. Both agents take the same credentials; --cacert may hold both CAs.",
@@ -72,8 +77,18 @@ func newMigrateCommand(*globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var query url.Values
+			var body io.Reader = resp.Body
+			if via != "" {
+				pushed, err := pushArchive(ctx, resp.Body, via, name, identity)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "pushed %s\n", pushed)
+				query, body = url.Values{"image": {pushed}}, nil
+			}
 			stop := startTicker(os.Stderr, "restoring on "+to)
-			restored, err := runRestore(ctx, dst, segs, nil, resp.Body)
+			restored, err := runRestore(ctx, dst, segs, query, body)
 			stop()
 			if err != nil {
 				return fmt.Errorf("restore on %s: %w", to, err)
@@ -97,6 +112,8 @@ func newMigrateCommand(*globalOptions) *cobra.Command {
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "checkpoint timeout (0 = the source's default)")
 	cmd.Flags().StringVar(&target.pod, "pod", "", "restore into this NAMESPACE/POD (default: the same)")
 	cmd.Flags().StringVar(&target.name, "name", "", "container name on the destination (default: the same)")
+	cmd.Flags().StringVar(&via, "via", "", "move the checkpoint as an image through REGISTRY/REPO[:TAG] (pushed from here, pulled by the destination)")
+	cmd.Flags().StringVar(&identity, "identity", "", "age identity file, for --via with a source that encrypts its archives")
 	cmd.Flags().BoolVar(&stopSource, "stop-source", false, "stop the source container once the copy runs (default: leave it running)")
 	return cmd
 }

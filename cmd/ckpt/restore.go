@@ -40,16 +40,18 @@ func (t restoreTarget) segments() ([]string, error) {
 	return []string{"restore", ns, pod, name}, nil
 }
 
-func newRestoreCommand(*globalOptions) *cobra.Command {
+func newRestoreCommand(g *globalOptions) *cobra.Command {
 	var client clientOptions
 	var target restoreTarget
 	var identity string
 	cmd := &cobra.Command{
-		Use:   "restore ARCHIVE [--pod NS/NAME] [--name CTR]",
-		Short: "Restore a container from a checkpoint archive; it resumes where it was checkpointed",
+		Use:   "restore ARCHIVE|IMAGE [--pod NS/NAME] [--name CTR]",
+		Short: "Restore a container from a checkpoint archive or image; it resumes where it was checkpointed",
 		Long: "ARCHIVE is the name of an archive on the server (see `ckpt checkpoints ls`) or a local file,\n" +
 			"which is streamed to the server. An encrypted local file is decrypted here with --identity;\n" +
-			"the plain archive travels over the (TLS) connection and is never stored in clear.",
+			"the plain archive travels over the (TLS) connection and is never stored in clear.\n" +
+			"IMAGE is a checkpoint image reference: one in this machine's store (<root-dir>) is streamed\n" +
+			"like a file; any other is the server's to find in its store or pull from its registry.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := client.newClient()
@@ -73,8 +75,13 @@ func newRestoreCommand(*globalOptions) *cobra.Command {
 				}
 				defer rc.Close()
 				body = rc
-			} else {
+			} else if isArchiveName(args[0]) {
 				query.Set("archive", args[0])
+			} else if rc := localImageArchive(cmd.Context(), g, args[0]); rc != nil {
+				defer rc.Close()
+				body = rc
+			} else {
+				query.Set("image", args[0])
 			}
 			stop := startTicker(os.Stderr, "restoring")
 			restored, err := runRestore(cmd.Context(), c, segs, query, body)

@@ -176,8 +176,13 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 		}
 		svc.SetRestorer(criRestorer{criRT, svc.StagingDir()}, ids)
 	}
+	images, err := g.checkpointImages()
+	if err != nil {
+		return err
+	}
 	handler := server.NewWithArchives(server.Options{
 		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Registry: reg,
+		Images: imageArchives{images},
 	}, svc, svc, guard, rt)
 	go retentionLoop(ctx, log, svc)
 

@@ -142,3 +142,49 @@ func (s *Store) OpenArchive(ctx context.Context, ref string, pull bool, o Remote
 	rc, err := Archive(img, e.Name)
 	return rc, e, err
 }
+
+// ArchiveFile returns a file holding the plain archive tar of the
+// checkpoint image ref (pulled first when pull is set and the store lacks
+// it), for readers that take a path. An uncompressed layer is its own blob;
+// another is decompressed into tmpDir. cleanup removes what was made.
+func (s *Store) ArchiveFile(ctx context.Context, ref string, pull bool, o RemoteOptions, tmpDir string) (path string, cleanup func(), err error) {
+	img, e, err := s.Resolve(ref)
+	if err != nil && pull && isNotFound(err) {
+		if e, err = s.Pull(ctx, ref, o); err == nil {
+			img, e, err = s.Resolve(e.Name)
+		}
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	if err := checkImage(img, e.Name); err != nil {
+		return "", nil, err
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return "", nil, err
+	}
+	ld := m.Layers[0]
+	if ld.MediaType == types.OCIUncompressedLayer || ld.MediaType == types.DockerUncompressedLayer {
+		return s.blobPath(ld.Digest), func() {}, nil
+	}
+	rc, err := Archive(img, e.Name)
+	if err != nil {
+		return "", nil, err
+	}
+	defer rc.Close()
+	f, err := os.CreateTemp(tmpDir, "ckpt-image-archive-*.tar")
+	if err != nil {
+		return "", nil, err
+	}
+	if _, err = io.Copy(f, rc); err == nil {
+		err = f.Close()
+	} else {
+		f.Close()
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", nil, fmt.Errorf("read %s: %w", e.Name, err)
+	}
+	return f.Name(), func() { os.Remove(f.Name()) }, nil
+}

@@ -24,6 +24,12 @@ type Archives interface {
 	StopContainer(ctx context.Context, ref runtime.Ref) error
 }
 
+// ImageArchives opens the archive a checkpoint image carries: its plain tar
+// stream, which restores through the same path as any archive.
+type ImageArchives interface {
+	OpenImageArchive(ctx context.Context, ref string) (io.ReadCloser, error)
+}
+
 // RestoredContainer is the answer to a restore.
 type RestoredContainer struct {
 	ID        string `json:"id"`
@@ -82,7 +88,8 @@ func (s *server) deleteArchive(w http.ResponseWriter, r *http.Request) {
 }
 
 // restore restores into {ns}/{pod}/{ctr} from ?archive=NAME (a published
-// archive) or, without it, from the archive sent as the request body.
+// archive), ?image=REF (a checkpoint image) or, without either, from the
+// archive sent as the request body.
 func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 	target, err := parseRestoreTarget(r.PathValue("ns"), r.PathValue("pod"), r.PathValue("ctr"))
 	if err != nil {
@@ -96,9 +103,24 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 	// uploaded archive may take longer.
 	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 	var c runtime.Container
-	if names := r.URL.Query()["archive"]; len(names) > 0 {
+	names, images := r.URL.Query()["archive"], r.URL.Query()["image"]
+	switch {
+	case len(names) > 0 && len(images) > 0:
+		writeText(w, http.StatusBadRequest, "give either archive or image, not both")
+		return
+	case len(images) > 0 && s.opts.Images == nil:
+		writeText(w, http.StatusBadRequest, "this agent does not restore from images")
+		return
+	case len(images) > 0:
+		ref := images[len(images)-1]
+		var rc io.ReadCloser
+		if rc, err = s.opts.Images.OpenImageArchive(ctx, ref); err == nil {
+			defer rc.Close()
+			c, err = s.a.Restore(ctx, rc, target, "image "+ref)
+		}
+	case len(names) > 0:
 		c, err = s.a.RestoreArchive(ctx, names[len(names)-1], target)
-	} else {
+	default:
 		c, err = s.a.Restore(ctx, r.Body, target, "upload")
 	}
 	if err != nil {
