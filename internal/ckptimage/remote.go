@@ -244,6 +244,8 @@ func explain(err error) error {
 			return fmt.Errorf("%w (log in with `docker login`, which writes ~/.docker/config.json)", err)
 		case http.StatusNotFound:
 			return fmt.Errorf("%w: %w", ErrNotFound, err)
+		case http.StatusMethodNotAllowed:
+			return fmt.Errorf("%w (the registry refuses writes: is it read-only?)", err)
 		}
 		for _, d := range te.Errors {
 			if d.Code == transport.ManifestUnknownErrorCode || d.Code == transport.NameUnknownErrorCode {

@@ -286,7 +286,7 @@ func (s *Store) writeBlob(h v1.Hash, size int64, r io.Reader, progress func(int6
 	}
 	n, err := io.Copy(w, io.LimitReader(r, size+1))
 	if err != nil {
-		return err
+		return fmt.Errorf("blob %s: download broke after %d of %d bytes: %w", h, n, size, err)
 	}
 	if n != size {
 		return fmt.Errorf("blob %s: got %d bytes, want %d (truncated download?)", h, n, size)
