@@ -9,8 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"time"
 
 	"filippo.io/age"
 	"github.com/spf13/cobra"
@@ -184,25 +182,8 @@ func remoteOptions(w io.Writer, verb string, quiet bool) (ckptimage.RemoteOption
 	if quiet || !isTerminal(w) {
 		return ckptimage.RemoteOptions{}, func() {}
 	}
-	var mu sync.Mutex
-	var last time.Time
-	shown := false
-	o := ckptimage.RemoteOptions{Progress: func(done, total int64) {
-		mu.Lock()
-		defer mu.Unlock()
-		if now := time.Now(); now.Sub(last) > 200*time.Millisecond || done == total {
-			last = now
-			shown = true
-			fmt.Fprintf(w, "\r\x1b[K%s %s / %s", verb, humanSize(done), humanSize(total))
-		}
-	}}
-	return o, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if shown {
-			fmt.Fprint(w, "\r\x1b[K")
-		}
-	}
+	p := newProgress(w, verb, -1)
+	return ckptimage.RemoteOptions{Progress: p.set}, func() { p.finish() }
 }
 
 // listCheckpointImages adds the checkpoint images to `ckpt image ls`.

@@ -53,13 +53,14 @@ func newMemsearchCommand(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			done := withProgress(&opts)
 			path, cleanup, err := archivePath(cmd.Context(), g, args[0], rf.tempDir)
 			if err != nil {
 				return err
 			}
 			defer cleanup()
 			_, res, err := inspect.Search(path, opts, so)
-			clearProgress(opts)
+			done()
 			if err != nil {
 				return err
 			}
@@ -92,7 +93,7 @@ func newMemsearchCommand(g *globalOptions) *cobra.Command {
 
 func printMatches(w io.Writer, res *inspect.SearchResult) {
 	if len(res.Matches) == 0 {
-		fmt.Fprintf(w, "no match in %s of memory\n", inspect.HumanBytes(res.Searched))
+		fmt.Fprintf(w, "no match in %s of memory\n", humanBytes(res.Searched))
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -114,7 +115,7 @@ func newMemdumpCommand(g *globalOptions) *cobra.Command {
 		format string
 	)
 	cmd := &cobra.Command{
-		Use:   "memdump ARCHIVE --pid P -o FILE",
+		Use:   "memdump ARCHIVE|IMAGE --pid P -o FILE",
 		Short: "Write out the dumped memory of one process",
 		Long: "Write the memory pages of one process as a hexdump with virtual addresses (--format hex)\n" +
 			"or as raw bytes in address order (--format raw; the regions and their offsets in FILE are\n" +
@@ -128,6 +129,7 @@ func newMemdumpCommand(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			done := withProgress(&opts)
 			var w io.Writer = cmd.OutOrStdout()
 			if output != "-" {
 				f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -150,7 +152,7 @@ func newMemdumpCommand(g *globalOptions) *cobra.Command {
 			}
 			defer cleanup()
 			_, regions, err := inspect.Dump(path, opts, pid, inspect.DumpFormat(format), w)
-			clearProgress(opts)
+			done()
 			if err != nil {
 				return err
 			}
@@ -161,7 +163,7 @@ func newMemdumpCommand(g *globalOptions) *cobra.Command {
 			for _, r := range regions {
 				total += r.Size
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s of memory of PID %d to %s\n", inspect.HumanBytes(total), pid, output)
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s of memory of PID %d to %s\n", humanBytes(total), pid, output)
 			if format == string(inspect.DumpRaw) {
 				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "ADDRESS\tSIZE\tOFFSET")

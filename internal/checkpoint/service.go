@@ -27,7 +27,7 @@ type Runtime interface {
 	Lookup(ctx context.Context, ref runtime.Ref) (runtime.Container, error)
 	// Checkpoint writes an archive of a running container to archivePath,
 	// leaving the container running. The deadline comes from ctx.
-	Checkpoint(ctx context.Context, c runtime.Container, archivePath string) (runtime.CheckpointResult, error)
+	Checkpoint(ctx context.Context, c runtime.Container, archivePath string, opts runtime.CheckpointOptions) (runtime.CheckpointResult, error)
 }
 
 // Recorder observes checkpoints (Prometheus metrics in production).
@@ -100,8 +100,9 @@ func ArchiveName(ref runtime.Ref, t time.Time, layout string) string {
 }
 
 // Checkpoint checkpoints one container and returns the archive's path.
-// timeout <= 0 means the default timeout.
-func (s *Service) Checkpoint(ctx context.Context, ref runtime.Ref, timeout time.Duration) (path string, err error) {
+// opts.Timeout <= 0 means the default timeout.
+func (s *Service) Checkpoint(ctx context.Context, ref runtime.Ref, opts runtime.CheckpointOptions) (path string, err error) {
+	timeout := opts.Timeout
 	if timeout <= 0 {
 		timeout = s.opts.DefaultTimeout
 	}
@@ -128,7 +129,7 @@ func (s *Service) Checkpoint(ctx context.Context, ref runtime.Ref, timeout time.
 	}
 	defer os.RemoveAll(staging)
 	tmp := filepath.Join(staging, "archive.tar")
-	res, err = s.rt.Checkpoint(ctx, c, tmp)
+	res, err = s.rt.Checkpoint(ctx, c, tmp, opts)
 	if err != nil {
 		if ctx.Err() != nil {
 			return "", fmt.Errorf("%w (checkpoint of %s did not finish within %s)", timeoutErr(ctx.Err(), timeout), ref, timeout)

@@ -39,7 +39,7 @@ func (f *fakeRuntime) Lookup(_ context.Context, ref runtime.Ref) (runtime.Contai
 	return runtime.Container{ID: ref.String(), Namespace: ref.Namespace, Pod: ref.Pod, Name: ref.Container, State: runtime.StateRunning}, nil
 }
 
-func (f *fakeRuntime) Checkpoint(ctx context.Context, c runtime.Container, path string) (runtime.CheckpointResult, error) {
+func (f *fakeRuntime) Checkpoint(ctx context.Context, c runtime.Container, path string, _ runtime.CheckpointOptions) (runtime.CheckpointResult, error) {
 	f.mu.Lock()
 	f.running++
 	if f.running > f.maxPar {
@@ -88,7 +88,7 @@ func TestCheckpointNamesModesAndNoOverwrite(t *testing.T) {
 	ref := runtime.Ref{Namespace: "default", Pod: "counter", Container: "counter"}
 	var paths []string
 	for i := 0; i < 3; i++ {
-		p, err := s.Checkpoint(context.Background(), ref, time.Minute)
+		p, err := s.Checkpoint(context.Background(), ref, runtime.CheckpointOptions{Timeout: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -146,7 +146,7 @@ func TestCheckpointErrorsLeaveNothing(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			s := newService(t, c.rt, Options{})
-			_, err := s.Checkpoint(context.Background(), c.ref, c.timeout)
+			_, err := s.Checkpoint(context.Background(), c.ref, runtime.CheckpointOptions{Timeout: c.timeout})
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -178,7 +178,7 @@ func TestSameContainerSerializedOthersParallel(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, time.Minute); err != nil {
+			if _, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, runtime.CheckpointOptions{Timeout: time.Minute}); err != nil {
 				t.Error(err)
 			}
 		}()
@@ -192,7 +192,7 @@ func TestSameContainerSerializedOthersParallel(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: fmt.Sprintf("c%d", i)}, time.Minute)
+			s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: fmt.Sprintf("c%d", i)}, runtime.CheckpointOptions{Timeout: time.Minute})
 		}()
 	}
 	wg.Wait()
@@ -201,9 +201,9 @@ func TestSameContainerSerializedOthersParallel(t *testing.T) {
 	}
 	// A waiter gives up at its own deadline.
 	rt.block = time.Second
-	go s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, time.Minute)
+	go s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, runtime.CheckpointOptions{Timeout: time.Minute})
 	time.Sleep(50 * time.Millisecond)
-	_, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, 100*time.Millisecond)
+	_, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, runtime.CheckpointOptions{Timeout: 100 * time.Millisecond})
 	if !errors.Is(err, runtime.ErrTimeout) || !strings.Contains(err.Error(), "waiting for another checkpoint") {
 		t.Fatalf("waiter error = %v", err)
 	}
@@ -317,12 +317,12 @@ func TestCheckpointMetrics(t *testing.T) {
 	rt := &fakeRuntime{freeze: 250 * time.Millisecond}
 	s := newService(t, rt, Options{Recorder: metrics.New(reg)})
 	ok := runtime.Ref{Namespace: "default", Pod: "p", Container: "c"}
-	if _, err := s.Checkpoint(context.Background(), ok, time.Minute); err != nil {
+	if _, err := s.Checkpoint(context.Background(), ok, runtime.CheckpointOptions{Timeout: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
-	s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "nopod", Container: "c"}, time.Minute)
+	s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "nopod", Container: "c"}, runtime.CheckpointOptions{Timeout: time.Minute})
 	rt.err = errors.New("criu exploded")
-	s.Checkpoint(context.Background(), ok, time.Minute)
+	s.Checkpoint(context.Background(), ok, runtime.CheckpointOptions{Timeout: time.Minute})
 
 	rec := httptest.NewRecorder()
 	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))

@@ -99,8 +99,48 @@ func TestRestoreWhileOriginalRuns(t *testing.T) {
 			t.Fatalf("run %d: restored %+v", i, r)
 		}
 		resumesAt(t, a.containerLog(r.ID[:12]), k)
+		fileContinues(t, a.rootfsFile(r.ID[:12], "counter.log"), k+2)
 		keepsCounting(t, a.containerLog(orig))
 		a.rmContainer(r.ID)
+	}
+}
+
+// rootfsFile is a file the container wrote in its root filesystem.
+func (a *agent) rootfsFile(shortID, name string) string {
+	a.t.Helper()
+	matches, _ := filepath.Glob(filepath.Join(a.rootDir, "ckpt", "containers", shortID+"*", "upper", name))
+	if len(matches) != 1 {
+		a.t.Fatalf("no %s in the root filesystem of container %s", name, shortID)
+	}
+	return matches[0]
+}
+
+// fileContinues checks that the counter's file in a restored root
+// filesystem holds "count 0" up to at least "count atLeast", each once and
+// in order: the file was captured at the same cut as memory, so the
+// restored process neither repeats nor skips a line.
+func fileContinues(t *testing.T, path string, atLeast int) {
+	t.Helper()
+	var got []string
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+		if len(got) > atLeast {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i, line := range got {
+		if line != fmt.Sprintf("count %d", i) {
+			t.Fatalf("restored %s: line %d is %q, want %q (file and memory are not one cut)", path, i, line, fmt.Sprintf("count %d", i))
+		}
+	}
+	if len(got) <= atLeast {
+		t.Fatalf("restored %s has %d lines, want more than %d", path, len(got), atLeast)
 	}
 }
 

@@ -30,6 +30,8 @@ type record struct {
 	CreatedAt    time.Time `json:"createdAt"`
 	RestoredFrom string    `json:"restoredFrom,omitempty"`
 	RestoredAt   time.Time `json:"restoredAt,omitzero"`
+	// PodAnnotations are the pod's annotations (ckpt options ride on them).
+	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
 }
 
 // exitStatus is written by the shim when the container's init exits.

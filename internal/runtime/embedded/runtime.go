@@ -109,6 +109,9 @@ func lookBinary(given, name string) (string, error) {
 	return p, nil
 }
 
+// CriuPath is the CRIU binary the runtime runs.
+func (r *Runtime) CriuPath() string { return r.cfg.Criu }
+
 func (r *Runtime) runcRoot() string { return filepath.Join(r.cfg.StateDir, "runc") }
 
 func (r *Runtime) newRunc(logFile string) *gorunc.Runc {
@@ -221,6 +224,7 @@ func (r *Runtime) CreateFromPod(ctx context.Context, pod *corev1.Pod, c corev1.C
 	rec := &record{
 		ID: newID(), Namespace: pod.Namespace, Pod: pod.Name, Name: c.Name,
 		Image: c.Image, ImageID: img.ID, Origin: originManifest, CreatedAt: time.Now().UTC(),
+		PodAnnotations: pod.Annotations,
 	}
 	return r.create(ctx, rec, img, func(rootfs, criuConf string) ([]byte, error) {
 		s, err := buildSpec(rec, img, c, rootfs, criuConf)

@@ -248,7 +248,7 @@ func TestCheckpointThroughCRI(t *testing.T) {
 		t.Fatal(err)
 	}
 	archive := filepath.Join(dir, "checkpoint.tar")
-	if _, err := rt.Checkpoint(ctx, ctr, archive); err != nil {
+	if _, err := rt.Checkpoint(ctx, ctr, archive, runtime.CheckpointOptions{}); err != nil {
 		t.Fatalf("Checkpoint: %v", err)
 	}
 	fi, err := os.Stat(archive)
@@ -262,7 +262,7 @@ func TestCheckpointThroughCRI(t *testing.T) {
 	checkStillRunning(t, c, p)
 
 	// A container the runtime does not know.
-	_, err = rt.Checkpoint(ctx, runtime.Container{ID: "0000000000000000"}, filepath.Join(dir, "none.tar"))
+	_, err = rt.Checkpoint(ctx, runtime.Container{ID: "0000000000000000"}, filepath.Join(dir, "none.tar"), runtime.CheckpointOptions{})
 	if !errors.Is(err, runtime.ErrContainerNotFound) {
 		t.Errorf("checkpoint of an unknown container: %v, want ErrContainerNotFound", err)
 	}
@@ -296,7 +296,7 @@ func TestRestoreThroughCRI(t *testing.T) {
 	waitCount(t, p.logPath, 10)
 	cpCount := lastCount(p.logPath)
 	archive := filepath.Join(tmpRoot, "restore-src.tar")
-	if _, err := rt.Checkpoint(ctx, ctr, archive); err != nil {
+	if _, err := rt.Checkpoint(ctx, ctr, archive, runtime.CheckpointOptions{}); err != nil {
 		t.Fatalf("Checkpoint: %v", err)
 	}
 
