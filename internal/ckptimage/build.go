@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -122,7 +123,7 @@ func Build(tarStream io.Reader, workDir string, lim archive.Limits) (_ *Built, r
 
 	var created time.Time
 	var cfg metadata.ContainerConfig
-	if jsonUnmarshal(cfgJSON, &cfg) == nil {
+	if json.Unmarshal(cfgJSON, &cfg) == nil {
 		created = cfg.CheckpointedAt.UTC()
 	}
 	img, err := newImage(l, info, created)

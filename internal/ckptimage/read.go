@@ -3,15 +3,12 @@ package ckptimage
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"hash"
 	"io"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
-
-func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
 // checkImage refuses an image that is not a checkpoint image: no checkpoint
 // annotation on its manifest, or not exactly one layer of a sane size.

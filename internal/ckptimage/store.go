@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -310,11 +309,6 @@ func (p progressWriter) Write(b []byte) (int, error) {
 // blobPath is where a blob of the layout lives.
 func (s *Store) blobPath(h v1.Hash) string {
 	return filepath.Join(s.dir, "blobs", h.Algorithm, h.Hex)
-}
-
-func exists(p string) bool {
-	_, err := os.Stat(p)
-	return !errors.Is(err, fs.ErrNotExist)
 }
 
 func matchName(name string) match.Matcher { return match.Annotation(annotationRefName, name) }
