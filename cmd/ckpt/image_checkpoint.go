@@ -79,8 +79,8 @@ func buildCheckpointImage(s *ckptimage.Store, path string, ids []age.Identity, r
 		return ckptimage.Entry{}, err
 	}
 	defer rc.Close()
-	work := filepath.Join(s.Dir(), "tmp")
-	if err := os.MkdirAll(work, 0o700); err != nil {
+	work, err := s.TempDir()
+	if err != nil {
 		return ckptimage.Entry{}, err
 	}
 	b, err := ckptimage.Build(rc, work, archive.Limits{})

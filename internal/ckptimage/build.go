@@ -55,7 +55,7 @@ func (b *Built) Close() error { return os.Remove(b.file) }
 // workDir. The archive is checked like any hostile one (archive.Walk);
 // config.dump and spec.dump must be there.
 func Build(tarStream io.Reader, workDir string, lim archive.Limits) (_ *Built, retErr error) {
-	f, err := os.CreateTemp(workDir, "layer-*.tar")
+	f, err := os.CreateTemp(workDir, fmt.Sprintf("layer-%d-*.tar", os.Getpid()))
 	if err != nil {
 		return nil, fmt.Errorf("build checkpoint image: %w", err)
 	}

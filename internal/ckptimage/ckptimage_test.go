@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -419,3 +420,25 @@ func TestPlainHTTPOnlyToLoopback(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+func TestTempDirRemovesStaleLayers(t *testing.T) {
+	s, _ := Open(filepath.Join(t.TempDir(), "store"))
+	dir, err := s.TempDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// pid 2^22+1 is above pid_max: no such process.
+	stale := filepath.Join(dir, "layer-4194305-x.tar")
+	mine := filepath.Join(dir, fmt.Sprintf("layer-%d-y.tar", os.Getpid()))
+	os.WriteFile(stale, nil, 0o600)
+	os.WriteFile(mine, nil, 0o600)
+	if _, err := s.TempDir(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale layer kept: %v", err)
+	}
+	if _, err := os.Stat(mine); err != nil {
+		t.Errorf("a live process's layer removed: %v", err)
+	}
+}

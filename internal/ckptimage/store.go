@@ -67,6 +67,23 @@ func Open(dir string) (*Store, error) {
 	return &Store{dir: dir, lp: lp}, nil
 }
 
+// TempDir is the store's staging directory for Build, on the store's file
+// system. Layers staged by processes that are gone are removed.
+func (s *Store) TempDir() (string, error) {
+	dir := filepath.Join(s.dir, "tmp")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "layer-%d-", &pid); err != nil || pid <= 0 || unix.Kill(pid, 0) == unix.ESRCH {
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+	return dir, nil
+}
+
 // Dir is the layout's directory.
 func (s *Store) Dir() string { return s.dir }
 
