@@ -40,6 +40,8 @@ func newImageImportCommand(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "import FILE...",
 		Short: "Import images from docker save tarballs, OCI archives or OCI layout directories",
+		Long: "An OCI archive of a checkpoint image (`ckpt image save`) goes to the checkpoint images;\n" +
+			"everything else is unpacked for the embedded runtime to run.",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.imageStore()
@@ -50,6 +52,12 @@ func newImageImportCommand(g *globalOptions) *cobra.Command {
 				s.Progress = imageProgress(cmd.ErrOrStderr())
 			}
 			for _, f := range args {
+				if done, err := importCheckpointImages(g, cmd.OutOrStdout(), f); done || err != nil {
+					if err != nil {
+						return err
+					}
+					continue
+				}
 				imgs, err := s.Import(cmd.Context(), f)
 				for _, img := range imgs {
 					names := "<none>"

@@ -270,3 +270,20 @@ func localImageArchive(ctx context.Context, g *globalOptions, ref string) io.Rea
 	}
 	return rc
 }
+
+// importCheckpointImages imports file into the checkpoint images if it is
+// an OCI archive of one; done is false when it is not.
+func importCheckpointImages(g *globalOptions, w io.Writer, file string) (done bool, err error) {
+	if fi, err := os.Stat(file); err != nil || !fi.Mode().IsRegular() {
+		return false, nil
+	}
+	s, err := g.checkpointImages()
+	if err != nil {
+		return false, err
+	}
+	es, ok, err := s.ImportArchive(file)
+	for _, e := range es {
+		fmt.Fprintf(w, "Imported %s %s (checkpoint of %s)\n", e.Name, e.Digest, e.Container)
+	}
+	return ok, err
+}

@@ -1,6 +1,7 @@
 package ckptimage
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -440,5 +442,67 @@ func TestTempDirRemovesStaleLayers(t *testing.T) {
 	}
 	if _, err := os.Stat(mine); err != nil {
 		t.Errorf("a live process's layer removed: %v", err)
+	}
+}
+
+func TestImportArchiveOfSave(t *testing.T) {
+	in := testArchive(t, nil)
+	b := build(t, in)
+	src, _ := Open(filepath.Join(t.TempDir(), "a"))
+	if _, err := src.Add(b.Image, "example.com/ckpt/counter:v1"); err != nil {
+		t.Fatal(err)
+	}
+	saved := filepath.Join(t.TempDir(), "img.tar")
+	if err := src.SaveFile("example.com/ckpt/counter:v1", saved); err != nil {
+		t.Fatal(err)
+	}
+	dst, _ := Open(filepath.Join(t.TempDir(), "b"))
+	es, ok, err := dst.ImportArchive(saved)
+	if err != nil || !ok || len(es) != 1 || es[0].Name != "example.com/ckpt/counter:v1" {
+		t.Fatalf("import: %v %v %+v", ok, err, es)
+	}
+	rc, _, err := dst.OpenArchive(context.Background(), "example.com/ckpt/counter:v1", false, RemoteOptions{})
+	if got := readAll(t, rc, err); !bytes.Equal(got, in) {
+		t.Error("imported image carries other bytes")
+	}
+
+	// A changed layer is refused and leaves nothing behind.
+	data, _ := os.ReadFile(saved)
+	i := bytes.Index(data, []byte("criu images"))
+	data[i] ^= 1
+	bad := filepath.Join(t.TempDir(), "bad.tar")
+	os.WriteFile(bad, data, 0o600)
+	other, _ := Open(filepath.Join(t.TempDir(), "c"))
+	if _, ok, err := other.ImportArchive(bad); !ok || !errors.Is(err, errDigest) {
+		t.Errorf("import of a changed layer: ok=%v err=%v, want a digest error", ok, err)
+	}
+	if blobs, _ := os.ReadDir(filepath.Join(other.Dir(), "blobs", "sha256")); len(blobs) != 0 {
+		t.Errorf("%d blobs left", len(blobs))
+	}
+	if tmp, _ := os.ReadDir(filepath.Join(other.Dir(), "tmp")); len(tmp) != 0 {
+		t.Errorf("%d staging entries left", len(tmp))
+	}
+
+	// An image that is no checkpoint is none of the store's business.
+	img, _ := random.Image(1000, 1)
+	dir := t.TempDir()
+	lp, _ := layout.Write(filepath.Join(dir, "l"), empty.Index)
+	lp.AppendImage(img)
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	filepath.Walk(filepath.Join(dir, "l"), func(p string, fi os.FileInfo, err error) error {
+		rel, _ := filepath.Rel(filepath.Join(dir, "l"), p)
+		if fi.Mode().IsRegular() {
+			b, _ := os.ReadFile(p)
+			tw.WriteHeader(&tar.Header{Name: rel, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg})
+			tw.Write(b)
+		}
+		return nil
+	})
+	tw.Close()
+	plain := filepath.Join(dir, "plain.tar")
+	os.WriteFile(plain, tb.Bytes(), 0o600)
+	if _, ok, err := other.ImportArchive(plain); ok || err != nil {
+		t.Errorf("import of a plain image: ok=%v err=%v, want not ours", ok, err)
 	}
 }
