@@ -63,3 +63,47 @@ func FuzzOpenArchive(f *testing.F) {
 			})
 	})
 }
+
+// FuzzImportArchive feeds hostile OCI archives to ImportArchive: it must
+// refuse or import cleanly, and never keep a blob that fails its digest.
+func FuzzImportArchive(f *testing.F) {
+	b := build(f, testArchive(f, nil))
+	s, err := Open(filepath.Join(f.TempDir(), "seed"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	if _, err := s.Add(b.Image, "localhost/seed:1"); err != nil {
+		f.Fatal(err)
+	}
+	saved := filepath.Join(f.TempDir(), "seed.tar")
+	if err := s.SaveFile("localhost/seed:1", saved); err != nil {
+		f.Fatal(err)
+	}
+	seed, _ := os.ReadFile(saved)
+	f.Add(seed)
+	f.Add(seed[:len(seed)/2])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		file := filepath.Join(dir, "in.tar")
+		os.WriteFile(file, data, 0o600)
+		s, err := Open(filepath.Join(dir, "store"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		es, _, err := s.ImportArchive(file)
+		if err != nil {
+			return
+		}
+		for _, e := range es {
+			rc, _, err := s.OpenArchive(context.Background(), e.Name, false, RemoteOptions{})
+			if err != nil {
+				t.Fatalf("imported %s but cannot open it: %v", e.Name, err)
+			}
+			if _, err := io.Copy(io.Discard, rc); err != nil {
+				t.Fatalf("imported %s with a bad layer: %v", e.Name, err)
+			}
+			rc.Close()
+		}
+	})
+}
