@@ -21,8 +21,8 @@ fi
 log "unpacking docker-registry $version into $REGISTRY_PREFIX/$version"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-chmod 755 "$work"
-(cd "$work" && apt-get download -qq "docker-registry=$version")
+
+(cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "docker-registry=$version")
 mkdir -p "$REGISTRY_PREFIX"
 rm -rf "$REGISTRY_PREFIX/$version.tmp"
 dpkg-deb -x "$work"/docker-registry_*.deb "$REGISTRY_PREFIX/$version.tmp"
