@@ -65,7 +65,7 @@ func newImageFromCheckpointCommand(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Built %s %s (checkpoint of %s, %s)\n", e.Name, e.Digest, e.Container, humanSize(e.Size))
+			fmt.Fprintf(cmd.OutOrStdout(), "Built %s %s (checkpoint of %s, %s)\n", e.Name, e.Digest, e.Container, humanBytes(e.Size))
 			return nil
 		},
 	}
@@ -141,7 +141,7 @@ func newImagePullCommand(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "Pulled %s %s (checkpoint of %s, %s)\n", e.Name, e.Digest, e.Container, humanSize(e.Size))
+			fmt.Fprintf(cmd.OutOrStdout(), "Pulled %s %s (checkpoint of %s, %s)\n", e.Name, e.Digest, e.Container, humanBytes(e.Size))
 			return nil
 		},
 	}
