@@ -1,32 +1,23 @@
 #!/usr/bin/env bash
 # Unpacks Debian 12's docker-registry (distribution 2.8, a static Go binary)
-# into /opt/ckpt/registry/<version> for the tests' loopback registry. The
-# system is untouched: no service is installed, nothing is started.
-# Prints nothing but progress; the binary is $REGISTRY_PREFIX/<version>/usr/bin/docker-registry
-# and /opt/ckpt/registry/current links to the version.
+# into CKPT_REGISTRY_PREFIX (default /opt/ckpt/registry) for the tests'
+# loopback registry: `apt-get download` + `dpkg-deb -x`, so the system's
+# packages are untouched, no service is installed and nothing is started.
+# The binary is $CKPT_REGISTRY_PREFIX/usr/bin/docker-registry (the layout
+# hack/start-registry.sh uses too).
 set -euo pipefail
 
-REGISTRY_PREFIX=${REGISTRY_PREFIX:-/opt/ckpt/registry}
+PREFIX=${CKPT_REGISTRY_PREFIX:-/opt/ckpt/registry}
 log() { printf '==> %s\n' "$*"; }
 
-if [ -x "$REGISTRY_PREFIX/current/usr/bin/docker-registry" ]; then
-	exit 0
-fi
-version=$(apt-cache policy docker-registry 2>/dev/null | awk '/Candidate:/ {print $2}')
-if [ -z "$version" ] || [ "$version" = "(none)" ]; then
-	apt-get update -qq
-	version=$(apt-cache policy docker-registry | awk '/Candidate:/ {print $2}')
-fi
-[ -n "$version" ] && [ "$version" != "(none)" ] || { echo "install-registry: no docker-registry package" >&2; exit 1; }
-log "unpacking docker-registry $version into $REGISTRY_PREFIX/$version"
+[ -x "$PREFIX/usr/bin/docker-registry" ] && exit 0
+log "unpacking Debian's docker-registry into $PREFIX"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-
-(cd "$work" && apt-get download -qq -o APT::Sandbox::User=root "docker-registry=$version")
-mkdir -p "$REGISTRY_PREFIX"
-rm -rf "$REGISTRY_PREFIX/$version.tmp"
-dpkg-deb -x "$work"/docker-registry_*.deb "$REGISTRY_PREFIX/$version.tmp"
-"$REGISTRY_PREFIX/$version.tmp/usr/bin/docker-registry" --version >/dev/null
-rm -rf "$REGISTRY_PREFIX/$version"
-mv "$REGISTRY_PREFIX/$version.tmp" "$REGISTRY_PREFIX/$version"
-ln -sfn "$version" "$REGISTRY_PREFIX/current"
+download() { (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root docker-registry) && [ -f "$work"/docker-registry_*.deb ]; }
+download || { apt-get update -qq && download; } || { echo "install-registry: apt-get download docker-registry failed" >&2; exit 1; }
+rm -rf "$PREFIX.new"
+dpkg-deb -x "$work"/docker-registry_*.deb "$PREFIX.new"
+"$PREFIX.new/usr/bin/docker-registry" --version >/dev/null
+rm -rf "$PREFIX"
+mv "$PREFIX.new" "$PREFIX"

@@ -31,7 +31,11 @@ func registryBin(t *testing.T) string {
 	if p := os.Getenv("CKPT_REGISTRY"); p != "" {
 		return p
 	}
-	p := "/opt/ckpt/registry/current/usr/bin/docker-registry"
+	prefix := os.Getenv("CKPT_REGISTRY_PREFIX")
+	if prefix == "" {
+		prefix = "/opt/ckpt/registry"
+	}
+	p := filepath.Join(prefix, "usr/bin/docker-registry")
 	if _, err := os.Stat(p); err != nil {
 		t.Fatalf("no registry at %s: run hack/install-registry.sh (make deps)", p)
 	}
