@@ -43,11 +43,16 @@ func (e *NotCheckpointError) Unwrap() error { return runtime.ErrInvalid }
 type Built struct {
 	Image v1.Image
 	Info  Info
-	file  string
+	layer *fileLayer
 }
 
-// Close removes the layer's file.
-func (b *Built) Close() error { return os.Remove(b.file) }
+// Close removes the layer's staged file, unless a store adopted it.
+func (b *Built) Close() error {
+	if b.layer.adopted {
+		return nil
+	}
+	return os.Remove(b.layer.path)
+}
 
 // Build reads the plain tar stream of a checkpoint archive (archive.Open
 // gives it for .tar, .tar.zst and .tar.age files) and returns an image
@@ -130,7 +135,7 @@ func Build(tarStream io.Reader, workDir string, lim archive.Limits) (_ *Built, r
 	if err != nil {
 		return nil, fmt.Errorf("build checkpoint image: %w", err)
 	}
-	return &Built{Image: img, Info: info, file: f.Name()}, nil
+	return &Built{Image: img, Info: info, layer: l}, nil
 }
 
 // newImage assembles the one-layer image. Its config and manifest depend
@@ -179,9 +184,10 @@ func goArch(machine string) string {
 
 // fileLayer is an uncompressed layer kept in a file.
 type fileLayer struct {
-	path   string
-	size   int64
-	digest v1.Hash
+	path    string
+	size    int64
+	digest  v1.Hash
+	adopted bool // moved into a store's blobs
 }
 
 func (l *fileLayer) Digest() (v1.Hash, error)            { return l.digest, nil }

@@ -132,6 +132,7 @@ func (s *Store) Add(img v1.Image, ref string) (Entry, error) {
 		return Entry{}, fmt.Errorf("add checkpoint image %s: %w", name, err)
 	}
 	defer unlock()
+	s.adoptStaged(img)
 	err = s.lp.ReplaceImage(img, match.Annotation(annotationRefName, name), layout.WithAnnotations(map[string]string{annotationRefName: name}))
 	if err != nil {
 		s.gc()
@@ -159,6 +160,29 @@ func entryOf(name string, img v1.Image) (Entry, error) {
 		e.Created = t
 	}
 	return e, nil
+}
+
+// adoptStaged moves the staged layer of a built image into the blobs (one
+// rename on the same file system instead of a copy of the whole archive);
+// the layout then finds it in place. Callers hold the lock.
+func (s *Store) adoptStaged(img v1.Image) {
+	ls, err := img.Layers()
+	if err != nil {
+		return
+	}
+	for _, l := range ls {
+		fl, ok := l.(*fileLayer)
+		if !ok {
+			continue
+		}
+		dst := s.blobPath(fl.digest)
+		if fi, err := os.Stat(dst); err == nil && fi.Size() == fl.size {
+			continue
+		}
+		if os.MkdirAll(filepath.Dir(dst), 0o700) == nil && os.Rename(fl.path, dst) == nil {
+			fl.path, fl.adopted = dst, true
+		}
+	}
 }
 
 // List returns the named images, sorted by name.
