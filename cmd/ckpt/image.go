@@ -41,7 +41,7 @@ func newImageImportCommand(g *globalOptions) *cobra.Command {
 		Short: "Import images from docker save tarballs, OCI archives or OCI layout directories",
 		Long: "An OCI archive of a checkpoint image (`ckpt image save`) goes to the checkpoint images;\n" +
 			"everything else is unpacked for the embedded runtime to run.",
-		Args:  cobra.MinimumNArgs(1),
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.imageStore()
 			if err != nil {
@@ -245,4 +245,3 @@ func shortImageID(id string) string {
 	}
 	return id
 }
-
