@@ -15,6 +15,7 @@ import (
 
 	"github.com/ckpt-dev/ckpt/internal/archive"
 	"github.com/ckpt-dev/ckpt/internal/ckptimage"
+	"github.com/ckpt-dev/ckpt/internal/server"
 )
 
 // checkpointImageDir is the OCI layout of checkpoint images, beside the
@@ -251,6 +252,9 @@ type imageArchives struct{ s *ckptimage.Store }
 
 func (i imageArchives) OpenImageArchive(ctx context.Context, ref string) (io.ReadCloser, error) {
 	rc, _, err := i.s.OpenArchive(ctx, ref, true, ckptimage.RemoteOptions{})
+	if errors.Is(err, ckptimage.ErrNotFound) {
+		err = fmt.Errorf("%w: %w", server.ErrImageNotFound, err)
+	}
 	return rc, err
 }
 

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -25,10 +26,16 @@ type Archives interface {
 }
 
 // ImageArchives opens the archive a checkpoint image carries: its plain tar
-// stream, which restores through the same path as any archive.
+// stream, which restores through the same path as any archive. An unknown
+// image is an error matching ErrImageNotFound (404), one that is no
+// checkpoint image matches runtime.ErrInvalid (400).
 type ImageArchives interface {
 	OpenImageArchive(ctx context.Context, ref string) (io.ReadCloser, error)
 }
+
+// ErrImageNotFound: no checkpoint image by that reference, locally or in
+// its registry.
+var ErrImageNotFound = errors.New("checkpoint image not found")
 
 // RestoredContainer is the answer to a restore.
 type RestoredContainer struct {

@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
-	"github.com/ckpt-dev/ckpt/internal/ckptimage"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
@@ -86,7 +85,7 @@ func errorResponse(ref runtime.Ref, err error) (status int, body string) {
 func writeArchiveError(w http.ResponseWriter, err error) {
 	status := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, checkpoint.ErrArchiveNotFound), errors.Is(err, ckptimage.ErrNotFound), errors.Is(err, runtime.ErrPodNotFound),
+	case errors.Is(err, checkpoint.ErrArchiveNotFound), errors.Is(err, ErrImageNotFound), errors.Is(err, runtime.ErrPodNotFound),
 		errors.Is(err, runtime.ErrContainerNotFound):
 		status = http.StatusNotFound
 	case errors.Is(err, runtime.ErrInvalid):

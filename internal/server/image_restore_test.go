@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -10,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
-	"github.com/ckpt-dev/ckpt/internal/ckptimage"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
@@ -47,8 +47,8 @@ func (f fakeImages) OpenImageArchive(_ context.Context, ref string) (io.ReadClos
 
 func TestRestoreFromImage(t *testing.T) {
 	images := fakeImages{
-		"localhost/plain:1": &ckptimage.NotCheckpointError{What: "localhost/plain:1", Reason: "image: no annotation"},
-		"localhost/gone:1":  &ckptimage.NotFoundError{Ref: "localhost/gone:1"},
+		"localhost/plain:1": fmt.Errorf("%w: localhost/plain:1 is not a checkpoint image", runtime.ErrInvalid),
+		"localhost/gone:1":  fmt.Errorf("%w: localhost/gone:1", ErrImageNotFound),
 	}
 	for _, c := range []struct {
 		name, query string

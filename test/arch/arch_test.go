@@ -26,6 +26,7 @@ var allowed = map[string][]string{
 	"internal/runtime/cri":      {"internal/runtime"},
 	"internal/archive":          {},
 	"internal/image":            {"internal/runtime"},
+	"internal/ckptimage":        {"internal/archive", "internal/image", "internal/runtime"},
 	"internal/inspect":          {"internal/archive"},
 	"internal/metrics":          {},
 	"internal/criuprobe":        {},

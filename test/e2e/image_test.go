@@ -3,6 +3,7 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -90,12 +91,9 @@ http:
 	})
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		resp, err := http.Get("http://" + r.addr + "/v2/")
+		_, err := r.catalog()
 		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return r
-			}
+			return r
 		}
 		if time.Now().After(deadline) {
 			log, _ := os.ReadFile(filepath.Join(dir, "registry.log"))
@@ -105,17 +103,25 @@ http:
 	}
 }
 
-// repos lists the registry's repositories.
+// catalog lists the registry's repositories (a registry, not ckpt's API:
+// through go-containerregistry).
+func (r *testRegistry) catalog() ([]string, error) {
+	reg, err := name.NewRegistry(r.addr, name.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return remote.Catalog(ctx, reg)
+}
+
 func (r *testRegistry) repos(t *testing.T) []string {
 	t.Helper()
-	resp, err := http.Get("http://" + r.addr + "/v2/_catalog")
+	repos, err := r.catalog()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var c struct{ Repositories []string }
-	json.NewDecoder(resp.Body).Decode(&c)
-	return c.Repositories
+	return repos
 }
 
 // truncatingProxy forwards to a registry and cuts every large blob
@@ -417,4 +423,3 @@ func TestCheckpointImages(t *testing.T) {
 		nothingLeft(t)
 	})
 }
-
