@@ -409,6 +409,17 @@ func TestCheckpointImages(t *testing.T) {
 			t.Errorf("A's store after failed pushes: %v", names)
 		}
 	})
+	t.Run("image rm removes the name and its blobs", func(t *testing.T) {
+		if out := a.ckpt("image", "rm", ref); !strings.Contains(out, "Removed "+ref) {
+			t.Errorf("rm said %q", out)
+		}
+		if names, n := a.checkpointImageNames(), a.checkpointBlobs(); len(names) != 0 || n != 0 {
+			t.Errorf("after rm: %v, %d blobs", names, n)
+		}
+		if out, err := a.ckptErr("image", "rm", ref); err == nil {
+			t.Errorf("rm of a removed image: %s", out)
+		}
+	})
 	t.Run("a truncated pull", func(t *testing.T) {
 		proxy, cut := truncatingProxy(t, reg.addr)
 		out, err := c.ckptErr("image", "pull", proxy+"/ckpt/counter:v1")
