@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"filippo.io/age"
@@ -104,5 +105,23 @@ func TestBuildFromEncryptedArchive(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(filepath.Join(s.Dir(), "tmp")); len(left) != 0 {
 		t.Errorf("%d staging files left", len(left))
+	}
+}
+
+func TestUnknownSubcommandOfAGroupFails(t *testing.T) {
+	for _, args := range [][]string{{"image", "frob"}, {"checkpoints", "frob"}} {
+		root := newRootCommand()
+		root.SetArgs(args)
+		root.SetOut(io.Discard)
+		root.SetErr(io.Discard)
+		if err := root.Execute(); err == nil || !strings.Contains(err.Error(), `unknown command "frob"`) {
+			t.Errorf("ckpt %v: %v, want unknown command", args, err)
+		}
+	}
+	root := newRootCommand()
+	root.SetArgs([]string{"image"})
+	root.SetOut(io.Discard)
+	if err := root.Execute(); err != nil {
+		t.Errorf("ckpt image (help): %v", err)
 	}
 }
