@@ -295,6 +295,10 @@ func TestCheckpointImages(t *testing.T) {
 	if out := a.ckpt("image", "push", ref); !strings.Contains(out, "Pushed "+reg.addr+"/ckpt/counter@sha256:") {
 		t.Fatalf("push said %q", out)
 	}
+	// B restores what A signed once it trusts A's key.
+	b.stop()
+	b.extra = append(b.extra, "--restore-trusted-keys", a.publicKeyFile())
+	b.start()
 
 	t.Run("agent B pulls and restores it through the API", func(t *testing.T) {
 		r, resp := b.restoreImage(ref, "default", "counter-img", "counter")

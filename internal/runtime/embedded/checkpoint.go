@@ -145,6 +145,7 @@ func (r *Runtime) dump(ctx context.Context, id, images, criuWork string, tcpEsta
 		if e := lastRuncError(runcLog, filepath.Join(criuWork, "dump.log")); e != "no details logged" {
 			detail = e
 		}
+		detail = dropStagingLogPath(detail)
 		kept := r.keepFailureLogs(id, "dump", runcLog, filepath.Join(criuWork, "dump.log"))
 		return fmt.Errorf("checkpoint container %s: runc checkpoint: %v: %s%s%s", id, err, detail, explainDumpFailure(detail), kept)
 	}
