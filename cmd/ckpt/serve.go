@@ -245,16 +245,14 @@ func (e embeddedRestorer) Restore(ctx context.Context, tarStream io.Reader, targ
 }
 
 // criRestorer restores through CRI, which takes an archive file: the
-// stream is written to the staging directory first.
+// stream is written to the staging directory first. Empty target names
+// are the archive's (cri.Runtime.Restore reads them).
 type criRestorer struct {
 	rt      *cri.Runtime
 	staging string
 }
 
 func (c criRestorer) Restore(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
-	if target.Namespace == "" || target.Pod == "" || target.Container == "" {
-		return runtime.Container{}, fmt.Errorf("restore %s through CRI: name the target namespace, pod and container: %w", source, runtime.ErrInvalid)
-	}
 	dir, err := os.MkdirTemp(c.staging, "restore-")
 	if err != nil {
 		return runtime.Container{}, err
