@@ -157,7 +157,7 @@ prefix = "localhost"
 location = "$REG"
 insecure = true
 REGS
-: >"$DIR/etc/irqbalance"
+
 
 CRIO_PATH=$DIR/bin:$CRIU_DIR:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 cat >"$DIR/etc/crio.conf" <<TOML
@@ -186,7 +186,7 @@ hooks_dir = []
 cdi_spec_dirs = []
 decryption_keys_path = "$DIR/etc/keys/"
 irqbalance_config_file = "$DIR/etc/irqbalance"
-irqbalance_config_restore_file = ""
+irqbalance_config_restore_file = "disable"
 [crio.runtime.runtimes.runc]
 runtime_path = "$DIR/bin/runc-wrapper"
 runtime_type = "oci"
@@ -232,5 +232,5 @@ done
 for img in localhost/pause:3.10 localhost/counter:latest; do
 	crictl_ pull "$img" >&2 || die "crictl pull $img failed"
 done
-log "crio $("$BIN/crio" --version 2>/dev/null | awk '$1 == "Version:" {print $2}') ready, pid $PID"
+log "crio $("$BIN/crio" --version 2>/dev/null | awk 'NR == 1 {print $3}') ready, pid $PID"
 echo "$SOCK"

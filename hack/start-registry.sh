@@ -26,9 +26,9 @@ if ! [ -x "$REG" ]; then
 	log "installing Debian's docker-registry into $PREFIX (apt-get download + dpkg-deb -x)"
 	tmp=$(mktemp -d)
 	trap 'rm -rf "$tmp"' EXIT
-	(cd "$tmp" && apt-get download docker-registry >&2) || {
+	(cd "$tmp" && apt-get download docker-registry 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2; [ -f "$tmp"/docker-registry_*.deb ]) || {
 		apt-get update -qq >&2
-		(cd "$tmp" && apt-get download docker-registry >&2)
+		(cd "$tmp" && apt-get download docker-registry 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2; [ -f "$tmp"/docker-registry_*.deb ])
 	} || die "apt-get download docker-registry failed"
 	mkdir -p "$PREFIX.new"
 	dpkg-deb -x "$tmp"/docker-registry_*.deb "$PREFIX.new"
@@ -60,7 +60,7 @@ PID=$!
 echo "$PID" >"$DIR/registry.pid"
 for _ in $(seq 1 100); do
 	kill -0 "$PID" 2>/dev/null || { tail -20 "$DIR/registry.log" >&2; die "docker-registry exited"; }
-	if exec 3<>"/dev/tcp/127.0.0.1/$PORT" 2>/dev/null; then
+	if { exec 3<>"/dev/tcp/127.0.0.1/$PORT"; } 2>/dev/null; then
 		printf 'GET /v2/ HTTP/1.0\r\n\r\n' >&3
 		if head -1 <&3 | grep -q ' 200 '; then
 			exec 3>&-
