@@ -92,6 +92,10 @@ func writeArchiveError(w http.ResponseWriter, err error) {
 		status = http.StatusBadRequest
 	case errors.Is(err, runtime.ErrExists), errors.Is(err, runtime.ErrBusy), errors.Is(err, runtime.ErrNotRunning):
 		status = http.StatusConflict
+	case errors.Is(err, runtime.ErrUnsupported):
+		// A capability the backend lacks (restore, stop): the message
+		// names it.
+		status = http.StatusNotImplemented
 	}
 	writeText(w, status, err.Error())
 }
