@@ -209,26 +209,38 @@ enable_nri = false
 TOML
 
 # --- start ------------------------------------------------------------------
-log "starting crio in $DIR"
-HOME=$DIR/home PATH=$CRIO_PATH setsid "$BIN/crio" --config "$DIR/etc/crio.conf" \
-	--config-dir "$DIR/etc/crio.conf.d" \
-	--registries-conf "$DIR/etc/registries.conf" --registries-conf-dir "$DIR/etc/registries.conf.d" \
-	</dev/null >"$DIR/crio.log" 2>&1 &
-PID=$!
-echo "$PID" >"$DIR/crio.pid"
-
-printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 60\n' "$SOCK" "$SOCK" >"$DIR/crictl.yaml"
-crictl_() { "$BIN/crictl" --config "$DIR/crictl.yaml" "$@"; }
-ready=
-for _ in $(seq 1 600); do
-	kill -0 "$PID" 2>/dev/null || { tail -20 "$DIR/crio.log" >&2; die "crio exited"; }
-	if [ -S "$SOCK" ] && crictl_ info 2>/dev/null | jq -e '.status.conditions | map(select(.type == "NetworkReady" or .type == "RuntimeReady")) | length == 2 and all(.status)' >/dev/null 2>&1; then
-		ready=1
-		break
+# DIR/run-crio starts crio in the background and waits until it is ready;
+# hack/restart-crio.sh runs it again.
+cat >"$DIR/run-crio" <<RUN
+#!/bin/sh
+# Written by hack/start-crio.sh: starts this crio and waits for it.
+HOME=$DIR/home PATH=$CRIO_PATH setsid $BIN/crio --config $DIR/etc/crio.conf \\
+	--config-dir $DIR/etc/crio.conf.d \\
+	--registries-conf $DIR/etc/registries.conf --registries-conf-dir $DIR/etc/registries.conf.d \\
+	</dev/null >>$DIR/crio.log 2>&1 &
+PID=\$!
+echo \$PID >$DIR/crio.pid
+i=0
+while [ \$i -lt 600 ]; do
+	kill -0 \$PID 2>/dev/null || { tail -20 $DIR/crio.log >&2; echo "crio exited" >&2; exit 1; }
+	if [ -S $SOCK ] && $BIN/crictl --config $DIR/crictl.yaml info 2>/dev/null |
+		jq -e '.status.conditions | map(select(.type == "NetworkReady" or .type == "RuntimeReady")) | length == 2 and all(.status)' >/dev/null 2>&1; then
+		exit 0
 	fi
 	sleep 0.1
+	i=\$((i + 1))
 done
-[ -n "$ready" ] || { tail -20 "$DIR/crio.log" >&2; die "crio is not RuntimeReady and NetworkReady on $SOCK"; }
+tail -20 $DIR/crio.log >&2
+echo "crio is not RuntimeReady and NetworkReady on $SOCK" >&2
+exit 1
+RUN
+chmod 0755 "$DIR/run-crio"
+printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 60\n' "$SOCK" "$SOCK" >"$DIR/crictl.yaml"
+crictl_() { "$BIN/crictl" --config "$DIR/crictl.yaml" "$@"; }
+
+log "starting crio in $DIR"
+"$DIR/run-crio" || die "crio did not start"
+PID=$(cat "$DIR/crio.pid")
 for img in localhost/pause:3.10 localhost/counter:latest; do
 	crictl_ pull "$img" >&2 || die "crictl pull $img failed"
 done

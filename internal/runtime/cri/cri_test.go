@@ -430,6 +430,11 @@ func TestRestore(t *testing.T) {
 		createErr: status.Error(codes.Unknown, "checkpoint restore via CreateContainer is disabled by configuration"),
 		err:       runtime.ErrUnsupported, msgs: []string{"enable_experimental_restore_via_create", "disabled by configuration"},
 	}, {
+		name: "CRI-O start fails: the hint on its restart bug", runtimeName: "cri-o", version: "1.34.0",
+		startErr: status.Error(codes.Unknown, "container restore failed: criu failed: type NOTIFY errno 0"),
+		err:      errUntyped, msgs: []string{"criu failed", "if sandbox sb1", "older than CRI-O's last restart", "restore into a new sandbox"},
+		wantRemoved: true,
+	}, {
 		name: "start fails: the container is removed", version: "v2.3.7",
 		startErr: status.Error(codes.Unknown, "criu failed: type RESTORE errno 0"),
 		err:      errUntyped, msgs: []string{"start container restored-counter", "criu failed"},

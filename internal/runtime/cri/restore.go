@@ -120,7 +120,8 @@ func (r *Runtime) Restore(ctx context.Context, archivePath string, target runtim
 		_, _ = r.client.RemoveContainer(cctx, &runtimeapi.RemoveContainerRequest{ContainerId: id})
 	}()
 	if _, err := r.client.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: id}); err != nil {
-		return runtime.Container{}, r.callError(what+": start container "+id, err)
+		return runtime.Container{}, fmt.Errorf("%w%s", r.callError(what+": start container "+id, err),
+			restoreHint(v.GetRuntimeName(), status.Convert(err).Message(), sb))
 	}
 	started = true
 
@@ -139,6 +140,21 @@ func (r *Runtime) Restore(ctx context.Context, archivePath string, target runtim
 		Pid:       pidFromInfo(st.GetInfo()),
 		CreatedAt: time.Unix(0, s.GetCreatedAt()),
 	}, nil
+}
+
+// restoreHint adds what to do about a known runtime bug to a failed
+// start: CRI-O 1.34 cannot restore into a sandbox made before it last
+// restarted (CRIU: "No mapping for ... mountpoint", the sandbox's
+// /run/.containerenv). CRI-O removes CRIU's log with the container, so the
+// cause cannot be read back; the hint names the sandbox's age instead.
+func restoreHint(runtimeName, msg string, sb *runtimeapi.PodSandbox) string {
+	if runtimeName != "cri-o" || !strings.Contains(msg, "criu failed") {
+		return ""
+	}
+	return fmt.Sprintf(" (if sandbox %.12s, created %s, is older than CRI-O's last restart, this is CRI-O's "+
+		"bug with sandboxes created before CRI-O restarted: CRIU finds no mapping for their mounts; "+
+		"restore into a new sandbox: delete the pod and let the kubelet make it again, or make one with `crictl runp`)",
+		sb.GetId(), time.Unix(0, sb.GetCreatedAt()).UTC().Format(time.RFC3339))
 }
 
 // noSandboxMessage explains that CRI restores into an existing sandbox,
