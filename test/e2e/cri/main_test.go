@@ -34,24 +34,28 @@ type criRuntime struct {
 	start   string // hack/ script that starts it in dir and prints its socket
 	stop    string // hack/ script that stops it and removes dir
 	logFile string // its log, relative to dir
+	env     []string // for its scripts
 	dir     string
 	socket  string
 	err     error // why it did not start
 }
 
 // allRuntimes are containerd 2.4 and CRI-O 1.34; CKPT_CRI_RUNTIMES
-// ("containerd", "crio" or both, comma-separated) picks some.
+// ("containerd", "crio", "containerd-2.3", comma-separated) picks others.
 func allRuntimes() []*criRuntime {
 	all := []*criRuntime{
 		{name: "containerd", engine: "containerd", start: "hack/start-containerd.sh", stop: "hack/stop-containerd.sh", logFile: "containerd.log"},
 		{name: "crio", engine: "CRI-O", start: "hack/start-crio.sh", stop: "hack/stop-crio.sh", logFile: "crio.log"},
 	}
+	// Only when asked for: containerd 2.3, the last that restores through CRI.
+	c23 := &criRuntime{name: "containerd-2.3", engine: "containerd", start: "hack/start-containerd.sh", stop: "hack/stop-containerd.sh",
+		logFile: "containerd.log", env: []string{"CONTAINERD_VERSION=v2.3.7", "CKPT_CONTAINERD_BIN=/opt/ckpt/containerd-2.3/bin"}}
 	want := os.Getenv("CKPT_CRI_RUNTIMES")
 	if want == "" {
 		return all
 	}
 	var out []*criRuntime
-	for _, r := range all {
+	for _, r := range append(all, c23) {
 		for _, w := range strings.Split(want, ",") {
 			if strings.TrimSpace(w) == r.name {
 				out = append(out, r)
@@ -105,7 +109,7 @@ func run(m *testing.M) int {
 			began := time.Now()
 			var stdout, stderr bytes.Buffer
 			start := exec.Command(filepath.Join(repoRoot, r.start), r.dir)
-			start.Env = append(os.Environ(), "CKPT_IMAGES="+imagesDir)
+			start.Env = append(append(os.Environ(), "CKPT_IMAGES="+imagesDir), r.env...)
 			start.Stdout, start.Stderr = &stdout, &stderr
 			if err := start.Run(); err != nil {
 				r.err = fmt.Errorf("%s: %v\n%s", r.start, err, tail(stderr.Bytes(), 8192))
@@ -123,6 +127,7 @@ func run(m *testing.M) int {
 				continue // the script stopped before making anything
 			}
 			stop := exec.Command(filepath.Join(repoRoot, r.stop), r.dir)
+			stop.Env = append(os.Environ(), r.env...)
 			if out, err := stop.CombinedOutput(); err != nil {
 				fmt.Fprintf(os.Stderr, "%s: %v\n%s", r.stop, err, out)
 			}

@@ -73,6 +73,6 @@ func TestRestoreIntoSandboxFromBeforeCRIORestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resumesAt(t, st.GetStatus().GetLogPath(), since, k)
+		resumesAt(t, rt, st.GetStatus().GetLogPath(), since, k)
 	})
 }
