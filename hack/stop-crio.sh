@@ -32,10 +32,15 @@ if alive && [ -S "$SOCK" ]; then
 	crictl_ rm -fa >/dev/null || log "crictl rm -fa failed"
 	crictl_ rmp -fa >/dev/null || log "crictl rmp -fa failed"
 fi
-# IDs CRI-O knows from its storage, in case CRI did not answer.
+# IDs CRI-O knows from its storage, in case CRI did not answer, and every
+# ID its log names (containers already removed, such as a failed restore,
+# can leave a crio-conmon-ID cgroup behind).
 for d in "$DIR"/root/overlay-containers/*/; do
 	[ -d "$d" ] && ids+=("$(basename "$d")")
 done
+if [ -f "$DIR/crio.log" ]; then
+	mapfile -t -O ${#ids[@]} ids < <(grep -oE '\b[0-9a-f]{64}\b' "$DIR/crio.log" | sort -u)
+fi
 
 if alive; then
 	kill -TERM "$PID"
