@@ -104,6 +104,7 @@ log "pushing images to $REG"
 (cd "$REPO" && go run ./hack/pushimage -registry "$REG" "$IMAGES/pause.tar" "$IMAGES/counter.tar") >&2 ||
 	die "push to $REG failed"
 
+echo "$REG" >"$DIR/registry.addr"
 cp "$BIN/pinns" "$DIR/bin/pinns"
 cat >"$DIR/bin/runc-wrapper" <<WRAP
 #!/bin/sh

@@ -29,11 +29,11 @@ var (
 
 // criRuntime is a private CRI runtime started by its hack/ script.
 type criRuntime struct {
-	name    string // subtest name
-	engine  string // what checkpointctl calls its archives' engine
-	start   string // hack/ script that starts it in dir and prints its socket
-	stop    string // hack/ script that stops it and removes dir
-	logFile string // its log, relative to dir
+	name    string   // subtest name
+	engine  string   // what checkpointctl calls its archives' engine
+	start   string   // hack/ script that starts it in dir and prints its socket
+	stop    string   // hack/ script that stops it and removes dir
+	logFile string   // its log, relative to dir
 	env     []string // for its scripts
 	dir     string
 	socket  string
