@@ -725,6 +725,19 @@ func serveCheckpointThroughCRI(t *testing.T, rt *criRuntime) {
 	if _, err := c.StopContainer(context.Background(), &runtimeapi.StopContainerRequest{ContainerId: restored.ID, Timeout: 5}); err != nil {
 		t.Errorf("stop restored container: %v", err)
 	}
+
+	// The same as a user types it: no --pod, no --name.
+	tokenFile := filepath.Join(tmpRoot, "token-"+rt.name)
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(ckptBin, "restore", "--server", base, "--token-file", tokenFile, filepath.Base(archive)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ckpt restore %s: %v\n%s", filepath.Base(archive), err, out)
+	}
+	if want := "restored " + p.ns + "/" + p.name + "/counter ("; !strings.Contains(string(out), want) || !strings.Contains(string(out), "running") {
+		t.Errorf("ckpt restore printed %q, want %q... running", out, want)
+	}
 }
 
 func freePort(t *testing.T) int {
