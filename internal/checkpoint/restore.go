@@ -25,6 +25,13 @@ func (s *Service) Restore(ctx context.Context, src io.Reader, target runtime.Ref
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", source, invalidArchive(err))
 	}
 	defer tarStream.Close()
+	// One restore at a time: a backend checks that the target name is
+	// free and then creates it, and the names may come from inside the
+	// archive, so two restores cannot be told apart before they start.
+	if err := s.locks.lock(ctx, restoreLock); err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: waiting for another restore: %w", source, err)
+	}
+	defer s.locks.unlock(restoreLock)
 	var c runtime.Container
 	if s.caps.StreamRestore != nil {
 		c, err = s.caps.StreamRestore.RestoreStream(ctx, tarStream, target, source, s.checkArchive)
@@ -36,6 +43,10 @@ func (s *Service) Restore(ctx context.Context, src io.Reader, target runtime.Ref
 	}
 	return c, nil
 }
+
+// restoreLock is the key of the restore lock in s.locks (no container ID
+// has a NUL).
+const restoreLock = "\x00restore"
 
 // restoreFromFile spools the plain archive to a private file (0600 in a
 // 0700 directory, removed afterwards) for a FileRestorer.
