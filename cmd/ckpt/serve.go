@@ -155,8 +155,13 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 	if err != nil {
 		return err
 	}
+	images, err := g.checkpointImages()
+	if err != nil {
+		return err
+	}
 	handler := server.NewWithArchives(server.Options{
 		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Registry: reg,
+		Images: imageArchives{images},
 	}, svc, svc, guard, caps.Health)
 	go retentionLoop(ctx, log, svc)
 

@@ -16,15 +16,15 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/trust"
 )
 
-// signRuntime writes a real (small) archive with archive.Writer, or, with
+// signedTarRuntime writes a real (small) archive with archive.Writer, or, with
 // bare set, a tar without a manifest, the way a CRI runtime does.
-type signRuntime struct{ bare bool }
+type signedTarRuntime struct{ bare bool }
 
-func (signRuntime) Lookup(_ context.Context, ref runtime.Ref) (runtime.Container, error) {
+func (signedTarRuntime) Lookup(_ context.Context, ref runtime.Ref) (runtime.Container, error) {
 	return runtime.Container{ID: ref.String(), Namespace: ref.Namespace, Pod: ref.Pod, Name: ref.Container, State: runtime.StateRunning}, nil
 }
 
-func (r signRuntime) Checkpoint(_ context.Context, _ runtime.Container, path string, _ runtime.CheckpointOptions) (runtime.CheckpointResult, error) {
+func (r signedTarRuntime) Checkpoint(_ context.Context, _ runtime.Container, path string, _ runtime.CheckpointOptions) (runtime.CheckpointResult, error) {
 	if r.bare {
 		data, err := os.ReadFile("../archive/testdata/containerd-2.4.2-cri-counter.tar")
 		if err != nil {
@@ -50,7 +50,7 @@ func (r signRuntime) Checkpoint(_ context.Context, _ runtime.Container, path str
 // restoringRuntime restores as the embedded runtime does: extract, then
 // the node's check on the verified manifest.
 type restoringRuntime struct {
-	signRuntime
+	signedTarRuntime
 	dir  string
 	used *int
 }
@@ -79,7 +79,7 @@ func (r restoringRuntime) RestoreStream(_ context.Context, tarStream io.Reader, 
 
 // spoolRuntime restores from a spooled file, as the CRI backend does.
 type spoolRuntime struct {
-	signRuntime
+	signedTarRuntime
 	used *int
 }
 
@@ -107,16 +107,16 @@ func TestArchivesSignedAndVerified(t *testing.T) {
 	ref := runtime.Ref{Namespace: "default", Pod: "web", Container: "app"}
 	for _, tc := range []struct {
 		name     string
-		rt       signRuntime
+		rt       signedTarRuntime
 		compress bool
 		encrypt  bool
 		suffix   string
 	}{
-		{"plain", signRuntime{}, false, false, ".tar"},
-		{"zstd", signRuntime{}, true, false, ".tar.zst"},
-		{"age", signRuntime{}, false, true, ".tar.age"},
-		{"zstd+age", signRuntime{}, true, true, ".tar.zst.age"},
-		{"cri archive without manifest", signRuntime{bare: true}, false, false, ".tar"},
+		{"plain", signedTarRuntime{}, false, false, ".tar"},
+		{"zstd", signedTarRuntime{}, true, false, ".tar.zst"},
+		{"age", signedTarRuntime{}, false, true, ".tar.age"},
+		{"zstd+age", signedTarRuntime{}, true, true, ".tar.zst.age"},
+		{"cri archive without manifest", signedTarRuntime{bare: true}, false, false, ".tar"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			used := 0
@@ -172,7 +172,7 @@ func TestArchivesSignedAndVerified(t *testing.T) {
 
 func TestRestoreRefusesUnsigned(t *testing.T) {
 	used := 0
-	s := newService(t, restoringRuntime{signRuntime{}, t.TempDir(), &used}, Options{Trust: trust.Policy{}})
+	s := newService(t, restoringRuntime{signedTarRuntime{}, t.TempDir(), &used}, Options{Trust: trust.Policy{}})
 	path, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "web", Container: "app"}, runtime.CheckpointOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -182,7 +182,7 @@ func TestRestoreRefusesUnsigned(t *testing.T) {
 		t.Errorf("unsigned archive: %v", err)
 	}
 	// Without a trust policy nothing restores.
-	s = newService(t, restoringRuntime{signRuntime{}, t.TempDir(), &used}, Options{})
+	s = newService(t, restoringRuntime{signedTarRuntime{}, t.TempDir(), &used}, Options{})
 	path, err = s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "web", Container: "app"}, runtime.CheckpointOptions{})
 	if err != nil {
 		t.Fatal(err)

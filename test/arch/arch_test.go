@@ -28,6 +28,7 @@ var allowed = map[string][]string{
 	"internal/archive":          {"internal/safepath"},
 	"internal/safepath":         {},
 	"internal/image":            {"internal/runtime", "internal/safepath"},
+	"internal/ckptimage":        {"internal/archive", "internal/image", "internal/runtime"},
 	"internal/inspect":          {"internal/archive", "internal/trust"},
 	"internal/trust":            {"internal/archive"},
 	"internal/metrics":          {},
