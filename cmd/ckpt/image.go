@@ -195,4 +195,3 @@ func shortImageID(id string) string {
 	}
 	return id
 }
-
