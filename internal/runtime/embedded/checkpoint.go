@@ -60,20 +60,19 @@ func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePa
 		return res, fmt.Errorf("checkpoint container %s: %w", rec.ID, err)
 	}
 	defer f.Close()
-	var w memberWriter = archive.NewWriter(f)
+	// One writer. The pages go straight into the archive while CRIU dumps
+	// (stream.go) where FIFOs can be made; otherwise after the dump.
+	w := archive.NewFileWriter(f)
+	if err := w.AddDirEntry(lib.CheckpointDirectory, 0o700); err != nil {
+		return res, fmt.Errorf("checkpoint container %s: write archive: %w", rec.ID, err)
+	}
 	var capt *capture
-	if onePass() {
-		// The pages go straight into the archive while CRIU dumps (stream.go).
-		sa := archive.NewFileWriter(f)
-		if err := sa.AddDirEntry(lib.CheckpointDirectory, 0o700); err != nil {
-			return res, fmt.Errorf("checkpoint container %s: write archive: %w", rec.ID, err)
-		}
+	if canStream(images) {
 		n := fifoCount(filepath.Join(defaultContainerCgroup, rec.ID))
-		if capt, err = startCapture(images, work, lib.CheckpointDirectory, n, sa); err != nil {
+		if capt, err = startCapture(images, work, lib.CheckpointDirectory, n, w); err != nil {
 			return res, fmt.Errorf("checkpoint container %s: %w", rec.ID, err)
 		}
 		defer capt.finish()
-		w = sa
 	}
 
 	tcp := opts.TCPEstablished || rec.PodAnnotations[runtime.AnnotationTCPEstablished] == "true"
