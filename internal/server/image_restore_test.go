@@ -14,27 +14,27 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
-// fakeArchives records what a restore read.
-type fakeArchives struct {
+// imageRecordingArchives records what a restore read.
+type imageRecordingArchives struct {
 	read   string
 	source string
 	target runtime.Ref
 }
 
-func (f *fakeArchives) ListWithDigests() ([]checkpoint.ArchiveInfo, error) { return nil, nil }
-func (f *fakeArchives) Open(string) (*os.File, checkpoint.ArchiveInfo, func(), error) {
+func (f *imageRecordingArchives) ListWithDigests() ([]checkpoint.ArchiveInfo, error) { return nil, nil }
+func (f *imageRecordingArchives) Open(string) (*os.File, checkpoint.ArchiveInfo, func(), error) {
 	return nil, checkpoint.ArchiveInfo{}, nil, checkpoint.ErrArchiveNotFound
 }
-func (f *fakeArchives) Delete(string) error { return nil }
-func (f *fakeArchives) Restore(_ context.Context, src io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
+func (f *imageRecordingArchives) Delete(string) error { return nil }
+func (f *imageRecordingArchives) Restore(_ context.Context, src io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
 	b, _ := io.ReadAll(src)
 	f.read, f.source, f.target = string(b), source, target
 	return runtime.Container{ID: "id", Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, State: runtime.StateRunning}, nil
 }
-func (f *fakeArchives) RestoreArchive(context.Context, string, runtime.Ref) (runtime.Container, error) {
+func (f *imageRecordingArchives) RestoreArchive(context.Context, string, runtime.Ref) (runtime.Container, error) {
 	return runtime.Container{}, errors.New("unexpected")
 }
-func (f *fakeArchives) StopContainer(context.Context, runtime.Ref) error { return nil }
+func (f *imageRecordingArchives) StopContainer(context.Context, runtime.Ref) error { return nil }
 
 type fakeImages map[string]error
 
@@ -63,7 +63,7 @@ func TestRestoreFromImage(t *testing.T) {
 		{"no image support", "image=localhost/ckpt:1", nil, http.StatusBadRequest, "does not restore from images"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			a := &fakeArchives{}
+			a := &imageRecordingArchives{}
 			h := NewWithArchives(Options{CheckpointEnabled: true, Images: c.images}, &fakeCheckpointer{}, a, &passGuard{}, nil)
 			resp := serve(h, http.MethodPost, "/restore/default/web/app?"+c.query)
 			b, _ := io.ReadAll(resp.Body)
