@@ -270,12 +270,25 @@ func explicitRegistry(ref string) bool {
 type imageArchives struct{ s *ckptimage.Store }
 
 func (i imageArchives) OpenImageArchive(ctx context.Context, ref string) (io.ReadCloser, error) {
-	rc, _, err := i.s.OpenArchive(ctx, ref, true, ckptimage.RemoteOptions{})
+	rc, e, err := i.s.OpenArchive(ctx, ref, true, ckptimage.RemoteOptions{})
 	if errors.Is(err, ckptimage.ErrNotFound) {
 		err = fmt.Errorf("%w: %w", server.ErrImageNotFound, err)
 	}
-	return rc, err
+	if err != nil || !e.Pulled {
+		return rc, err
+	}
+	return &pulledArchive{ReadCloser: rc, s: i.s, e: e}, nil
 }
+
+// pulledArchive is the archive of an image pulled for one restore: if the
+// restore fails (an untrusted signature, say), the image goes again.
+type pulledArchive struct {
+	io.ReadCloser
+	s *ckptimage.Store
+	e ckptimage.Entry
+}
+
+func (p *pulledArchive) RestoreFailed() { _ = p.s.Forget(p.e.Name, p.e.Digest) }
 
 // localImageArchive opens the archive of a checkpoint image in this
 // machine's store, or returns nil when it is not there.

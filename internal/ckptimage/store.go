@@ -121,6 +121,8 @@ type Entry struct {
 	Container string
 	Size      int64 // layer bytes
 	Created   time.Time
+	// Pulled: OpenArchive or ArchiveFile pulled it for this call.
+	Pulled bool
 }
 
 // Add names img in the store, taking the name from any other image.
