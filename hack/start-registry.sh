@@ -8,9 +8,8 @@
 # hack/stop-registry.sh DIR. Plain HTTP, loopback only, no auth: clients must
 # treat it as insecure. Push images with `go run ./hack/pushimage`.
 #
-# Installs on first use, without touching the system's packages: the .deb is
-# fetched with `apt-get download` and unpacked with `dpkg-deb -x` into
-# CKPT_REGISTRY_PREFIX (default /opt/ckpt/registry).
+# Installs on first use with hack/install-registry.sh (into
+# CKPT_REGISTRY_PREFIX, default /opt/ckpt/registry; system packages untouched).
 set -euo pipefail
 
 PREFIX=${CKPT_REGISTRY_PREFIX:-/opt/ckpt/registry}
@@ -22,20 +21,7 @@ DIR=${2:-}
 [[ $PORT =~ ^[0-9]+$ ]] && [ -n "$DIR" ] || die "usage: $0 PORT DIR"
 REG=$PREFIX/usr/bin/docker-registry
 
-if ! [ -x "$REG" ]; then
-	log "installing Debian's docker-registry into $PREFIX (apt-get download + dpkg-deb -x)"
-	tmp=$(mktemp -d)
-	trap 'rm -rf "$tmp"' EXIT
-	(cd "$tmp" && apt-get download docker-registry 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2; [ -f "$tmp"/docker-registry_*.deb ]) || {
-		apt-get update -qq >&2
-		(cd "$tmp" && apt-get download docker-registry 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2; [ -f "$tmp"/docker-registry_*.deb ])
-	} || die "apt-get download docker-registry failed"
-	mkdir -p "$PREFIX.new"
-	dpkg-deb -x "$tmp"/docker-registry_*.deb "$PREFIX.new"
-	[ -x "$PREFIX.new/usr/bin/docker-registry" ] || die "no usr/bin/docker-registry in the package"
-	rm -rf "$PREFIX"
-	mv "$PREFIX.new" "$PREFIX"
-fi
+CKPT_REGISTRY_PREFIX=$PREFIX "$(dirname "$0")/install-registry.sh" >&2
 
 mkdir -p "$DIR/data"
 DIR=$(cd "$DIR" && pwd)
