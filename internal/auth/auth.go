@@ -337,6 +337,13 @@ func withUser(ctx context.Context, u user.Info) context.Context {
 	return context.WithValue(ctx, userKey{}, u)
 }
 
+// WithUser returns ctx carrying the user name and groups as Wrap stores an
+// authenticated user (for handlers behind another authenticating layer, and
+// tests).
+func WithUser(ctx context.Context, name string, groups []string) context.Context {
+	return withUser(ctx, &user.DefaultInfo{Name: name, Groups: groups})
+}
+
 // UserFrom returns the name of the user Wrap authenticated.
 func UserFrom(ctx context.Context) (name string, ok bool) {
 	u, ok := ctx.Value(userKey{}).(user.Info)
