@@ -4,7 +4,7 @@ BIN       := bin
 IMAGES    := _output/images
 export PATH := /usr/local/go/bin:/usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: all build deps images test unit demo bench soak fuzz clean
+.PHONY: all build deps images image test unit demo bench soak fuzz clean
 
 all: build
 
@@ -18,7 +18,12 @@ deps:
 images: build
 	./hack/build-images.sh $(IMAGES)
 
-test: deps build images
+# The node agent as a reproducible OCI image archive (static ckpt, no Docker):
+# ctr -n k8s.io images import _output/ckpt-image.tar
+image:
+	./hack/build-ckpt-image.sh _output/ckpt-image.tar
+
+test: deps build images image
 	$(GO) vet ./...
 	CKPT_BIN=$(CURDIR)/$(BIN)/ckpt CKPT_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -count=1 -timeout 40m ./...
 
