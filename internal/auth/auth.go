@@ -103,6 +103,9 @@ type Auth struct {
 	authz     authorizer.Authorizer
 	nodeName  string
 	clientCAs *x509.CertPool
+	// explainDenials appends the authorizer's reason to a 403 (the local
+	// socket; the kubelet's own 403 has no reason).
+	explainDenials bool
 }
 
 // New builds the authenticators and the authorizer that c selects.
@@ -283,6 +286,7 @@ func (a *Auth) Wrap(verb, subresource string, next http.Handler) http.Handler {
 		// Allowed by any of the subresources, tried in order (as the kubelet
 		// does); a refusal names the first.
 		var first authorizer.AttributesRecord
+		var reason string
 		allowed := false
 		for i, sub := range Subresources(subresource) {
 			attrs := authorizer.AttributesRecord{
@@ -299,10 +303,13 @@ func (a *Auth) Wrap(verb, subresource string, next http.Handler) http.Handler {
 			if i == 0 {
 				first = attrs
 			}
-			decision, _, err := a.authz.Authorize(r.Context(), attrs)
+			decision, why, err := a.authz.Authorize(r.Context(), attrs)
 			if err != nil {
 				writeError(w, http.StatusInternalServerError, describe("Authorization error", attrs))
 				return
+			}
+			if i == 0 {
+				reason = why
 			}
 			if decision == authorizer.DecisionAllow {
 				allowed = true
@@ -310,7 +317,11 @@ func (a *Auth) Wrap(verb, subresource string, next http.Handler) http.Handler {
 			}
 		}
 		if !allowed {
-			writeError(w, http.StatusForbidden, describe("Forbidden", first))
+			msg := describe("Forbidden", first)
+			if a.explainDenials && reason != "" {
+				msg += ": " + reason
+			}
+			writeError(w, http.StatusForbidden, msg)
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(withUser(r.Context(), resp.User)))

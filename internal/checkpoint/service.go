@@ -45,8 +45,8 @@ type Options struct {
 	// shorter than DefaultTimeout. Off (the kubelet's rule), the deadline is
 	// the larger of the two, so a small value never cuts a checkpoint short.
 	StrictTimeout bool
-	Recorder       Recorder
-	Retention      Retention
+	Recorder      Recorder
+	Retention     Retention
 	// Compress (zstd) and Recipients (age) encode archives at rest.
 	Compress   bool
 	Recipients []age.Recipient
