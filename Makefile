@@ -10,6 +10,7 @@ all: build
 
 build:
 	$(GO) build -o $(BIN)/ckpt ./cmd/ckpt
+	$(GO) build -o $(BIN)/kubectl-checkpoint ./cmd/kubectl-checkpoint
 
 deps:
 	./hack/install-deps.sh

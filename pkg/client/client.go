@@ -36,6 +36,11 @@ type Config struct {
 	// TLS verifies the server and may hold a client certificate; nil
 	// means the system roots.
 	TLS *tls.Config
+	// Transport, when set, sends every request instead of a transport
+	// built from TLS (which is then ignored): e.g. client-go's, carrying
+	// a kubeconfig's credentials to the API server's node or pod proxy,
+	// with Server = https://API/api/v1/nodes/NODE/proxy.
+	Transport http.RoundTripper
 }
 
 // Client sends requests to one ckpt server. It is safe for concurrent use.
@@ -76,8 +81,12 @@ func New(cfg Config) (*Client, error) {
 			tr.TLSClientConfig = cfg.TLS.Clone()
 		}
 	}
+	var rt http.RoundTripper = tr
+	if cfg.Transport != nil && cfg.Socket == "" {
+		rt = cfg.Transport
+	}
 	c.http = &http.Client{
-		Transport: tr,
+		Transport: rt,
 		// No Timeout: a checkpoint takes as long as the server allows;
 		// callers bound requests with their context.
 		// Never follow redirects: a POST must reach what was asked.
