@@ -4,7 +4,7 @@ BIN       := bin
 IMAGES    := _output/images
 export PATH := /usr/local/go/bin:/usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: all build deps images image test unit demo bench soak fuzz clean
+.PHONY: all build deps images image kube test unit demo bench soak fuzz clean
 
 all: build
 
@@ -24,7 +24,13 @@ images: build
 image:
 	./hack/build-ckpt-image.sh _output/ckpt-image.tar
 
-test: deps build images image
+# The real Kubernetes the tests run (test/e2e/kube): kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubelet, kubectl v1.37 and etcd,
+# built once per machine into /opt/ckpt/kube (long the first time).
+kube:
+	./hack/build-kube.sh
+
+test: deps build images image kube
 	$(GO) vet ./...
 	CKPT_BIN=$(CURDIR)/$(BIN)/ckpt CKPT_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -count=1 -timeout 40m ./...
 
