@@ -63,7 +63,11 @@ as the kubelet's Checkpoint API is called; it prints the archive's path on the n
   --via=node             straight to the node's kubelet with your credentials;
                          the kubelet authorizes nodes/checkpoint (create)
 
-ls, get and restore talk to the ckpt agent (deploy/) on a node.`,
+ls, get and restore talk to the ckpt agent (deploy/) on a node: by default
+straight to its port on the node's address with your credentials, which the
+agent authorizes (nodes/checkpoint list/get, nodes/restore); --via=proxy goes
+through the API server's pod proxy, which authorizes pods/proxy but does not
+pass your identity on to the agent.`,
 		Args:          cobra.ExactArgs(1),
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -78,7 +82,7 @@ ls, get and restore talk to the ckpt agent (deploy/) on a node.`,
 	pf.StringVar(&o.context, "context", "", "kubeconfig context (default: the current one)")
 	pf.StringVarP(&o.ns, "namespace", "n", "", "namespace of the pod (default: the context's)")
 	pf.StringVar(&o.token, "token", "", "bearer token instead of the kubeconfig's credentials")
-	pf.StringVar(&o.via, "via", viaProxy, "how to reach the node: proxy (the API server's node/pod proxy) or node (its address, your credentials)")
+	pf.StringVar(&o.via, "via", "", "how to reach the node: proxy (the API server's node or pod proxy) or node (its address, with your credentials); default: proxy to checkpoint, node for ls, get and restore")
 	pf.StringVar(&o.agentNamespace, "agent-namespace", "ckpt-system", "namespace of the ckpt DaemonSet")
 	pf.StringVar(&o.agentSelector, "agent-selector", "app.kubernetes.io/name=ckpt", "label selector of the ckpt agent pods")
 	pf.IntVar(&o.agentPort, "agent-port", 0, "ckpt agent port (default: the agent container's port named api)")
@@ -89,7 +93,7 @@ ls, get and restore talk to the ckpt agent (deploy/) on a node.`,
 }
 
 func (o *options) restConfig() (*rest.Config, error) {
-	if o.via != viaProxy && o.via != viaNode {
+	if o.via != "" && o.via != viaProxy && o.via != viaNode {
 		return nil, fmt.Errorf("--via %q: want proxy or node", o.via)
 	}
 	return o.loader().ClientConfig()
@@ -110,8 +114,8 @@ func (o *options) namespace() (string, error) {
 
 // nodeClient is a ckpt API client for base on node, over the API
 // server's proxy path (proxyPath) or straight to hostPort.
-func (o *options) apiClient(cfg *rest.Config, proxyPath, hostPort string) (*client.Client, error) {
-	if o.via == viaProxy {
+func (o *options) apiClient(cfg *rest.Config, via, proxyPath, hostPort string) (*client.Client, error) {
+	if via == viaProxy {
 		rt, err := rest.TransportFor(cfg)
 		if err != nil {
 			return nil, err
@@ -170,8 +174,12 @@ func (o *options) checkpoint(ctx context.Context, pod, container string, timeout
 	if p.Spec.NodeName == "" {
 		return fmt.Errorf("pod %s/%s is not scheduled to a node yet", ns, pod)
 	}
+	via := o.via
+	if via == "" {
+		via = viaProxy
+	}
 	var hostPort string
-	if o.via == viaNode {
+	if via == viaNode {
 		n, err := cs.CoreV1().Nodes().Get(ctx, p.Spec.NodeName, metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -182,7 +190,7 @@ func (o *options) checkpoint(ctx context.Context, pod, container string, timeout
 		}
 		hostPort = net.JoinHostPort(addr, strconv.Itoa(int(n.Status.DaemonEndpoints.KubeletEndpoint.Port)))
 	}
-	c, err := o.apiClient(cfg, "/api/v1/nodes/"+p.Spec.NodeName+"/proxy", hostPort)
+	c, err := o.apiClient(cfg, via, "/api/v1/nodes/"+p.Spec.NodeName+"/proxy", hostPort)
 	if err != nil {
 		return err
 	}
@@ -286,8 +294,15 @@ func (o *options) agentClient(ctx context.Context, node, pod string) (*client.Cl
 	if err != nil {
 		return nil, "", err
 	}
+	// The pod proxy does not pass the caller's identity on (the API server
+	// drops the Authorization header), so the agent is reached directly
+	// unless --via=proxy says otherwise.
+	via := o.via
+	if via == "" {
+		via = viaNode
+	}
 	hostPort := ""
-	if o.via == viaNode {
+	if via == viaNode {
 		n, err := cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 		if err != nil {
 			return nil, "", err
@@ -299,7 +314,7 @@ func (o *options) agentClient(ctx context.Context, node, pod string) (*client.Cl
 		hostPort = net.JoinHostPort(addr, strconv.Itoa(port))
 	}
 	proxy := fmt.Sprintf("/api/v1/namespaces/%s/pods/https:%s:%d/proxy", ap.Namespace, ap.Name, port)
-	c, err := o.apiClient(cfg, proxy, hostPort)
+	c, err := o.apiClient(cfg, via, proxy, hostPort)
 	return c, node, err
 }
 
