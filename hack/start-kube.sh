@@ -4,17 +4,25 @@
 #
 #   hack/start-kube.sh [DIR]       DIR defaults to a new /tmp/ckpt-kube.XXXXXX
 #
-# Runs, all on 127.0.0.1 and on free ports, with everything inside DIR:
+# The cluster lives in a network namespace of its own (DIR/netns, holding
+# only lo, with 127.0.0.1 and 192.0.2.1 from TEST-NET-1): the API server
+# proxies to a node only at a global unicast address, and the kubelet
+# refuses a loopback node IP, so the node is 192.0.2.1 there, and the API
+# server 127.0.0.1:6443 there. Nothing is added to the host's network. Run
+# clients with `nsenter --net=DIR/netns CMD`.
+#
+# Runs, with everything inside DIR:
 #   etcd, kube-apiserver (throwaway PKI, Node+RBAC authorization,
 #   --endpoint-reconciler-type=none), kube-controller-manager (DaemonSet,
 #   ServiceAccount and root-CA controllers), kube-scheduler, and a kubelet
-#   registered as node $CKPT_KUBE_NODE on a private containerd started by
+#   registered as node "ckpt-node" on a private containerd started by
 #   hack/start-containerd.sh DIR/containerd.
 #
 # DIR/kube.env (the printed path) holds, as shell assignments:
-#   KUBECONFIG (cluster-admin), KUBECTL, CKPT_KUBE_DIR, CKPT_KUBE_NODE,
-#   CKPT_KUBE_APISERVER, CKPT_KUBE_KUBELET_PORT, CKPT_KUBE_CA,
-#   CKPT_KUBE_CONTAINERD_SOCK, CKPT_KUBE_CONTAINERD_DIR.
+#   KUBECONFIG (cluster-admin), KUBECTL, CKPT_KUBE_DIR, CKPT_KUBE_NETNS,
+#   CKPT_KUBE_NODE, CKPT_KUBE_NODE_IP, CKPT_KUBE_APISERVER,
+#   CKPT_KUBE_KUBELET_PORT, CKPT_KUBE_CA, CKPT_KUBE_CONTAINERD_SOCK,
+#   CKPT_KUBE_CONTAINERD_DIR.
 # Every process's PID is in DIR/pids/NAME.pid; hack/stop-kube.sh DIR stops
 # exactly those, then containerd, and removes DIR.
 #
@@ -27,7 +35,13 @@ export PATH=/usr/local/go/bin:$PATH
 log() { printf 'start-kube: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root"
-command -v openssl >/dev/null || die "openssl not found (run hack/install-deps.sh)"
+for t in openssl:openssl curl:curl ip:iproute2 nsenter:util-linux; do
+	if ! command -v "${t%%:*}" >/dev/null; then
+		log "installing ${t#*:}"
+		apt-get update -qq >&2
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${t#*:}" >&2
+	fi
+done
 
 KBIN=$("$REPO/hack/build-kube.sh" kube)
 EBIN=${CKPT_KUBE_ROOT:-/opt/ckpt/kube}/etcd-${ETCD_VERSION:-v3.6.16}/bin
@@ -46,26 +60,22 @@ started=0
 cleanup() { [ "$started" = 1 ] || { log "start failed; stopping what started"; "$REPO/hack/stop-kube.sh" "$DIR" >&2 || true; }; }
 trap cleanup EXIT
 
-# --- free loopback ports -----------------------------------------------------
-# A port nobody listens on (from /proc/net/tcp{,6}) and not handed out yet.
-used_ports() { awk 'NR > 1 && $4 == "0A" {split($2, a, ":"); print strtonum("0x" a[2])}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
-taken=" "
-free_port() {
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 20000))
-		case "$taken" in *" $p "*) continue ;; esac
-		used_ports | grep -qx "$p" && continue
-		taken="$taken$p "
-		echo "$p"
-		return
-	done
-}
-ETCD_PORT=$(free_port)
-ETCD_PEER_PORT=$(free_port)
-API_PORT=$(free_port)
-KUBELET_PORT=$(free_port)
-NODE=${CKPT_KUBE_NODE:-ckpt-node-$(basename "$DIR" | tr -dc 'a-z0-9' | tail -c 6 | tr 'A-Z' 'a-z')}
+# --- the cluster's network namespace -----------------------------------------
+NETNS=$DIR/netns
+NODE_IP=192.0.2.1
+touch "$NETNS"
+unshare --net="$NETNS" true || die "cannot create a network namespace at $NETNS"
+N() { nsenter --net="$NETNS" "$@"; }
+# The node's address sits on the namespace's lo (no dummy module needed):
+# reachable only inside, yet a global unicast address to the API server.
+N ip link set lo up
+N ip addr add "$NODE_IP/32" dev lo
+# The namespace is private: the usual ports are free.
+ETCD_PORT=2379
+ETCD_PEER_PORT=2380
+API_PORT=6443
+KUBELET_PORT=10250
+NODE=${CKPT_KUBE_NODE:-ckpt-node}
 APISERVER=https://127.0.0.1:$API_PORT
 
 # --- throwaway PKI ------------------------------------------------------------
@@ -92,7 +102,7 @@ cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-clien
 cert controller-manager "/CN=system:kube-controller-manager"
 cert scheduler "/CN=system:kube-scheduler"
 cert kubelet "/O=system:nodes/CN=system:node:$NODE"
-cert kubelet-serving "/CN=$NODE" "IP:127.0.0.1,DNS:$NODE,DNS:localhost"
+cert kubelet-serving "/CN=$NODE" "IP:$NODE_IP,IP:127.0.0.1,DNS:$NODE"
 ossl genrsa -out "$P/sa.key" 2048
 ossl rsa -in "$P/sa.key" -pubout -out "$P/sa.pub"
 chmod 0600 "$P"/*.key
@@ -121,7 +131,7 @@ for k in admin controller-manager scheduler kubelet; do kubeconfig "$k"; done
 run() {
 	local name=$1
 	shift
-	setsid "$@" </dev/null >"$DIR/logs/$name.log" 2>&1 &
+	setsid nsenter --net="$NETNS" "$@" </dev/null >"$DIR/logs/$name.log" 2>&1 &
 	echo $! >"$DIR/pids/$name.pid"
 }
 alive() { kill -0 "$(cat "$DIR/pids/$1.pid")" 2>/dev/null; }
@@ -140,7 +150,7 @@ wait_for() {
 
 # --- containerd ---------------------------------------------------------------
 log "starting containerd"
-SOCK=$("$REPO/hack/start-containerd.sh" "$DIR/containerd")
+SOCK=$(N "$REPO/hack/start-containerd.sh" "$DIR/containerd")
 
 # --- etcd -----------------------------------------------------------------------
 log "starting etcd on 127.0.0.1:$ETCD_PORT"
@@ -149,7 +159,7 @@ run etcd "$EBIN/etcd" --name default --data-dir "$DIR/etcd" \
 	--listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
 	--initial-cluster "default=http://127.0.0.1:$ETCD_PEER_PORT" --listen-metrics-urls "" \
 	--quota-backend-bytes 1073741824
-etcd_ok() { curl -sf "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
+etcd_ok() { N curl -sf "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
 wait_for etcd 60 etcd_ok
 
 # --- kube-apiserver ---------------------------------------------------------------
@@ -169,7 +179,7 @@ run kube-apiserver "$KBIN/kube-apiserver" \
 	--kubelet-preferred-address-types InternalIP \
 	--allow-privileged=true --profiling=false
 KUBECTL=$KBIN/kubectl
-k() { "$KUBECTL" --kubeconfig "$DIR/admin.kubeconfig" "$@"; }
+k() { N "$KUBECTL" --kubeconfig "$DIR/admin.kubeconfig" "$@"; }
 wait_for kube-apiserver 120 k get --raw /readyz
 
 # --- controller manager and scheduler ---------------------------------------------
@@ -179,8 +189,8 @@ run kube-controller-manager "$KBIN/kube-controller-manager" \
 	--authentication-kubeconfig "$DIR/controller-manager.kubeconfig" --authorization-kubeconfig "$DIR/controller-manager.kubeconfig" \
 	--bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
 	--service-account-private-key-file "$P/sa.key" --root-ca-file "$P/ca.crt" \
-	--use-service-account-credentials=false \
-	--controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route,-bootstrapsigner,-tokencleaner'
+	--use-service-account-credentials=true \
+	--controllers '*,-node-ipam-controller'
 run kube-scheduler "$KBIN/kube-scheduler" \
 	--kubeconfig "$DIR/scheduler.kubeconfig" \
 	--authentication-kubeconfig "$DIR/scheduler.kubeconfig" --authorization-kubeconfig "$DIR/scheduler.kubeconfig" \
@@ -191,7 +201,7 @@ log "starting the kubelet as node $NODE on port $KUBELET_PORT"
 cat >"$DIR/kubelet.yaml" <<KCFG
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
+address: 0.0.0.0
 port: $KUBELET_PORT
 readOnlyPort: 0
 healthzPort: 0
@@ -218,7 +228,7 @@ featureGates: {ContainerCheckpoint: true}
 KCFG
 run kubelet "$KBIN/kubelet" --config "$DIR/kubelet.yaml" --kubeconfig "$DIR/kubelet.kubeconfig" \
 	--root-dir "$DIR/kubelet" --cert-dir "$DIR/kubelet/pki" \
-	--hostname-override "$NODE" --node-ip 127.0.0.1 -v 2
+	--hostname-override "$NODE" --node-ip "$NODE_IP" -v 2
 node_ready() { k get node "$NODE" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' | grep -qx True; }
 wait_for kubelet 180 node_ready
 # The ServiceAccount controller makes "default" in each namespace; pods
@@ -229,7 +239,9 @@ cat >"$DIR/kube.env" <<ENV
 KUBECONFIG=$DIR/admin.kubeconfig
 KUBECTL=$KUBECTL
 CKPT_KUBE_DIR=$DIR
+CKPT_KUBE_NETNS=$NETNS
 CKPT_KUBE_NODE=$NODE
+CKPT_KUBE_NODE_IP=$NODE_IP
 CKPT_KUBE_APISERVER=$APISERVER
 CKPT_KUBE_KUBELET_PORT=$KUBELET_PORT
 CKPT_KUBE_CA=$P/ca.crt
@@ -237,5 +249,5 @@ CKPT_KUBE_CONTAINERD_SOCK=$SOCK
 CKPT_KUBE_CONTAINERD_DIR=$DIR/containerd
 ENV
 started=1
-log "cluster ready: node $NODE, API server $APISERVER"
+log "cluster ready: node $NODE ($NODE_IP), API server $APISERVER, in network namespace $NETNS"
 echo "$DIR/kube.env"

@@ -44,6 +44,7 @@ type options struct {
 	agentSelector  string
 	agentPort      int
 	nodeCAFile     string
+	addressTypes   []string
 	nodeInsecure   bool
 	stdout, stderr io.Writer
 }
@@ -86,6 +87,8 @@ pass your identity on to the agent.`,
 	pf.StringVar(&o.agentNamespace, "agent-namespace", "ckpt-system", "namespace of the ckpt DaemonSet")
 	pf.StringVar(&o.agentSelector, "agent-selector", "app.kubernetes.io/name=ckpt", "label selector of the ckpt agent pods")
 	pf.IntVar(&o.agentPort, "agent-port", 0, "ckpt agent port (default: the agent container's port named api)")
+	pf.StringSliceVar(&o.addressTypes, "node-address-types", []string{"InternalIP", "ExternalIP", "Hostname"},
+		"with --via=node: which node address to use, in order of preference (like kube-apiserver's --kubelet-preferred-address-types)")
 	pf.StringVar(&o.nodeCAFile, "node-cacert", "", "with --via=node: CA bundle for the node's serving certificate (default: the kubeconfig's CA)")
 	pf.BoolVar(&o.nodeInsecure, "node-insecure-skip-tls-verify", false, "with --via=node: do not verify the node's certificate (self-signed kubelets)")
 	root.AddCommand(o.lsCommand(), o.getCommand(), o.restoreCommand())
@@ -139,16 +142,16 @@ func (o *options) apiClient(cfg *rest.Config, via, proxyPath, hostPort string) (
 	return client.New(client.Config{Server: "https://" + hostPort, Transport: rt})
 }
 
-// nodeAddress is the node's InternalIP (else the first address).
-func nodeAddress(n *corev1.Node) (string, error) {
-	for _, t := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP, corev1.NodeHostName} {
+// nodeAddress is the node's first address of the preferred types.
+func nodeAddress(n *corev1.Node, types []string) (string, error) {
+	for _, t := range types {
 		for _, a := range n.Status.Addresses {
-			if a.Type == t && a.Address != "" {
+			if string(a.Type) == t && a.Address != "" {
 				return a.Address, nil
 			}
 		}
 	}
-	return "", fmt.Errorf("node %s has no address", n.Name)
+	return "", fmt.Errorf("node %s has no address of the types %v", n.Name, types)
 }
 
 func (o *options) checkpoint(ctx context.Context, pod, container string, timeout time.Duration) error {
@@ -184,7 +187,7 @@ func (o *options) checkpoint(ctx context.Context, pod, container string, timeout
 		if err != nil {
 			return err
 		}
-		addr, err := nodeAddress(n)
+		addr, err := nodeAddress(n, o.addressTypes)
 		if err != nil {
 			return err
 		}
@@ -307,7 +310,7 @@ func (o *options) agentClient(ctx context.Context, node, pod string) (*client.Cl
 		if err != nil {
 			return nil, "", err
 		}
-		addr, err := nodeAddress(n)
+		addr, err := nodeAddress(n, o.addressTypes)
 		if err != nil {
 			return nil, "", err
 		}
