@@ -99,7 +99,18 @@ func (o *options) restConfig() (*rest.Config, error) {
 	if o.via != "" && o.via != viaProxy && o.via != viaNode {
 		return nil, fmt.Errorf("--via %q: want proxy or node", o.via)
 	}
-	return o.loader().ClientConfig()
+	cfg, err := o.loader().ClientConfig()
+	if err != nil {
+		return nil, err
+	}
+	if o.token != "" {
+		// --token is who the caller is: no client certificate, basic
+		// credentials or exec plugin from the kubeconfig alongside it.
+		cfg.CertFile, cfg.KeyFile, cfg.CertData, cfg.KeyData = "", "", nil, nil
+		cfg.Username, cfg.Password, cfg.ExecProvider, cfg.AuthProvider = "", "", nil, nil
+		cfg.BearerToken, cfg.BearerTokenFile = o.token, ""
+	}
+	return cfg, nil
 }
 
 func (o *options) loader() clientcmd.ClientConfig {
