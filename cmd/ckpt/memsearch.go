@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"regexp"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -91,7 +90,7 @@ func printMatches(w io.Writer, res *inspect.SearchResult) {
 		fmt.Fprintf(w, "no match in %s of memory\n", humanBytes(res.Searched))
 		return
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := table(w)
 	fmt.Fprintln(tw, "PID\tCOMMAND\tADDRESS\tCONTEXT")
 	for _, m := range res.Matches {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s[%s]%s\n", m.PID, m.Command, m.Address, m.Before, m.Match, m.After)
@@ -155,7 +154,7 @@ func newMemdumpCommand(*globalOptions) *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s of memory of PID %d to %s\n", humanBytes(total), pid, output)
 			if format == string(inspect.DumpRaw) {
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				tw := table(cmd.OutOrStdout())
 				fmt.Fprintln(tw, "ADDRESS\tSIZE\tOFFSET")
 				for _, r := range regions {
 					fmt.Fprintf(tw, "%s\t%d\t%d\n", r.Address, r.Size, r.Offset)
