@@ -124,3 +124,28 @@ func TestUnknownSubcommandAndFlag(t *testing.T) {
 		}
 	}
 }
+
+// --token is the caller: the kubeconfig's client certificate is not sent
+// beside it (the API server would authenticate the certificate first).
+func TestTokenReplacesKubeconfigCredentials(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "kubeconfig")
+	os.WriteFile(p, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {client-certificate-data: Y2VydA==, client-key-data: a2V5}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`), 0o600)
+	o := &options{kubeconfig: p, token: "sa-token"}
+	cfg, err := o.restConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.CertData != nil || cfg.KeyData != nil || cfg.BearerToken != "sa-token" {
+		t.Fatalf("cert %q key %q token %q", cfg.CertData, cfg.KeyData, cfg.BearerToken)
+	}
+	o.token = ""
+	if cfg, err = o.restConfig(); err != nil || string(cfg.CertData) != "cert" {
+		t.Fatalf("without --token the kubeconfig's certificate is used: %v %q", err, cfg.CertData)
+	}
+}

@@ -2,6 +2,7 @@ package kubee2e
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -361,6 +362,23 @@ func TestKubernetes(t *testing.T) {
 		}
 		if !strings.Contains(stdout, "checkpoint-counter_default-counter-") {
 			t.Errorf("ls shows no archive of counter:\n%s", stdout)
+		}
+		// Download the first archive listed and compare it with the file.
+		var name string
+		for _, f := range strings.Fields(stdout) {
+			if archiveName.MatchString(f) {
+				name = f
+				break
+			}
+		}
+		out := filepath.Join(t.TempDir(), "got.tar")
+		if _, stderr, err := runPlugin("--token", tokens["reader"], "--node-insecure-skip-tls-verify", "get", name, "--node", node, "-o", out); err != nil {
+			t.Fatalf("get %s: %v\n%s", name, err, stderr)
+		}
+		got, err1 := os.ReadFile(out)
+		want, err2 := os.ReadFile(filepath.Join(ckptRoot, "checkpoints", name))
+		if err1 != nil || err2 != nil || len(got) == 0 || !bytes.Equal(got, want) {
+			t.Errorf("downloaded %s differs from the node's file (%v, %v, %d vs %d bytes)", name, err1, err2, len(got), len(want))
 		}
 		// ckpt:checkpoint may checkpoint but not list.
 		if _, stderr, err := runPlugin(append([]string{"--token", tokens["checkpointer"]}, args...)...); err == nil || !strings.Contains(stderr, "403") {
