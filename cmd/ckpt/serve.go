@@ -164,7 +164,7 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, gate featu
 	}
 	handler := server.NewWithArchives(server.Options{
 		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Registry: reg,
-		Requests: metrics.NewHTTP(reg), AccessLog: log, Verbosity: o.verbosity,
+		Requests: metrics.NewHTTP(reg), AccessLog: log, Verbosity: o.verbosity, UserFrom: auth.UserFrom,
 	}, svc, svc, guard, caps.Health)
 	go retentionLoop(ctx, log, svc)
 

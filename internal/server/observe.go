@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"strings"
 	"time"
-
-	"github.com/ckpt-dev/ckpt/internal/auth"
 )
 
 // observe wraps the API with the access log and the request metrics.
@@ -52,10 +50,13 @@ type requestUser struct{ name string }
 
 // noteUser records the authenticated user for the access log; it runs
 // behind the Guard.
-func noteUser(next http.Handler) http.Handler {
+func (s *server) noteUser(next http.Handler) http.Handler {
+	if s.opts.UserFrom == nil {
+		return next
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if who, ok := r.Context().Value(requestUserKey{}).(*requestUser); ok {
-			who.name, _ = auth.UserFrom(r.Context())
+			who.name, _ = s.opts.UserFrom(r.Context())
 		}
 		next.ServeHTTP(w, r)
 	})

@@ -69,7 +69,7 @@ func TestAccessLogAndRequestMetrics(t *testing.T) {
 			}}))
 		fc := &fakeCheckpointer{path: archive, failContainer: "fail"}
 		h := New(Options{CheckpointEnabled: true, Registry: prometheus.NewRegistry(), Requests: reqs,
-			AccessLog: log, Verbosity: c.verbosity}, fc, userGuard{}, nil)
+			AccessLog: log, Verbosity: c.verbosity, UserFrom: auth.UserFrom}, fc, userGuard{}, nil)
 		serve(h, "POST", "/checkpoint/default/web/app?timeout=5")
 		serve(h, "POST", "/checkpoint/default/deny/app")
 		serve(h, "GET", "/nothing")

@@ -59,6 +59,9 @@ type Options struct {
 	// Verbosity 0 and 1 only answers with status >= 500; nil = none.
 	AccessLog *slog.Logger
 	Verbosity int
+	// UserFrom names the user the Guard authenticated, from the request
+	// context (auth.UserFrom), for the access log; nil = no names.
+	UserFrom func(context.Context) (string, bool)
 }
 
 // DefaultTimeout is the kubelet's default runtime request timeout.
@@ -130,13 +133,13 @@ func NewWithArchives(opts Options, c Checkpointer, a Archives, g Guard, h Health
 
 	mux := http.NewServeMux()
 	for _, r := range routes {
-		mux.Handle(r.pattern, g.Wrap(r.verb, r.subresource, noteUser(methodHandler(r.methods))))
+		mux.Handle(r.pattern, g.Wrap(r.verb, r.subresource, s.noteUser(methodHandler(r.methods))))
 	}
 	// Unknown paths are authorized too (as the kubelet's filter does for
 	// every path) so that they reveal nothing to anonymous callers.
 	notFound := map[string]http.Handler{}
 	for _, sub := range []string{"checkpoint", "restore", "stop", "metrics", "healthz", "proxy"} {
-		notFound[sub] = g.Wrap("", sub, noteUser(http.HandlerFunc(writeNotFound)))
+		notFound[sub] = g.Wrap("", sub, s.noteUser(http.HandlerFunc(writeNotFound)))
 	}
 	unknown := func(w http.ResponseWriter, r *http.Request) {
 		notFound[subresourceOf(r.URL.Path)].ServeHTTP(w, r)

@@ -433,9 +433,9 @@ func topLevel(t *testing.T, path string) []string {
 const helperEnv = "CKPT_KUBE_HELPER"
 
 // helperRequest is one POST a helper process sends from inside the
-// cluster's network namespace: with pkg/client (Client) or as raw HTTP
-// (so paths pkg/client would never send, like a trailing slash, can be
-// compared).
+// cluster's network namespace with pkg/client: a typed Checkpoint (Client)
+// or client.Raw (so paths a typed call never sends, like a trailing slash,
+// can be compared).
 type helperRequest struct {
 	Client   bool
 	URL      string
@@ -525,11 +525,14 @@ func TestHelperRequest(t *testing.T) {
 		}
 		return
 	}
-	r, _ := http.NewRequest(http.MethodPost, req.URL+req.Path, nil)
-	r.Header.Set("Authorization", "Bearer "+req.Token)
-	hc := &http.Client{Timeout: 3 * time.Minute, Transport: &http.Transport{TLSClientConfig: tlsCfg},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := hc.Do(r)
+	c, err := client.New(client.Config{Server: req.URL, Token: req.Token, TLS: tlsCfg})
+	if err != nil {
+		a.Err = err.Error()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	resp, err := c.Raw(ctx, http.MethodPost, req.Path, nil)
 	if err != nil {
 		a.Err = err.Error()
 		return
