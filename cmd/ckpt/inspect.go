@@ -63,7 +63,7 @@ func newInspectCommand(g *globalOptions) *cobra.Command {
 		trustedKeys string
 	)
 	cmd := &cobra.Command{
-		Use:   "inspect ARCHIVE...",
+		Use:   "inspect ARCHIVE|IMAGE...",
 		Short: "Show what checkpoint archives hold",
 		Long: "Show the container, sizes, CRIU statistics and signature of checkpoint archives written by ckpt,\n" +
 			"containerd, CRI-O or Podman (.tar, .tar.zst, .tar.age, .tar.zst.age), and on request\n" +
@@ -94,10 +94,15 @@ func newInspectCommand(g *globalOptions) *cobra.Command {
 				}
 			}
 			var cs []*inspect.Checkpoint
-			for _, path := range args {
+			for _, arg := range args {
+				path, cleanup, err := archivePath(cmd.Context(), g, arg, rf.tempDir)
+				if err != nil {
+					return err
+				}
 				done := withProgress(&opts)
 				c, err := inspect.Open(path, opts)
 				done()
+				cleanup()
 				if err != nil {
 					return err
 				}

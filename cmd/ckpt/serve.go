@@ -162,9 +162,14 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, gate featu
 	if err != nil {
 		return err
 	}
+	images, err := g.checkpointImages()
+	if err != nil {
+		return err
+	}
 	handler := server.NewWithArchives(server.Options{
 		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Registry: reg,
 		Requests: metrics.NewHTTP(reg), AccessLog: log, Verbosity: o.verbosity, UserFrom: auth.UserFrom,
+		Images: imageArchives{images},
 	}, svc, svc, guard, caps.Health)
 	go retentionLoop(ctx, log, svc)
 

@@ -62,6 +62,9 @@ type Options struct {
 	// UserFrom names the user the Guard authenticated, from the request
 	// context (auth.UserFrom), for the access log; nil = no names.
 	UserFrom func(context.Context) (string, bool)
+	// Images, if set, lets POST /restore take ?image=REF: a checkpoint
+	// image in the local store, or pulled from its registry.
+	Images ImageArchives
 }
 
 // DefaultTimeout is the kubelet's default runtime request timeout.
