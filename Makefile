@@ -4,7 +4,7 @@ BIN       := bin
 IMAGES    := _output/images
 export PATH := /usr/local/go/bin:/usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: all build deps images image kube test unit demo bench soak fuzz clean
+.PHONY: all build deps images image kube crio test unit demo bench soak fuzz clean
 
 all: build
 
@@ -30,10 +30,15 @@ image:
 kube:
 	./hack/build-kube.sh
 
+# CRI-O v1.34 and pinns for the CRI suite, built once per machine into
+# /opt/ckpt/crio (about 13 minutes the first time), outside the test timeout.
+crio:
+	./hack/build-crio.sh >/dev/null
+
 # The CRI restore tests run again on containerd 2.3.7: 2.1-2.3 restore
 # through CRI CreateContainer (2.4 removed it), from archives and from
 # checkpoint images.
-test: deps build images image kube
+test: deps build images image kube crio
 	$(GO) vet ./...
 	CKPT_BIN=$(CURDIR)/$(BIN)/ckpt CKPT_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -count=1 -timeout 40m ./...
 	CONTAINERD_VERSION=v2.3.7 CKPT_CONTAINERD_BIN=/opt/ckpt/containerd-2.3/bin \
