@@ -49,6 +49,9 @@ type serveOptions struct {
 	compress         bool
 	recipientsFile   string
 	identityFile     string
+	podInfraImage    string
+	clusterDomain    string
+	restorePolicy    embedded.RestorePolicy
 }
 
 func newServeCommand(g *globalOptions) *cobra.Command {
@@ -80,6 +83,12 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 	f.BoolVar(&o.compress, "checkpoint-compress", false, "compress archives with zstd (.tar.zst)")
 	f.StringVar(&o.recipientsFile, "checkpoint-encryption-recipients-file", "", "encrypt archives at rest to these age recipients (.tar.age)")
 	f.StringVar(&o.identityFile, "checkpoint-encryption-identity-file", "", "age identities the agent uses to restore encrypted archives")
+	f.StringVar(&o.podInfraImage, "pod-infra-container-image", embedded.DefaultPauseImage, "image of the pause process that holds each pod's namespaces (embedded runtime)")
+	f.StringVar(&o.clusterDomain, "cluster-domain", "", "domain of a pod's hostname with spec.subdomain, as the kubelet's --cluster-domain")
+	f.BoolVar(&o.restorePolicy.AllowHostPath, "restore-allow-host-path", false, "let a restored pod mount hostPath volumes")
+	f.BoolVar(&o.restorePolicy.AllowPrivileged, "restore-allow-privileged", false, "let a restored pod run privileged containers")
+	f.BoolVar(&o.restorePolicy.AllowAddedCapabilities, "restore-allow-added-capabilities", false, "let a restored pod add capabilities")
+	f.BoolVar(&o.restorePolicy.AllowHostNetwork, "restore-allow-host-network", false, "let a restored pod use the host's network namespace")
 	o.auth.AddFlags(f)
 	gate.AddFlag(f)
 	return cmd
@@ -136,7 +145,9 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 		criRT = c
 		log.Info("using CRI runtime", "endpoint", o.criEndpoint)
 	} else {
-		if embeddedRT, err = g.embeddedRuntime(); err != nil {
+		if embeddedRT, err = g.embeddedRuntime(func(c *embedded.Config) {
+			c.NodeName, c.PauseImage, c.ClusterDomain = node, o.podInfraImage, o.clusterDomain
+		}); err != nil {
 			return err
 		}
 		rt = embeddedHealth{embeddedRT}
@@ -168,7 +179,7 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 		if err != nil {
 			return err
 		}
-		svc.SetRestorer(embeddedRestorer{embeddedRT}, ids)
+		svc.SetRestorer(embeddedRestorer{embeddedRT, o.restorePolicy}, ids)
 	} else {
 		ids, err := loadIdentities(o.identityFile)
 		if err != nil {
@@ -229,11 +240,14 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 }
 
 // embeddedRestorer adapts the embedded runtime to the service.
-type embeddedRestorer struct{ rt *embedded.Runtime }
+type embeddedRestorer struct {
+	rt     *embedded.Runtime
+	policy embedded.RestorePolicy
+}
 
 func (e embeddedRestorer) Restore(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
 	return e.rt.Restore(ctx, tarStream, embedded.RestoreOptions{
-		Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, Source: source,
+		Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, Source: source, Policy: e.policy,
 	})
 }
 

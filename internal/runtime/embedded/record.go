@@ -30,12 +30,19 @@ type record struct {
 	CreatedAt    time.Time `json:"createdAt"`
 	RestoredFrom string    `json:"restoredFrom,omitempty"`
 	RestoredAt   time.Time `json:"restoredAt,omitzero"`
+	// PodUID names the sandbox (<state>/pods/<uid>) the container runs in.
+	PodUID string `json:"podUID,omitempty"`
+	// Kind is "sandbox" for a pod's pause container, "" for others.
+	Kind string `json:"kind,omitempty"`
 }
+
+const kindSandbox = "sandbox"
 
 // exitStatus is written by the shim when the container's init exits.
 type exitStatus struct {
 	Code       int       `json:"code"`
 	Signal     string    `json:"signal,omitempty"`
+	Reason     string    `json:"reason,omitempty"` // OOMKilled, as the kubelet says
 	FinishedAt time.Time `json:"finishedAt"`
 }
 

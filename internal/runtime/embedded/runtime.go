@@ -17,7 +17,6 @@ import (
 	"time"
 
 	gorunc "github.com/containerd/go-runc"
-	corev1 "k8s.io/api/core/v1"
 
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
@@ -31,6 +30,7 @@ type Image struct {
 	Entrypoint []string
 	Cmd        []string
 	WorkingDir string
+	User       string // the image config's User
 }
 
 // Images resolves image references to unpacked images.
@@ -49,6 +49,13 @@ type Config struct {
 	Shim string
 	// StopTimeout is how long a container gets between SIGTERM and SIGKILL.
 	StopTimeout time.Duration
+	// NodeName names static pods <name>-<node>, as the kubelet does.
+	NodeName string
+	// PauseImage is the pod sandbox image (default DefaultPauseImage).
+	PauseImage string
+	// ClusterDomain completes a pod's subdomain into its FQDN, as the
+	// kubelet's --cluster-domain; empty means none.
+	ClusterDomain string
 }
 
 // Runtime runs and checkpoints containers with runc and CRIU.
@@ -80,6 +87,9 @@ func New(cfg Config, images Images) (*Runtime, error) {
 	}
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 10 * time.Second
+	}
+	if cfg.PauseImage == "" {
+		cfg.PauseImage = DefaultPauseImage
 	}
 	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "containers"), filepath.Join(cfg.StateDir, "runc")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -155,6 +165,9 @@ func (r *Runtime) List(ctx context.Context) ([]runtime.Container, error) {
 	}
 	out := make([]runtime.Container, 0, len(recs))
 	for _, rec := range recs {
+		if rec.Kind == kindSandbox {
+			continue // pause containers are the pods' sandboxes, not containers
+		}
 		out = append(out, r.container(ctx, rec))
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -212,25 +225,6 @@ func short(id string) string {
 	return id
 }
 
-// CreateFromPod creates and starts one container of a pod.
-func (r *Runtime) CreateFromPod(ctx context.Context, pod *corev1.Pod, c corev1.Container) (runtime.Container, error) {
-	img, err := r.images.Resolve(c.Image)
-	if err != nil {
-		return runtime.Container{}, fmt.Errorf("create container %s/%s/%s: %w", pod.Namespace, pod.Name, c.Name, err)
-	}
-	rec := &record{
-		ID: newID(), Namespace: pod.Namespace, Pod: pod.Name, Name: c.Name,
-		Image: c.Image, ImageID: img.ID, Origin: originManifest, CreatedAt: time.Now().UTC(),
-	}
-	return r.create(ctx, rec, img, func(rootfs, criuConf string) ([]byte, error) {
-		s, err := buildSpec(rec, img, c, rootfs, criuConf)
-		if err != nil {
-			return nil, err
-		}
-		return marshalSpec(s)
-	}, nil)
-}
-
 // prepare lays out a container directory with its overlay root filesystem.
 // On error everything it made is undone.
 func (r *Runtime) prepare(rec *record, img Image) (dir string, err error) {
@@ -272,7 +266,7 @@ func (r *Runtime) cleanupDir(id string) {
 
 // create lays out the container, writes its spec and starts its shim. The
 // shim either creates the container fresh or restores it from restoreImages.
-func (r *Runtime) create(ctx context.Context, rec *record, img Image, spec func(rootfs, criuConf string) ([]byte, error), restore *restoreInput) (c runtime.Container, err error) {
+func (r *Runtime) create(ctx context.Context, rec *record, img Image, spec func(rootfs, criuConf string) ([]byte, error), restore *restoreInput, forward []string) (c runtime.Container, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	dir, err := r.prepare(rec, img)
@@ -300,7 +294,7 @@ func (r *Runtime) create(ctx context.Context, rec *record, img Image, spec func(
 	if err := writeJSONAtomic(filepath.Join(dir, fileMeta), rec); err != nil {
 		return c, err
 	}
-	if err := r.startShim(ctx, rec, restore); err != nil {
+	if err := r.startShim(ctx, rec, restore, forward); err != nil {
 		return c, err
 	}
 	return r.container(ctx, rec), nil
@@ -353,8 +347,23 @@ func (r *Runtime) waitExit(ctx context.Context, id string, d time.Duration) bool
 	return false
 }
 
-// Remove stops (if needed) and deletes a container and its files.
+// Remove stops (if needed) and deletes a container and its files. The
+// last container of a pod takes the pod's sandbox with it.
 func (r *Runtime) Remove(ctx context.Context, id string) error {
+	rec, err := r.loadRecord(id)
+	if err != nil {
+		return fmt.Errorf("remove container %s: %w", id, runtime.ErrContainerNotFound)
+	}
+	if rec.Kind == kindSandbox {
+		return fmt.Errorf("remove container %s: it is the sandbox of pod %s/%s; remove the pod's containers: %w", id, rec.Namespace, rec.Pod, runtime.ErrInvalid)
+	}
+	if err := r.removeContainer(ctx, id); err != nil {
+		return err
+	}
+	return r.removeIfEmpty(ctx, rec.PodUID)
+}
+
+func (r *Runtime) removeContainer(ctx context.Context, id string) error {
 	if err := r.Stop(ctx, id); err != nil && !errors.Is(err, runtime.ErrContainerNotFound) {
 		return err
 	}
