@@ -13,6 +13,8 @@ import (
 
 	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
+
+	rt "github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
 // A hostPort is forwarded in user space by the shim of the pod's pause
@@ -273,4 +275,27 @@ func (f *forwarder) serveUDP(l *net.UDPConn, port int) {
 		}
 		in.Write(buf[:n])
 	}
+}
+
+// checkHostPorts refuses hostPorts that something on the host already
+// holds, before the sandbox starts (the shim binds them for real).
+func checkHostPorts(specs []string) error {
+	for _, s := range specs {
+		p, err := parsePortForward(s)
+		if err != nil {
+			return err
+		}
+		var c io.Closer
+		switch p.Proto {
+		case "tcp":
+			c, err = net.Listen("tcp", p.hostAddr())
+		case "udp":
+			c, err = net.ListenPacket("udp", p.hostAddr())
+		}
+		if err != nil {
+			return fmt.Errorf("hostPort %d/%s on %q is not available (%v): %w", p.HostPort, strings.ToUpper(p.Proto), p.HostIP, err, rt.ErrExists)
+		}
+		c.Close()
+	}
+	return nil
 }

@@ -197,6 +197,9 @@ func (r *Runtime) createSandbox(ctx context.Context, pod *corev1.Pod, origin, ha
 		return nil, err
 	}
 	fwd := forwardSpecs(ports, pod.Spec.HostNetwork)
+	if err := checkHostPorts(fwd); err != nil {
+		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
 	c, err := r.create(ctx, rec, img, func(rootfs, criuConf string) ([]byte, error) {
 		s, err := buildSandboxSpec(rec, pod, img, rootfs, host)
 		if err != nil {
