@@ -26,14 +26,21 @@ func newPsCommand(g *globalOptions) *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tSTATE\tPID\tCREATED")
+			fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tSTATE\tPID\tCREATED\tEXIT")
 			for _, c := range list {
 				pid := "-"
 				if c.Pid > 0 && c.State == "running" {
 					pid = fmt.Sprint(c.Pid)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%.12s\t%s\t%s\t%s\t%s ago\n", c.Namespace, c.Pod, c.Name, c.ID, c.Image,
-					c.State, pid, time.Since(c.CreatedAt).Round(time.Second))
+				exit := "-"
+				if c.State == "exited" {
+					exit = fmt.Sprint(c.ExitCode)
+					if c.ExitReason != "" {
+						exit += " (" + c.ExitReason + ")"
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.12s\t%s\t%s\t%s\t%s ago\t%s\n", c.Namespace, c.Pod, c.Name, c.ID, c.Image,
+					c.State, pid, time.Since(c.CreatedAt).Round(time.Second), exit)
 			}
 			return tw.Flush()
 		},

@@ -42,6 +42,9 @@ type Container struct {
 	State     State
 	Pid       int
 	CreatedAt time.Time
+	// ExitCode and ExitReason (OOMKilled) describe how an exited container ended.
+	ExitCode   int
+	ExitReason string
 }
 
 // Ref names a container the way the kubelet API does.

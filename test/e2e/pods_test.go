@@ -283,3 +283,53 @@ func TestRestorePolicyRefusesHostNetwork(t *testing.T) {
 		t.Errorf("restore of a hostNetwork pod: %d %s, want 400 naming spec.hostNetwork and --restore-allow-host-network", got.status, got.body)
 	}
 }
+
+// TestOOMKillReported: a container over its memory limit is killed by the
+// kernel, and `ckpt ps` says OOMKilled, as the kubelet would.
+func TestOOMKillReported(t *testing.T) {
+	a := newAgent(t)
+	a.addPod("hog", `apiVersion: v1
+kind: Pod
+metadata:
+  name: hog
+spec:
+  containers:
+  - name: hog
+    image: localhost/busybox:latest
+    command: [/bin/busybox, sh, -c, 'sleep 1; x=$(head -c 200000000 /dev/zero | tr "\0" a); echo survived']
+    resources:
+      limits:
+        memory: 16Mi
+`)
+	var line string
+	a.waitFor(func() bool {
+		line = a.psLine("hog-n1", "hog")
+		return strings.Contains(line, " exited ")
+	}, "hog to exit")
+	if !strings.Contains(line, "(OOMKilled)") {
+		t.Errorf("ps line %q, want the exit reported as OOMKilled", line)
+	}
+}
+
+// TestChangedManifestRecreatesPod: as the kubelet, a changed pod spec
+// gives a new pod; an unchanged one is left alone.
+func TestChangedManifestRecreatesPod(t *testing.T) {
+	a := newAgent(t)
+	a.addPod("counter", counterManifest("counter", nil))
+	first := a.waitRunning("counter-n1", "counter")
+	time.Sleep(1500 * time.Millisecond) // a few manifest re-reads
+	if got := a.waitRunning("counter-n1", "counter"); got != first {
+		t.Fatalf("an unchanged manifest recreated the container: %s, then %s", first, got)
+	}
+	a.addPod("counter", counterManifest("counter", map[string]string{"COUNTER_MARKER": "v2"}))
+	a.waitFor(func() bool {
+		f := strings.Fields(a.psLine("counter-n1", "counter"))
+		return len(f) > 5 && f[3] != first && f[5] == "running"
+	}, "the changed pod to be recreated")
+	if _, err := os.Stat(a.containerLog(a.waitRunning("counter-n1", "counter"))); err != nil {
+		t.Fatal(err)
+	}
+	if dirs := a.containerDirs(); len(dirs) != 2 { // the new container and its pod's pause
+		t.Errorf("containers after recreate: %v, want the new one and its sandbox", dirs)
+	}
+}

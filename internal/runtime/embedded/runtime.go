@@ -151,8 +151,9 @@ func (r *Runtime) container(ctx context.Context, rec *record) runtime.Container 
 		}
 		return c
 	}
-	if _, err := os.Stat(filepath.Join(r.containerDir(rec.ID), fileExit)); err == nil {
-		c.State = runtime.StateExited
+	var st exitStatus
+	if err := readJSON(filepath.Join(r.containerDir(rec.ID), fileExit), &st); err == nil {
+		c.State, c.ExitCode, c.ExitReason = runtime.StateExited, st.Code, st.Reason
 	}
 	return c
 }
