@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -11,8 +9,37 @@ import (
 
 func init() { register(newPsCommand) }
 
+// psEntry is one container as `ps -o json|yaml` prints it.
+type psEntry struct {
+	ID        string    `json:"id"`
+	Namespace string    `json:"namespace"`
+	Pod       string    `json:"pod"`
+	Container string    `json:"container"`
+	Image     string    `json:"image"`
+	ImageID   string    `json:"imageID,omitempty"`
+	State     string    `json:"state"`
+	Pid       int       `json:"pid,omitempty"`
+	Created   time.Time `json:"created"`
+	// ExitCode and Reason (OOMKilled) of an exited container.
+	ExitCode *int   `json:"exitCode,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+// exit renders how an exited container ended, "-" for others.
+func (e psEntry) exit() string {
+	if e.ExitCode == nil {
+		return "-"
+	}
+	s := fmt.Sprint(*e.ExitCode)
+	if e.Reason != "" {
+		s += " (" + e.Reason + ")"
+	}
+	return s
+}
+
 func newPsCommand(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var out outputFormat
+	cmd := &cobra.Command{
 		Use:   "ps",
 		Short: "List the pods and containers of the embedded runtime",
 		Args:  cobra.NoArgs,
@@ -25,24 +52,46 @@ func newPsCommand(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tSTATE\tPID\tCREATED\tEXIT")
+			entries := make([]psEntry, 0, len(list))
 			for _, c := range list {
-				pid := "-"
+				e := psEntry{ID: c.ID, Namespace: c.Namespace, Pod: c.Pod, Container: c.Name, Image: c.Image,
+					ImageID: c.ImageID, State: string(c.State), Created: c.CreatedAt}
 				if c.Pid > 0 && c.State == "running" {
-					pid = fmt.Sprint(c.Pid)
+					e.Pid = c.Pid
 				}
-				exit := "-"
 				if c.State == "exited" {
-					exit = fmt.Sprint(c.ExitCode)
-					if c.ExitReason != "" {
-						exit += " (" + c.ExitReason + ")"
-					}
+					code := c.ExitCode
+					e.ExitCode, e.Reason = &code, c.ExitReason
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%.12s\t%s\t%s\t%s\t%s ago\t%s\n", c.Namespace, c.Pod, c.Name, c.ID, c.Image,
-					c.State, pid, time.Since(c.CreatedAt).Round(time.Second), exit)
+				entries = append(entries, e)
+			}
+			w := cmd.OutOrStdout()
+			if done, err := out.structured(w, entries); done {
+				return err
+			}
+			tw := table(w)
+			wide := out == "wide"
+			if wide {
+				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tIMAGE ID\tSTATE\tPID\tCREATED\tEXIT")
+			} else {
+				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tSTATE\tPID\tCREATED\tEXIT")
+			}
+			for _, e := range entries {
+				pid := "-"
+				if e.Pid > 0 {
+					pid = fmt.Sprint(e.Pid)
+				}
+				if wide {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
+						e.ImageID, e.State, pid, e.Created.UTC().Format(time.RFC3339), e.exit())
+					continue
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.12s\t%s\t%s\t%s\t%s ago\t%s\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
+					e.State, pid, ago(e.Created), e.exit())
 			}
 			return tw.Flush()
 		},
 	}
+	cmd.Flags().VarP(&out, "output", "o", "output format: json, yaml or wide")
+	return cmd
 }

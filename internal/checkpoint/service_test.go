@@ -39,7 +39,7 @@ func (f *fakeRuntime) Lookup(_ context.Context, ref runtime.Ref) (runtime.Contai
 	return runtime.Container{ID: ref.String(), Namespace: ref.Namespace, Pod: ref.Pod, Name: ref.Container, State: runtime.StateRunning}, nil
 }
 
-func (f *fakeRuntime) Checkpoint(ctx context.Context, c runtime.Container, path string) (runtime.CheckpointResult, error) {
+func (f *fakeRuntime) Checkpoint(ctx context.Context, c runtime.Container, path string, _ runtime.CheckpointOptions) (runtime.CheckpointResult, error) {
 	f.mu.Lock()
 	f.running++
 	if f.running > f.maxPar {
@@ -88,7 +88,7 @@ func TestCheckpointNamesModesAndNoOverwrite(t *testing.T) {
 	ref := runtime.Ref{Namespace: "default", Pod: "counter", Container: "counter"}
 	var paths []string
 	for i := 0; i < 3; i++ {
-		p, err := s.Checkpoint(context.Background(), ref, time.Minute)
+		p, err := s.Checkpoint(context.Background(), ref, runtime.CheckpointOptions{Timeout: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -146,7 +146,7 @@ func TestCheckpointErrorsLeaveNothing(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			s := newService(t, c.rt, Options{})
-			_, err := s.Checkpoint(context.Background(), c.ref, c.timeout)
+			_, err := s.Checkpoint(context.Background(), c.ref, runtime.CheckpointOptions{Timeout: c.timeout})
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -178,7 +178,7 @@ func TestSameContainerSerializedOthersParallel(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, time.Minute); err != nil {
+			if _, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, runtime.CheckpointOptions{Timeout: time.Minute}); err != nil {
 				t.Error(err)
 			}
 		}()
@@ -192,7 +192,7 @@ func TestSameContainerSerializedOthersParallel(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: fmt.Sprintf("c%d", i)}, time.Minute)
+			s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: fmt.Sprintf("c%d", i)}, runtime.CheckpointOptions{Timeout: time.Minute})
 		}()
 	}
 	wg.Wait()
@@ -201,9 +201,9 @@ func TestSameContainerSerializedOthersParallel(t *testing.T) {
 	}
 	// A waiter gives up at its own deadline.
 	rt.block = time.Second
-	go s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, time.Minute)
+	go s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, runtime.CheckpointOptions{Timeout: time.Minute})
 	time.Sleep(50 * time.Millisecond)
-	_, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, 100*time.Millisecond)
+	_, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "same"}, runtime.CheckpointOptions{Timeout: 100 * time.Millisecond})
 	if !errors.Is(err, runtime.ErrTimeout) || !strings.Contains(err.Error(), "waiting for another checkpoint") {
 		t.Fatalf("waiter error = %v", err)
 	}
@@ -246,6 +246,11 @@ func TestRetention(t *testing.T) {
 		{"max age 25h", Retention{MaxAge: 25 * time.Hour}, -1, []int{3, 4, 5}},
 		{"combined", Retention{PerContainer: 2, MaxAge: 35 * time.Hour, MaxBytes: 200}, -1, []int{4, 5}},
 		{"pinned survives", Retention{PerContainer: 1}, 0, []int{0, 4, 5}},
+		// The pinned archive stays, so it counts against the budget: one
+		// more goes instead.
+		{"pinned doomed counts against the budget", Retention{PerContainer: 1, MaxBytes: 200}, 0, []int{0, 5}},
+		{"pinned oldest counts against the budget", Retention{MaxBytes: 250}, 0, []int{0, 5}},
+		{"pinned newest", Retention{MaxBytes: 150}, 5, []int{5}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -317,12 +322,12 @@ func TestCheckpointMetrics(t *testing.T) {
 	rt := &fakeRuntime{freeze: 250 * time.Millisecond}
 	s := newService(t, rt, Options{Recorder: metrics.New(reg)})
 	ok := runtime.Ref{Namespace: "default", Pod: "p", Container: "c"}
-	if _, err := s.Checkpoint(context.Background(), ok, time.Minute); err != nil {
+	if _, err := s.Checkpoint(context.Background(), ok, runtime.CheckpointOptions{Timeout: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
-	s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "nopod", Container: "c"}, time.Minute)
+	s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "nopod", Container: "c"}, runtime.CheckpointOptions{Timeout: time.Minute})
 	rt.err = errors.New("criu exploded")
-	s.Checkpoint(context.Background(), ok, time.Minute)
+	s.Checkpoint(context.Background(), ok, runtime.CheckpointOptions{Timeout: time.Minute})
 
 	rec := httptest.NewRecorder()
 	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -341,5 +346,44 @@ func TestCheckpointMetrics(t *testing.T) {
 		if !strings.Contains(text, want+"\n") {
 			t.Errorf("metrics lack %q:\n%s", want, text)
 		}
+	}
+}
+
+func TestRetentionErrorsReported(t *testing.T) {
+	var reported []error
+	s := newService(t, &fakeRuntime{}, Options{Retention: Retention{PerContainer: 1},
+		RetentionError: func(err error) { reported = append(reported, err) }})
+	ref := runtime.Ref{Namespace: "default", Pod: "p", Container: "a"}
+	var names []string
+	for i := 0; i < 3; i++ {
+		name := ArchiveName(ref, time.Date(2026, 1, 1, i, 0, 0, 0, time.UTC), time.RFC3339)
+		p := filepath.Join(s.Dir(), name)
+		os.WriteFile(p, []byte("x"), 0o600)
+		setRef(p, ref)
+		names = append(names, name)
+	}
+	stuck := names[0]
+	s.remove = func(p string) error {
+		if filepath.Base(p) == stuck {
+			return fmt.Errorf("remove %s: %w", p, os.ErrPermission)
+		}
+		return os.Remove(p)
+	}
+	deleted, err := s.ApplyRetention()
+	if !errors.Is(err, os.ErrPermission) || !strings.Contains(err.Error(), stuck) {
+		t.Fatalf("error %v, want the failed deletion of %s", err, stuck)
+	}
+	if len(deleted) != 1 || deleted[0] != names[1] {
+		t.Fatalf("deleted %v, want %s (the other deletions go on)", deleted, names[1])
+	}
+
+	// After a checkpoint, the failure is reported, and the checkpoint
+	// still succeeds.
+	path, err := s.Checkpoint(context.Background(), ref, runtime.CheckpointOptions{})
+	if err != nil || path == "" {
+		t.Fatalf("checkpoint: %q %v", path, err)
+	}
+	if len(reported) != 1 || !errors.Is(reported[0], os.ErrPermission) {
+		t.Fatalf("reported %v", reported)
 	}
 }

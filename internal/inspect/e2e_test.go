@@ -122,7 +122,7 @@ func makeRealCheckpoint() {
 			time.Sleep(50 * time.Millisecond)
 		}
 		realArchive = filepath.Join(dir, "counter.tar")
-		_, err = rt.Checkpoint(ctx, c, realArchive)
+		_, err = rt.Checkpoint(ctx, c, realArchive, runtime.CheckpointOptions{})
 		return err
 	}()
 }

@@ -56,6 +56,19 @@ type Ref struct {
 
 func (r Ref) String() string { return r.Namespace + "/" + r.Pod + "/" + r.Container }
 
+// CheckpointOptions are the per-request options of one checkpoint.
+type CheckpointOptions struct {
+	// Timeout bounds the whole checkpoint; <= 0 means the default.
+	Timeout time.Duration
+	// TCPEstablished lets CRIU dump established TCP connections
+	// (--tcp-established). Restore repairs them the same way.
+	TCPEstablished bool
+}
+
+// AnnotationTCPEstablished on a pod opts its containers in to
+// CheckpointOptions.TCPEstablished.
+const AnnotationTCPEstablished = "checkpoint.ckpt.dev/tcp-established"
+
 // CheckpointResult describes what a backend wrote.
 type CheckpointResult struct {
 	// FreezeTime is how long the container was frozen (CRIU's statistics), if known.

@@ -36,7 +36,12 @@ func (s *server) checkpoint(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	path, err := s.c.Checkpoint(r.Context(), ref, timeout)
+	opts := runtime.CheckpointOptions{Timeout: timeout}
+	if opts.TCPEstablished, err = parseBool(query, "tcpEstablished"); err != nil {
+		writeText(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	path, err := s.c.Checkpoint(r.Context(), ref, opts)
 	if err != nil {
 		status, msg := errorResponse(ref, err)
 		writeText(w, status, msg)
@@ -87,6 +92,10 @@ func writeArchiveError(w http.ResponseWriter, err error) {
 		status = http.StatusBadRequest
 	case errors.Is(err, runtime.ErrExists), errors.Is(err, runtime.ErrBusy), errors.Is(err, runtime.ErrNotRunning):
 		status = http.StatusConflict
+	case errors.Is(err, runtime.ErrUnsupported):
+		// A capability the backend lacks (restore, stop): the message
+		// names it.
+		status = http.StatusNotImplemented
 	}
 	writeText(w, status, err.Error())
 }
@@ -108,6 +117,20 @@ func parseRef(ns, pod, ctr string) (runtime.Ref, error) {
 		}
 	}
 	return runtime.Ref{Namespace: ns, Pod: pod, Container: ctr}, nil
+}
+
+// parseBool reads an optional ckpt-only boolean query parameter; the last
+// value wins, like timeout.
+func parseBool(query url.Values, name string) (bool, error) {
+	values := query[name]
+	if len(values) == 0 {
+		return false, nil
+	}
+	v, err := strconv.ParseBool(values[len(values)-1])
+	if err != nil {
+		return false, fmt.Errorf("invalid %s %q: must be true or false", name, values[len(values)-1])
+	}
+	return v, nil
 }
 
 // maxTimeoutSeconds is the largest timeout a time.Duration can hold.

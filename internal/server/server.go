@@ -23,7 +23,7 @@ import (
 // timeout is the caller's request timeout (never zero: the server applies
 // its default); the Checkpointer owns the deadline it derives from it.
 type Checkpointer interface {
-	Checkpoint(ctx context.Context, ref runtime.Ref, timeout time.Duration) (path string, err error)
+	Checkpoint(ctx context.Context, ref runtime.Ref, opts runtime.CheckpointOptions) (path string, err error)
 }
 
 // Guard authenticates and authorizes a request before next runs.

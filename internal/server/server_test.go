@@ -26,13 +26,14 @@ type fakeCheckpointer struct {
 	calls   int
 	ref     runtime.Ref
 	timeout time.Duration
+	tcp     bool
 }
 
-func (f *fakeCheckpointer) Checkpoint(_ context.Context, ref runtime.Ref, timeout time.Duration) (string, error) {
+func (f *fakeCheckpointer) Checkpoint(_ context.Context, ref runtime.Ref, opts runtime.CheckpointOptions) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
-	f.ref, f.timeout = ref, timeout
+	f.ref, f.timeout, f.tcp = ref, opts.Timeout, opts.TCPEstablished
 	return f.path, f.err
 }
 
@@ -238,6 +239,37 @@ func TestTimeoutReachesCheckpointer(t *testing.T) {
 		}
 		if fc.timeout != c.want {
 			t.Errorf("%q (default %v): checkpointer got %v, want %v", c.query, c.def, fc.timeout, c.want)
+		}
+	}
+}
+
+func TestTCPEstablishedReachesCheckpointer(t *testing.T) {
+	cases := []struct {
+		query  string
+		status int
+		want   bool
+	}{
+		{"", 200, false},
+		{"?tcpEstablished=true", 200, true},
+		{"?tcpEstablished=1", 200, true},
+		{"?tcpEstablished=false", 200, false},
+		{"?tcpEstablished=true&tcpEstablished=false", 200, false}, // the last value wins
+		{"?tcpEstablished=yes", 400, false},
+		{"?tcpEstablished=", 400, false},
+	}
+	for _, c := range cases {
+		fc := &fakeCheckpointer{path: archive}
+		h := New(Options{CheckpointEnabled: true}, fc, &passGuard{}, nil)
+		resp := serve(h, "POST", "/checkpoint/default/web/app"+c.query)
+		if resp.StatusCode != c.status {
+			t.Errorf("%q: status %d, want %d", c.query, resp.StatusCode, c.status)
+			continue
+		}
+		if c.status == 200 && fc.tcp != c.want {
+			t.Errorf("%q: checkpointer got tcpEstablished=%v, want %v", c.query, fc.tcp, c.want)
+		}
+		if c.status != 200 && fc.calls != 0 {
+			t.Errorf("%q: a bad value still reached the checkpointer", c.query)
 		}
 	}
 }

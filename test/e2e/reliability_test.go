@@ -172,7 +172,7 @@ func TestRuntimeFailures(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.status != 500 || !strings.HasPrefix(resp.body, "checkpointing of default/counter/counter failed (") ||
+		if resp.status != 500 || !strings.HasPrefix(resp.body, "checkpointing of default/counter-n1/counter failed (") ||
 			!strings.Contains(resp.body, "injected runc failure") {
 			t.Fatalf("answer %d %q, want 500 naming the injected failure", resp.status, resp.body)
 		}
@@ -213,7 +213,7 @@ func TestRuntimeFailures(t *testing.T) {
 		if r.err != nil {
 			t.Fatal(r.err)
 		}
-		if r.resp.status != 500 || !strings.HasPrefix(r.resp.body, "checkpointing of default/counter/counter failed (") ||
+		if r.resp.status != 500 || !strings.HasPrefix(r.resp.body, "checkpointing of default/counter-n1/counter failed (") ||
 			!strings.Contains(r.resp.body, "runc checkpoint") {
 			t.Fatalf("answer %d %q, want 500 naming runc/CRIU", r.resp.status, r.resp.body)
 		}
@@ -236,7 +236,7 @@ func TestRuntimeFailures(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.status != 500 || !strings.HasPrefix(resp.body, "checkpointing of default/counter/counter failed (") ||
+		if resp.status != 500 || !strings.HasPrefix(resp.body, "checkpointing of default/counter-n1/counter failed (") ||
 			!strings.Contains(strings.ToLower(resp.body), "no space left on device") {
 			t.Fatalf("answer %d %q, want 500 naming the full disk", resp.status, resp.body)
 		}

@@ -1,7 +1,7 @@
 package e2e
 
 import (
-	"encoding/json"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ckpt-dev/ckpt/pkg/client"
 )
 
 // restoreRuns is how many times each restore case runs.
@@ -38,24 +40,22 @@ func archivedCount(t *testing.T, archive string) int {
 }
 
 // restored is the API's answer to a restore.
-type restored struct {
-	ID, Namespace, Pod, Container, State string
-	Pid                                  int
-}
+type restored = client.Restored
 
+// restoreArchive restores a published archive; "_" keeps a recorded name.
 func (a *agent) restoreArchive(name, ns, pod, ctr string) restored {
 	a.t.Helper()
-	resp, err := a.do("POST", fmt.Sprintf("/restore/%s/%s/%s?archive=%s", ns, pod, ctr, name), testToken)
+	keep := func(s string) string {
+		if s == "_" {
+			return ""
+		}
+		return s
+	}
+	r, err := a.api(testToken, nil).Restore(context.Background(), client.Ref{Namespace: keep(ns), Pod: keep(pod), Container: keep(ctr)},
+		client.RestoreSource{Archive: name})
 	if err != nil {
-		a.t.Fatal(err)
-	}
-	if resp.status != 201 {
 		log, _ := os.ReadFile(a.logPath)
-		a.t.Fatalf("restore %s: %d %s\nagent log:\n%s", name, resp.status, resp.body, log)
-	}
-	var r restored
-	if err := json.Unmarshal([]byte(resp.body), &r); err != nil {
-		a.t.Fatal(err)
+		a.t.Fatalf("restore %s: %v\nagent log:\n%s", name, err, log)
 	}
 	return r
 }
@@ -100,8 +100,48 @@ func TestRestoreWhileOriginalRuns(t *testing.T) {
 			t.Fatalf("run %d: restored %+v", i, r)
 		}
 		resumesAt(t, a.containerLog(r.ID[:12]), k)
+		fileContinues(t, a.rootfsFile(r.ID[:12], "counter.log"), k+2)
 		keepsCounting(t, a.containerLog(orig))
 		a.rmContainer(r.ID)
+	}
+}
+
+// rootfsFile is a file the container wrote in its root filesystem.
+func (a *agent) rootfsFile(shortID, name string) string {
+	a.t.Helper()
+	matches, _ := filepath.Glob(filepath.Join(a.rootDir, "ckpt", "containers", shortID+"*", "upper", name))
+	if len(matches) != 1 {
+		a.t.Fatalf("no %s in the root filesystem of container %s", name, shortID)
+	}
+	return matches[0]
+}
+
+// fileContinues checks that the counter's file in a restored root
+// filesystem holds "count 0" up to at least "count atLeast", each once and
+// in order: the file was captured at the same cut as memory, so the
+// restored process neither repeats nor skips a line.
+func fileContinues(t *testing.T, path string, atLeast int) {
+	t.Helper()
+	var got []string
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+		if len(got) > atLeast {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i, line := range got {
+		if line != fmt.Sprintf("count %d", i) {
+			t.Fatalf("restored %s: line %d is %q, want %q (file and memory are not one cut)", path, i, line, fmt.Sprintf("count %d", i))
+		}
+	}
+	if len(got) <= atLeast {
+		t.Fatalf("restored %s has %d lines, want more than %d", path, len(got), atLeast)
 	}
 }
 
@@ -146,7 +186,7 @@ func TestMigrateToSecondAgent(t *testing.T) {
 	for i := 0; i < restoreRuns; i++ {
 		out := src.ckpt("migrate", "default/counter-n1/counter", "--from", src.url(""), "--to", dst.url(""),
 			"--token-file", tokenFile, "--pod", "default/counter-moved")
-		if !strings.Contains(out, "migrated default/counter/counter") {
+		if !strings.Contains(out, "migrated default/counter-n1/counter") {
 			t.Fatalf("run %d: migrate said %q", i, out)
 		}
 		_, rest, _ := strings.Cut(out, "checkpointed on "+src.url("")+": ")
@@ -161,7 +201,7 @@ func TestMigrateToSecondAgent(t *testing.T) {
 	// and the agent does not start it again from its manifest.
 	out := src.ckpt("migrate", "default/counter-n1/counter", "--from", src.url(""), "--to", dst.url(""),
 		"--token-file", tokenFile, "--stop-source")
-	if !strings.Contains(out, "stopped default/counter/counter") {
+	if !strings.Contains(out, "stopped default/counter-n1/counter") {
 		t.Fatalf("migrate --stop-source said %q", out)
 	}
 	dst.waitRunning("counter-n1", "counter")

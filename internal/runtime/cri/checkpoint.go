@@ -18,7 +18,10 @@ import (
 //
 // CRI reports no statistics, so the result is empty; the archive's
 // stats-dump holds CRIU's numbers.
-func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePath string) (runtime.CheckpointResult, error) {
+func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePath string, opts runtime.CheckpointOptions) (runtime.CheckpointResult, error) {
+	if opts.TCPEstablished {
+		return runtime.CheckpointResult{}, fmt.Errorf("checkpoint container %s: CRI has no option for established TCP connections: %w", c.ID, runtime.ErrUnsupported)
+	}
 	what := "checkpoint container " + c.ID
 	timeout := timeoutSeconds(ctx)
 	_, err := r.client.CheckpointContainer(ctx, &runtimeapi.CheckpointContainerRequest{

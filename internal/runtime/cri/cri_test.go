@@ -256,7 +256,7 @@ func TestCheckpoint(t *testing.T) {
 				defer cancel()
 			}
 			location := filepath.Join(t.TempDir(), "staging", "checkpoint.tar")
-			_, err := r.Checkpoint(ctx, c, location)
+			_, err := r.Checkpoint(ctx, c, location, runtime.CheckpointOptions{})
 			checkErr(t, err, tc.err, tc.msgs...)
 			f.mu.Lock()
 			defer f.mu.Unlock()
@@ -293,7 +293,7 @@ func TestRuntimeDown(t *testing.T) {
 			return err
 		}},
 		{"checkpoint", func() error {
-			_, err := r.Checkpoint(ctx, runtime.Container{ID: "abc"}, "/tmp/x.tar")
+			_, err := r.Checkpoint(ctx, runtime.Container{ID: "abc"}, "/tmp/x.tar", runtime.CheckpointOptions{})
 			return err
 		}},
 		{"restore", func() error {

@@ -24,7 +24,7 @@ import (
 // writes the archive to archivePath (which must not exist). On failure or
 // when ctx ends, CRIU is stopped, the container is thawed, and nothing but
 // a partial archivePath (which the caller removes) is left behind.
-func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePath string) (res runtime.CheckpointResult, err error) {
+func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePath string, opts runtime.CheckpointOptions) (res runtime.CheckpointResult, err error) {
 	rec, err := r.loadRecord(c.ID)
 	if err != nil {
 		return res, fmt.Errorf("checkpoint container %s: %w", c.ID, runtime.ErrContainerNotFound)
@@ -42,12 +42,12 @@ func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePa
 			return res, err
 		}
 	}
-	// CRIU runs this hook while the container is still frozen, so the
-	// archived log ends where the process was dumped.
-	logSize := filepath.Join(work, "log-size")
+	// CRIU runs this hook while the container is still frozen: the rootfs
+	// diff, deleted.files and the log's end are taken at the same cut as
+	// memory.
+	frozen := frozenCapture(dir, work)
 	hook := filepath.Join(work, "post-dump.sh")
-	script := fmt.Sprintf("#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = post-dump ] && stat -c %%s %q > %q\nexit 0\n", filepath.Join(dir, fileLog), logSize)
-	if err := os.WriteFile(hook, []byte(script), 0o700); err != nil {
+	if err := os.WriteFile(hook, []byte(frozen.hookScript(r.cfg.Shim)), 0o700); err != nil {
 		return res, err
 	}
 	if err := os.WriteFile(filepath.Join(dir, fileCriuConf), []byte("action-script "+hook+"\n"), 0o600); err != nil {
@@ -76,7 +76,8 @@ func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePa
 		w = sa
 	}
 
-	if err := r.dump(ctx, rec.ID, images, criuWork); err != nil {
+	tcp := opts.TCPEstablished || rec.PodAnnotations[runtime.AnnotationTCPEstablished] == "true"
+	if err := r.dump(ctx, rec.ID, images, criuWork, tcp); err != nil {
 		if capt != nil {
 			// CRIU fails when the capture stops reading (a full disk): say why.
 			if cerr := capt.finish(); cerr != nil {
@@ -98,7 +99,7 @@ func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePa
 		res.PagesWritten = st.GetPagesWritten()
 	}
 
-	if err := r.writeArchive(w, rec, images, criuWork, work, readSize(logSize)); err != nil {
+	if err := r.writeArchive(w, rec, images, criuWork, frozen); err != nil {
 		return res, fmt.Errorf("checkpoint container %s: write archive: %w", rec.ID, err)
 	}
 	return res, f.Close()
@@ -107,10 +108,14 @@ func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePa
 // dump runs `runc checkpoint --leave-running`. runc and CRIU run in their own
 // process group so that a cancelled context stops both; the container is
 // thawed afterwards if the dump did not finish.
-func (r *Runtime) dump(ctx context.Context, id, images, criuWork string) (err error) {
+func (r *Runtime) dump(ctx context.Context, id, images, criuWork string, tcpEstablished bool) (err error) {
 	runcLog := filepath.Join(criuWork, "runc.log")
 	args := []string{"--root", r.runcRoot(), "--criu", r.cfg.Criu, "--log", runcLog, "--log-format", "json",
-		"checkpoint", "--leave-running", "--file-locks", "--image-path", images, "--work-path", criuWork, id}
+		"checkpoint", "--leave-running", "--file-locks", "--image-path", images, "--work-path", criuWork}
+	if tcpEstablished {
+		args = append(args, "--tcp-established")
+	}
+	args = append(args, id)
 	cmd := exec.Command(r.cfg.Runc, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out := &strings.Builder{}
@@ -140,7 +145,8 @@ func (r *Runtime) dump(ctx context.Context, id, images, criuWork string) (err er
 		if e := lastRuncError(runcLog, filepath.Join(criuWork, "dump.log")); e != "no details logged" {
 			detail = e
 		}
-		return fmt.Errorf("checkpoint container %s: runc checkpoint: %v: %s", id, err, detail)
+		kept := r.keepFailureLogs(id, "dump", runcLog, filepath.Join(criuWork, "dump.log"))
+		return fmt.Errorf("checkpoint container %s: runc checkpoint: %v: %s%s%s", id, err, detail, explainDumpFailure(detail), kept)
 	}
 	return nil
 }
@@ -171,19 +177,11 @@ type memberWriter interface {
 }
 
 // writeArchive writes the CRI-O compatible layout.
-func (r *Runtime) writeArchive(w memberWriter, rec *record, images, criuWork, work string, logSize int64) error {
+func (r *Runtime) writeArchive(w memberWriter, rec *record, images, criuWork string, capture FrozenCapture) error {
 	dir := r.containerDir(rec.ID)
-	diffPath := filepath.Join(work, lib.RootFsDiffTar)
-	diff, err := os.OpenFile(diffPath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	deleted, err := archive.WriteRootfsDiff(diff, filepath.Join(dir, dirUpper))
-	if cerr := diff.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("rootfs diff: %w", err)
+	// The post-dump hook wrote these while the container was frozen.
+	if _, err := os.Stat(capture.Diff); err != nil {
+		return fmt.Errorf("rootfs diff was not captured while frozen: %w", err)
 	}
 	cfg := lib.ContainerConfig{
 		ID: rec.ID, Name: rec.Name,
@@ -200,11 +198,11 @@ func (r *Runtime) writeArchive(w memberWriter, rec *record, images, criuWork, wo
 		func() error { return r.addPodMember(w, rec) },
 		func() error { return w.AddFile(lib.SpecDumpFile, filepath.Join(dir, dirBundle, "config.json")) },
 		func() error { return w.AddDir(lib.CheckpointDirectory, images) },
-		func() error { return w.AddFile(lib.RootFsDiffTar, diffPath) },
-		func() error { return w.AddBytes(lib.DeletedFilesFile, archive.MarshalDeletedFiles(deleted)) },
+		func() error { return w.AddFile(lib.RootFsDiffTar, capture.Diff) },
+		func() error { return w.AddFile(lib.DeletedFilesFile, capture.Deleted) },
 		func() error { return addIfExists(w, "stats-dump", filepath.Join(criuWork, "stats-dump")) },
 		func() error { return addIfExists(w, lib.DumpLogFile, filepath.Join(criuWork, lib.DumpLogFile)) },
-		func() error { return addLog(w, filepath.Join(dir, fileLog), logSize) },
+		func() error { return addLog(w, capture.Log, readSize(capture.LogSize)) },
 		w.Close,
 	}
 	for _, step := range steps {

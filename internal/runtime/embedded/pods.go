@@ -58,6 +58,7 @@ func (r *Runtime) SyncPods(ctx context.Context, manifests []*corev1.Pod) []error
 	}
 	var errs []error
 	r.removeLegacyContainers(ctx, &errs)
+	errs = append(errs, r.RemoveEmptyPods(ctx, time.Minute)...)
 	type key struct{ ns, name string }
 	have := map[key]*podRecord{}
 	for _, p := range pods {
@@ -117,6 +118,12 @@ type restoreInputs map[string]*restoreInput
 // createPod starts a pod: its sandbox, then each container. A pod that
 // fails to start leaves nothing behind.
 func (r *Runtime) createPod(ctx context.Context, pod *corev1.Pod, origin, hash string, restore restoreInputs) (_ *podRecord, out []runtime.Container, err error) {
+	// Every image first: a pod that cannot start makes no sandbox.
+	for _, c := range pod.Spec.Containers {
+		if _, err := r.images.Resolve(c.Image); err != nil {
+			return nil, nil, fmt.Errorf("create container %s/%s/%s: %w", pod.Namespace, pod.Name, c.Name, err)
+		}
+	}
 	var ports []corev1.ContainerPort
 	for _, c := range pod.Spec.Containers {
 		if restore == nil || restore[c.Name] != nil {
@@ -172,6 +179,7 @@ func (r *Runtime) createContainer(ctx context.Context, p *podRecord, pod *corev1
 	rec := &record{
 		ID: newID(), Namespace: pod.Namespace, Pod: pod.Name, Name: c.Name,
 		Image: c.Image, ImageID: img.ID, Origin: p.Origin, CreatedAt: time.Now().UTC(), PodUID: p.ID,
+		PodAnnotations: pod.Annotations,
 	}
 	if restore != nil {
 		rec.CreatedAt, rec.RestoredFrom, rec.RestoredAt = restore.createdAt, restore.source, time.Now().UTC()

@@ -34,6 +34,8 @@ type record struct {
 	PodUID string `json:"podUID,omitempty"`
 	// Kind is "sandbox" for a pod's pause container, "" for others.
 	Kind string `json:"kind,omitempty"`
+	// PodAnnotations are the pod's annotations (ckpt options ride on them).
+	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
 }
 
 const kindSandbox = "sandbox"

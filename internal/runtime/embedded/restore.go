@@ -39,6 +39,10 @@ const PodMember = "pod.json"
 // maxPodJSON bounds pod.json like a manifest.
 const maxPodJSON = maxManifestBytes
 
+// maxDeletedJSON bounds the read of deleted.files; archive.RemoveDeleted
+// applies the format's own, smaller limit.
+const maxDeletedJSON = 64 << 20
+
 // Restore rebuilds a container from a checkpoint archive (a plain tar
 // stream): the image with rootfs-diff.tar applied and deleted.files removed,
 // and the CRIU images. The process resumes where it was dumped, in a new
@@ -90,8 +94,12 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 	if st, err := root.Lstat(lib.RootFsDiffTar); err == nil && st.Mode().IsRegular() {
 		in.rootfsDiff = filepath.Join(staging, lib.RootFsDiffTar)
 	}
-	if data, err := readIn(root, lib.DeletedFilesFile, maxPodJSON); err == nil {
+	// archive.RemoveDeleted bounds deleted.files itself, with its own message.
+	switch data, err := readIn(root, lib.DeletedFilesFile, maxDeletedJSON); {
+	case err == nil:
 		in.deletedJSON = data
+	case !errors.Is(err, os.ErrNotExist):
+		return runtime.Container{}, fmt.Errorf("restore %s: %s: %v: %w", o.Source, lib.DeletedFilesFile, err, runtime.ErrInvalid)
 	}
 	_, ctrs, err := r.createPod(ctx, pod, originRestore, "", restoreInputs{ctr.Name: in})
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -56,6 +57,8 @@ type Config struct {
 	// ClusterDomain completes a pod's subdomain into its FQDN, as the
 	// kubelet's --cluster-domain; empty means none.
 	ClusterDomain string
+	// RestorePolicy bounds what a restored pod may ask for.
+	RestorePolicy RestorePolicy
 }
 
 // Runtime runs and checkpoints containers with runc and CRIU.
@@ -118,6 +121,9 @@ func lookBinary(given, name string) (string, error) {
 	}
 	return p, nil
 }
+
+// CriuPath is the CRIU binary the runtime runs.
+func (r *Runtime) CriuPath() string { return r.cfg.Criu }
 
 func (r *Runtime) runcRoot() string { return filepath.Join(r.cfg.StateDir, "runc") }
 
@@ -373,8 +379,32 @@ func (r *Runtime) removeContainer(ctx context.Context, id string) error {
 	if err := r.runc.Delete(ctx, id, &gorunc.DeleteOpts{Force: true}); err != nil && !isGone(err) {
 		return fmt.Errorf("remove container %s: %w", id, err)
 	}
+	r.waitShimGone(id)
 	r.cleanupDir(id)
 	return nil
+}
+
+// waitShimGone waits (briefly) for a container's shim to finish, so that
+// its last writes (runc's log of the delete) land before the directory is
+// removed.
+func (r *Runtime) waitShimGone(id string) {
+	b, err := os.ReadFile(filepath.Join(r.containerDir(id), fileShimPid))
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !strings.Contains(string(cmdline), id) {
+			return // gone, or the number now belongs to another process
+		}
+		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(st), ") Z ") {
+			return // exited; its parent has yet to reap it
+		}
+	}
 }
 
 // Log returns the path of a container's log file.

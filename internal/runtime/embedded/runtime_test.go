@@ -117,7 +117,7 @@ func TestRunAndCheckpointCounter(t *testing.T) {
 	waitForLog(t, rt.Log(c.ID), "stdout F count 3")
 
 	archivePath := filepath.Join(t.TempDir(), "a.tar")
-	res, err := rt.Checkpoint(ctx, c, archivePath)
+	res, err := rt.Checkpoint(ctx, c, archivePath, runtime.CheckpointOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func TestCheckpointTimeoutLeavesContainerRunning(t *testing.T) {
 	waitForLog(t, rt.Log(c.ID), "stdout F count 1")
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
-	_, err = rt.Checkpoint(short, c, filepath.Join(t.TempDir(), "a.tar"))
+	_, err = rt.Checkpoint(short, c, filepath.Join(t.TempDir(), "a.tar"), runtime.CheckpointOptions{})
 	if err == nil {
 		t.Fatal("checkpoint of 1 GiB finished within 50ms; the timeout path was not exercised")
 	}
@@ -243,7 +243,7 @@ func TestRestoreResumesAtCheckpoint(t *testing.T) {
 	t.Cleanup(func() { rt.Remove(context.Background(), c.ID) })
 	waitForLog(t, rt.Log(c.ID), "stdout F count 3")
 	archivePath := filepath.Join(t.TempDir(), "a.tar")
-	if _, err := rt.Checkpoint(ctx, c, archivePath); err != nil {
+	if _, err := rt.Checkpoint(ctx, c, archivePath, runtime.CheckpointOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	// The last count in the archived log is where the process was dumped.

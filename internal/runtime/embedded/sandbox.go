@@ -345,3 +345,32 @@ func (r *Runtime) cleanupVolumes(dir string) {
 		}
 	}
 }
+
+// RemoveEmptyPods removes the sandboxes of pods that have no container
+// left and were created more than olderThan ago (a pod being created has
+// none for a moment). An agent stopped while it created a pod leaves one.
+func (r *Runtime) RemoveEmptyPods(ctx context.Context, olderThan time.Duration) []error {
+	pods, err := r.loadPods()
+	if err != nil {
+		return []error{err}
+	}
+	recs, err := r.loadRecords()
+	if err != nil {
+		return []error{err}
+	}
+	used := map[string]bool{}
+	for _, rec := range recs {
+		if rec.Kind != kindSandbox {
+			used[rec.PodUID] = true
+		}
+	}
+	var errs []error
+	for _, p := range pods {
+		if !used[p.ID] && time.Since(p.CreatedAt) > olderThan {
+			if err := r.removePod(ctx, p); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errs
+}

@@ -33,6 +33,8 @@ type ShimOptions struct {
 	// Forward lists hostPorts to serve into the container's network
 	// namespace (a pod's pause container), as portForward strings.
 	Forward []string
+	// TCPEstablished restores established TCP connections.
+	TCPEstablished bool
 }
 
 // Args renders the options as the shim's command line.
@@ -43,6 +45,9 @@ func (o ShimOptions) Args() []string {
 	}
 	for _, f := range o.Forward {
 		args = append(args, "--forward", f)
+	}
+	if o.TCPEstablished {
+		args = append(args, "--tcp-established")
 	}
 	return args
 }
@@ -57,6 +62,11 @@ func (r *Runtime) startShim(ctx context.Context, rec *record, restore *restoreIn
 	opts := ShimOptions{ID: rec.ID, Dir: dir, RuncRoot: r.runcRoot(), Runc: r.cfg.Runc, Criu: r.cfg.Criu, Forward: forward}
 	if restore != nil {
 		opts.Restore = restore.imagesDir
+		tcp, err := hasEstablishedTCP(restore.imagesDir)
+		if err != nil {
+			return fmt.Errorf("read CRIU images: %w", err)
+		}
+		opts.TCPEstablished = tcp
 	}
 	ready, readyW, err := os.Pipe()
 	if err != nil {
@@ -148,7 +158,7 @@ func RunShim(o ShimOptions) error {
 	ctx := context.Background()
 	if o.Restore != "" {
 		_, err = rc.Restore(ctx, o.ID, bundle, &gorunc.RestoreOpts{
-			CheckpointOpts: gorunc.CheckpointOpts{ImagePath: o.Restore, WorkDir: filepath.Join(o.Dir, "restore-work"), FileLocks: true},
+			CheckpointOpts: gorunc.CheckpointOpts{ImagePath: o.Restore, WorkDir: filepath.Join(o.Dir, "restore-work"), FileLocks: true, AllowOpenTCP: o.TCPEstablished},
 			IO:             pio, Detach: true, PidFile: pidFile,
 		})
 	} else {
@@ -158,7 +168,10 @@ func RunShim(o ShimOptions) error {
 	}
 	if err != nil {
 		rc.Delete(ctx, o.ID, &gorunc.DeleteOpts{Force: true})
-		return fail(fmt.Errorf("%w: %s", err, lastRuncError(runcLog, filepath.Join(o.Dir, "restore-work", "restore.log"))))
+		restoreLog := filepath.Join(o.Dir, "restore-work", "restore.log")
+		detail := lastRuncError(runcLog, restoreLog)
+		kept := keepFailureLogs(filepath.Dir(filepath.Dir(o.Dir)), o.ID, "restore", runcLog, restoreLog)
+		return fail(fmt.Errorf("%w: %s%s", err, detail, kept))
 	}
 	pidData, err := os.ReadFile(pidFile)
 	if err != nil {
@@ -254,7 +267,9 @@ func tailErrors(path string, n int) string {
 	// mention errors are often harmless warnings.
 	var errs []string
 	for _, line := range strings.Split(string(data), "\n") {
-		if strings.Contains(line, "Error (") {
+		// CRIU prints the RLIMIT_NOFILE line on every run where root lacks
+		// CAP_SYS_RESOURCE; it causes nothing.
+		if strings.Contains(line, "Error (") && !strings.Contains(line, "RLIMIT_NOFILE for self") {
 			errs = append(errs, strings.TrimSpace(line))
 		}
 	}

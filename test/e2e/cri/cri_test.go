@@ -24,6 +24,7 @@ import (
 
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 	"github.com/ckpt-dev/ckpt/internal/runtime/cri"
+	"github.com/ckpt-dev/ckpt/pkg/client"
 )
 
 // pod is a pod sandbox with one counter container, made over CRI the way the
@@ -248,7 +249,7 @@ func TestCheckpointThroughCRI(t *testing.T) {
 		t.Fatal(err)
 	}
 	archive := filepath.Join(dir, "checkpoint.tar")
-	if _, err := rt.Checkpoint(ctx, ctr, archive); err != nil {
+	if _, err := rt.Checkpoint(ctx, ctr, archive, runtime.CheckpointOptions{}); err != nil {
 		t.Fatalf("Checkpoint: %v", err)
 	}
 	fi, err := os.Stat(archive)
@@ -262,7 +263,7 @@ func TestCheckpointThroughCRI(t *testing.T) {
 	checkStillRunning(t, c, p)
 
 	// A container the runtime does not know.
-	_, err = rt.Checkpoint(ctx, runtime.Container{ID: "0000000000000000"}, filepath.Join(dir, "none.tar"))
+	_, err = rt.Checkpoint(ctx, runtime.Container{ID: "0000000000000000"}, filepath.Join(dir, "none.tar"), runtime.CheckpointOptions{})
 	if !errors.Is(err, runtime.ErrContainerNotFound) {
 		t.Errorf("checkpoint of an unknown container: %v, want ErrContainerNotFound", err)
 	}
@@ -296,7 +297,7 @@ func TestRestoreThroughCRI(t *testing.T) {
 	waitCount(t, p.logPath, 10)
 	cpCount := lastCount(p.logPath)
 	archive := filepath.Join(tmpRoot, "restore-src.tar")
-	if _, err := rt.Checkpoint(ctx, ctr, archive); err != nil {
+	if _, err := rt.Checkpoint(ctx, ctr, archive, runtime.CheckpointOptions{}); err != nil {
 		t.Fatalf("Checkpoint: %v", err)
 	}
 
@@ -430,15 +431,14 @@ func TestServeCheckpointThroughCRI(t *testing.T) {
 			t.Logf("ckpt serve log:\n%s", b)
 		}
 	}()
-	waitHealthy(t, base+"/healthz", token)
+	api, err := client.New(client.Config{Server: base, Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHealthy(t, api)
 
 	post := func(path string) (int, []byte) {
-		req, err := http.NewRequest(http.MethodPost, base+path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := api.Raw(context.Background(), http.MethodPost, path, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -503,21 +503,16 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func waitHealthy(t *testing.T, url, token string) {
+func waitHealthy(t *testing.T, api *client.Client) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
-		req, _ := http.NewRequest(http.MethodGet, url, nil)
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
+		err := api.Healthz(context.Background())
 		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("ckpt serve never became healthy at %s (last: %v)", url, err)
+			t.Fatalf("ckpt serve never became healthy at %s (last: %v)", api, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
