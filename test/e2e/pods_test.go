@@ -27,10 +27,17 @@ spec:
   volumes:
   - name: shared
     emptyDir: {}
+  initContainers:
+  - name: init
+    image: localhost/busybox:latest
+    command: [/bin/busybox, sh, -c, 'sleep 1; echo from-init > /www/index.html']
+    volumeMounts:
+    - name: shared
+      mountPath: /www
   containers:
   - name: server
     image: localhost/busybox:latest
-    command: [/bin/busybox, sh, -c, 'mkdir -p /srv && echo from-rootfs > /srv/index.html && echo from-emptydir > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www']
+    command: [/bin/busybox, sh, -c, 'echo "server saw $(cat /www/index.html)"; mkdir -p /srv && echo from-rootfs > /srv/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www']
     ports:
     - containerPort: 8080
       hostPort: %d
@@ -110,7 +117,8 @@ func (a *agent) pidOf(pod, ctr string) int {
 	return pid
 }
 
-// TestPodSandboxNetworkVolumesSecurity runs a three-container pod: the
+// TestPodSandboxNetworkVolumesSecurity runs a pod with an init container
+// that fills an emptyDir, then three containers: the
 // containers share one network namespace (lo up) and UTS namespace held by
 // the pause process, an emptyDir, and a hostPort served on the host's
 // 127.0.0.1; the image's User, runAsUser/runAsGroup and the memory and CPU
@@ -125,8 +133,8 @@ func TestPodSandboxNetworkVolumesSecurity(t *testing.T) {
 
 	// Over the pod's localhost, with the kubelet's hostname and /etc/hosts;
 	// the image's User (nobody) is honoured.
-	line := a.waitLog(client, "got=from-emptydir")
-	for _, want := range []string{"id=65534:65534", "host=webhost", "hosts=1", "shared=from-emptydir"} {
+	line := a.waitLog(client, "got=from-init")
+	for _, want := range []string{"id=65534:65534", "host=webhost", "hosts=1", "shared=from-init"} {
 		if !strings.Contains(line, want) {
 			t.Errorf("client printed %q, want %q", line, want)
 		}
@@ -135,8 +143,13 @@ func TestPodSandboxNetworkVolumesSecurity(t *testing.T) {
 	var body string
 	var err error
 	a.waitFor(func() bool { body, err = httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/", hostPort)); return err == nil }, "hostPort to serve")
-	if body != "from-emptydir" {
+	if body != "from-init" {
 		t.Errorf("hostPort served %q", body)
+	}
+	// The init container ran to completion before the server started.
+	a.waitLog(server, "server saw from-init")
+	if l := a.psLine("web-n1", "init"); !strings.Contains(l, " exited ") || !strings.HasSuffix(strings.TrimSpace(l), " 0") {
+		t.Errorf("init container: %q, want exited 0", l)
 	}
 	// runAsUser and runAsGroup win over the image's user.
 	if l := a.waitLog(limited, "limited id="); !strings.Contains(l, "limited id=1234:2345") {
@@ -169,7 +182,6 @@ func TestPodSandboxNetworkVolumesSecurity(t *testing.T) {
 	if nsOf(t, ps, "pid") == nsOf(t, pc, "pid") {
 		t.Error("containers share a pid namespace (shareProcessNamespace is not set)")
 	}
-	_ = server
 
 	// A removed manifest stops the pod and frees its hostPort.
 	os.Remove(filepath.Join(a.manifests, "web.yaml"))

@@ -61,7 +61,12 @@ func checkAccepted(t *testing.T, pod *corev1.Pod) {
 	if rp := pod.Spec.RestartPolicy; rp != "" && rp != corev1.RestartPolicyNever {
 		t.Fatalf("accepted restartPolicy %q", rp)
 	}
-	if pod.Spec.HostPID || pod.Spec.HostIPC || len(pod.Spec.InitContainers) > 0 || pod.Spec.DNSPolicy != "" {
+	for _, c := range pod.Spec.InitContainers {
+		if len(c.Ports) > 0 || c.LivenessProbe != nil {
+			t.Fatalf("accepted an unsupported init container field: %s", podJSON(pod))
+		}
+	}
+	if pod.Spec.HostPID || pod.Spec.HostIPC || pod.Spec.DNSPolicy != "" {
 		t.Fatalf("accepted an unsupported pod field: %s", podJSON(pod))
 	}
 	vols := map[string]bool{}

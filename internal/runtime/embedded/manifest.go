@@ -80,6 +80,16 @@ var supportedFields = map[string]bool{
 	"spec.containers[].securityContext.seccompProfile.type":      true,
 }
 
+func init() {
+	// Init containers take the fields of containers but ports (they serve
+	// nothing while the pod starts).
+	for k := range supportedFields {
+		if rest, ok := strings.CutPrefix(k, "spec.containers[]."); ok && !strings.HasPrefix(rest, "ports") {
+			supportedFields["spec.initContainers[]."+rest] = true
+		}
+	}
+}
+
 // staticPodVolumeKinds are volume kinds that need the API server; the
 // kubelet refuses them for static pods, and so does ckpt.
 var staticPodVolumeKinds = []string{"configMap", "secret", "projected", "persistentVolumeClaim", "downwardAPI", "serviceAccountToken"}

@@ -119,7 +119,7 @@ type restoreInputs map[string]*restoreInput
 // fails to start leaves nothing behind.
 func (r *Runtime) createPod(ctx context.Context, pod *corev1.Pod, origin, hash string, restore restoreInputs) (_ *podRecord, out []runtime.Container, err error) {
 	// Every image first: a pod that cannot start makes no sandbox.
-	for _, c := range pod.Spec.Containers {
+	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
 		if _, err := r.images.Resolve(c.Image); err != nil {
 			return nil, nil, fmt.Errorf("create container %s/%s/%s: %w", pod.Namespace, pod.Name, c.Name, err)
 		}
@@ -139,6 +139,15 @@ func (r *Runtime) createPod(ctx context.Context, pod *corev1.Pod, origin, hash s
 			r.removePod(context.WithoutCancel(ctx), p)
 		}
 	}()
+	if restore == nil {
+		done, err := r.runInitContainers(ctx, p, pod)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !done {
+			return p, nil, nil // an init container failed: the pod stays, failed, as the kubelet's
+		}
+	}
 	for _, c := range pod.Spec.Containers {
 		var in *restoreInput
 		if restore != nil {
@@ -210,4 +219,41 @@ func (r *Runtime) podOf(rec *record) (*podRecord, *corev1.Pod, error) {
 		return nil, nil, errors.New("the container has no pod sandbox")
 	}
 	return r.loadPod(rec.PodUID)
+}
+
+// runInitContainers runs the pod's init containers one by one, each to
+// completion, before the app containers start. With restartPolicy Never
+// (ckpt's only policy so far) a failed init container fails the pod, as
+// the kubelet does: done is false, and the app containers never start.
+// The exited init containers stay, so that `ckpt ps` shows how they ended.
+func (r *Runtime) runInitContainers(ctx context.Context, p *podRecord, pod *corev1.Pod) (done bool, err error) {
+	for _, c := range pod.Spec.InitContainers {
+		ctr, err := r.createContainer(ctx, p, pod, c, nil)
+		if err != nil {
+			return false, err
+		}
+		st, err := r.waitExited(ctx, ctr.ID)
+		if err != nil {
+			return false, fmt.Errorf("init container %s/%s/%s: %w", pod.Namespace, pod.Name, c.Name, err)
+		}
+		if st.Code != 0 {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// waitExited waits for a container to exit and returns how it ended.
+func (r *Runtime) waitExited(ctx context.Context, id string) (exitStatus, error) {
+	var st exitStatus
+	for {
+		if err := readJSON(filepath.Join(r.containerDir(id), fileExit), &st); err == nil {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -47,9 +47,19 @@ func validatePodSpec(spec *corev1.PodSpec) error {
 	}
 	seen := map[string]bool{}
 	hostPorts := map[string]string{}
+	type entry struct {
+		f string
+		c *corev1.Container
+	}
+	var all []entry
+	for i := range spec.InitContainers {
+		all = append(all, entry{fmt.Sprintf("spec.initContainers[%d]", i), &spec.InitContainers[i]})
+	}
 	for i := range spec.Containers {
-		c := &spec.Containers[i]
-		f := fmt.Sprintf("spec.containers[%d]", i)
+		all = append(all, entry{fmt.Sprintf("spec.containers[%d]", i), &spec.Containers[i]})
+	}
+	for _, e := range all {
+		c, f := e.c, e.f
 		if c.Name == "" {
 			return fmt.Errorf("%s.name is required", f)
 		}
@@ -57,7 +67,7 @@ func validatePodSpec(spec *corev1.PodSpec) error {
 			return fmt.Errorf("%s.name %q: %s", f, c.Name, strings.Join(errs, "; "))
 		}
 		if seen[c.Name] {
-			return fmt.Errorf("duplicate container name %q in spec.containers", c.Name)
+			return fmt.Errorf("%s.name: duplicate container name %q in spec.containers", f, c.Name)
 		}
 		seen[c.Name] = true
 		if c.Image == "" {
