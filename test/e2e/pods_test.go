@@ -308,10 +308,11 @@ kind: Pod
 metadata:
   name: hog
 spec:
+  restartPolicy: Never
   containers:
   - name: hog
     image: localhost/busybox:latest
-    command: [/bin/busybox, sh, -c, 'sleep 1; x=$(head -c 200000000 /dev/zero | tr "\0" a); echo survived']
+    command: [/bin/busybox, sh, -c, 'sleep 1; exec tail /dev/zero']
     resources:
       limits:
         memory: 16Mi
@@ -321,8 +322,8 @@ spec:
 		line = a.psLine("hog-n1", "hog")
 		return strings.Contains(line, " exited ")
 	}, "hog to exit")
-	if !strings.Contains(line, "(OOMKilled)") {
-		t.Errorf("ps line %q, want the exit reported as OOMKilled", line)
+	if !strings.Contains(line, " 137 (OOMKilled) ") {
+		t.Errorf("ps line %q, want the exit reported as 137 (OOMKilled)", line)
 	}
 }
 
@@ -346,5 +347,52 @@ func TestChangedManifestRecreatesPod(t *testing.T) {
 	}
 	if dirs := a.containerDirs(); len(dirs) != 2 { // the new container and its pod's pause
 		t.Errorf("containers after recreate: %v, want the new one and its sandbox", dirs)
+	}
+}
+
+// TestRestartPolicyAlways: an exiting container under restartPolicy Always
+// comes back (at once the first time, as the kubelet's back-off), and
+// `ckpt ps` shows the restart count and the last exit code. One stopped on
+// request (POST /stop) stays stopped.
+func TestRestartPolicyAlways(t *testing.T) {
+	a := newAgent(t)
+	a.addPod("flaky", `apiVersion: v1
+kind: Pod
+metadata:
+  name: flaky
+spec:
+  restartPolicy: Always
+  containers:
+  - name: flaky
+    image: localhost/busybox:latest
+    command: [/bin/busybox, sh, -c, 'echo started; sleep 1; exit 3']
+`)
+	first := a.waitRunning("flaky-n1", "flaky")
+	var f []string
+	a.waitFor(func() bool {
+		f = strings.Fields(a.psLine("flaky-n1", "flaky"))
+		return len(f) >= 11 && f[3] != first && f[len(f)-1] == "1"
+	}, "the container to be restarted once")
+	if f[len(f)-2] != "3" {
+		t.Errorf("ps %v: EXIT %s, want the last exit code 3", f, f[len(f)-2])
+	}
+	// The second restart waits the back-off (10 s after the exit).
+	time.Sleep(4 * time.Second)
+	if g := strings.Fields(a.psLine("flaky-n1", "flaky")); len(g) < 11 || g[len(g)-1] != "1" || g[5] != "exited" {
+		t.Errorf("within the back-off: %v, want still exited after 1 restart", g)
+	}
+	a.waitFor(func() bool {
+		g := strings.Fields(a.psLine("flaky-n1", "flaky"))
+		return len(g) >= 11 && g[len(g)-1] == "2"
+	}, "the second restart after the back-off")
+	a.waitFor(func() bool { return len(a.containerDirs()) == 2 }, "the exited run removed (the current run and the pause remain)")
+	a.addPod("steady", strings.Replace(counterManifest("steady", nil), "spec:\n", "spec:\n  restartPolicy: Always\n", 1))
+	a.waitRunning("steady-n1", "counter")
+	if got, _ := a.do("POST", "/stop/default/steady-n1/counter", testToken); got.status != 200 {
+		t.Fatalf("stop: %d %s", got.status, got.body)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	if l := a.psLine("steady-n1", "counter"); !strings.Contains(l, " exited ") {
+		t.Errorf("a container stopped on request was restarted: %q", l)
 	}
 }

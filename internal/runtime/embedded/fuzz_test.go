@@ -58,7 +58,7 @@ func checkAccepted(t *testing.T, pod *corev1.Pod) {
 	if len(validation.IsDNS1123Label(pod.Namespace)) > 0 || len(validation.IsDNS1123Subdomain(pod.Name)) > 0 {
 		t.Fatalf("accepted names %q/%q", pod.Namespace, pod.Name)
 	}
-	if rp := pod.Spec.RestartPolicy; rp != "" && rp != corev1.RestartPolicyNever {
+	if rp := pod.Spec.RestartPolicy; rp != "" && rp != corev1.RestartPolicyNever && rp != corev1.RestartPolicyAlways && rp != corev1.RestartPolicyOnFailure {
 		t.Fatalf("accepted restartPolicy %q", rp)
 	}
 	for _, c := range pod.Spec.InitContainers {

@@ -47,11 +47,13 @@ func StaticPod(pod *corev1.Pod, node string) (*corev1.Pod, string) {
 
 // SyncPods makes the running pods match the manifests, as the kubelet does
 // for static pods: a pod is created when its manifest appears, created
-// again when its manifest changes, and removed when it goes away. ckpt does
-// not restart containers that exit. A pod name belongs to one pod: a
+// again when its manifest changes, and removed when it goes away. It
+// restarts exited containers in RestartExited. A pod name belongs to one pod: a
 // manifest pod whose name a restored pod holds is not started. One bad pod
 // does not stop the others; every failure is returned.
 func (r *Runtime) SyncPods(ctx context.Context, manifests []*corev1.Pod) []error {
+	podsMu.Lock()
+	defer podsMu.Unlock()
 	pods, err := r.loadPods()
 	if err != nil {
 		return []error{err}
@@ -166,6 +168,10 @@ func (r *Runtime) createPod(ctx context.Context, pod *corev1.Pod, origin, hash s
 
 // createContainer creates (or restores) one container in pod p's sandbox.
 func (r *Runtime) createContainer(ctx context.Context, p *podRecord, pod *corev1.Pod, c corev1.Container, restore *restoreInput) (runtime.Container, error) {
+	return r.createContainerAs(ctx, p, pod, c, restore, "")
+}
+
+func (r *Runtime) createContainerAs(ctx context.Context, p *podRecord, pod *corev1.Pod, c corev1.Container, restore *restoreInput, kind string, prev ...*record) (runtime.Container, error) {
 	verb := "create"
 	if restore != nil {
 		verb = "restore"
@@ -188,7 +194,10 @@ func (r *Runtime) createContainer(ctx context.Context, p *podRecord, pod *corev1
 	rec := &record{
 		ID: newID(), Namespace: pod.Namespace, Pod: pod.Name, Name: c.Name,
 		Image: c.Image, ImageID: img.ID, Origin: p.Origin, CreatedAt: time.Now().UTC(), PodUID: p.ID,
-		PodAnnotations: pod.Annotations,
+		PodAnnotations: pod.Annotations, Kind: kind,
+	}
+	for _, old := range prev { // a restart: count it, and say how the last run ended
+		rec.Restarts, rec.LastExit = old.Restarts+1, old.LastExit
 	}
 	if restore != nil {
 		rec.CreatedAt, rec.RestoredFrom, rec.RestoredAt = restore.createdAt, restore.source, time.Now().UTC()
@@ -228,7 +237,7 @@ func (r *Runtime) podOf(rec *record) (*podRecord, *corev1.Pod, error) {
 // The exited init containers stay, so that `ckpt ps` shows how they ended.
 func (r *Runtime) runInitContainers(ctx context.Context, p *podRecord, pod *corev1.Pod) (done bool, err error) {
 	for _, c := range pod.Spec.InitContainers {
-		ctr, err := r.createContainer(ctx, p, pod, c, nil)
+		ctr, err := r.createContainerAs(ctx, p, pod, c, nil, kindInit)
 		if err != nil {
 			return false, err
 		}

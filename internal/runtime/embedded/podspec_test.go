@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	corev1 "k8s.io/api/core/v1"
@@ -380,5 +381,35 @@ func TestPodJSONRoundTrip(t *testing.T) {
 	m.Spec.Containers[0].Image = "other"
 	if _, h3 := StaticPod(m, "node1"); h3 == h2 {
 		t.Error("a changed manifest kept its hash")
+	}
+}
+
+func TestRestartBackoff(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var b *backoff
+	var delays []time.Duration
+	now := t0
+	for i := 0; i < 8; i++ {
+		finished := now
+		at, next := nextRestart(b, finished, now)
+		delays = append(delays, at.Sub(finished))
+		b, now = &next, at
+	}
+	want := []time.Duration{0, 10 * time.Second, 20 * time.Second, 40 * time.Second, 80 * time.Second, 160 * time.Second, 5 * time.Minute, 5 * time.Minute}
+	if !slices.Equal(delays, want) {
+		t.Errorf("delays %v, want %v", delays, want)
+	}
+	// Ten minutes without a restart forget the back-off.
+	if at, _ := nextRestart(b, now.Add(11*time.Minute), now.Add(11*time.Minute)); !at.Equal(now.Add(11 * time.Minute)) {
+		t.Errorf("back-off not reset after 10 min: restart at %v", at)
+	}
+	for _, c := range []struct {
+		policy corev1.RestartPolicy
+		code   int
+		want   bool
+	}{{"Always", 0, true}, {"Always", 1, true}, {"OnFailure", 0, false}, {"OnFailure", 2, true}, {"Never", 1, false}, {"", 1, false}} {
+		if got := shouldRestart(c.policy, c.code); got != c.want {
+			t.Errorf("shouldRestart(%q, %d) = %v", c.policy, c.code, got)
+		}
 	}
 }

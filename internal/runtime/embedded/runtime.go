@@ -142,6 +142,10 @@ func (r *Runtime) container(ctx context.Context, rec *record) runtime.Container 
 	c := runtime.Container{
 		ID: rec.ID, Namespace: rec.Namespace, Pod: rec.Pod, Name: rec.Name,
 		Image: rec.Image, ImageID: rec.ImageID, CreatedAt: rec.CreatedAt, State: runtime.StateUnknown,
+		Restarts: rec.Restarts,
+	}
+	if rec.LastExit != nil {
+		c.LastExitCode, c.LastExitReason = &rec.LastExit.Code, rec.LastExit.Reason
 	}
 	if st, err := r.runc.State(ctx, rec.ID); err == nil {
 		c.Pid = st.Pid
@@ -315,6 +319,10 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 	}
 	if st := r.container(ctx, rec).State; st != runtime.StateRunning && st != runtime.StatePaused {
 		return nil
+	}
+	if !rec.Stopped {
+		rec.Stopped = true // not restarted by its pod's restart policy
+		writeJSONAtomic(filepath.Join(r.containerDir(id), fileMeta), rec)
 	}
 	// A frozen process cannot act on a signal: never leave one frozen here.
 	r.thaw(id)

@@ -16,9 +16,7 @@ import (
 // carry the field path and the reason, as the API server's do.
 func validatePodSpec(spec *corev1.PodSpec) error {
 	switch spec.RestartPolicy {
-	case "", corev1.RestartPolicyNever:
-	case corev1.RestartPolicyAlways, corev1.RestartPolicyOnFailure:
-		return fmt.Errorf("spec.restartPolicy %q is not supported yet: ckpt does not restart containers (use Never or leave it out)", spec.RestartPolicy)
+	case "", corev1.RestartPolicyNever, corev1.RestartPolicyAlways, corev1.RestartPolicyOnFailure:
 	default:
 		return fmt.Errorf("spec.restartPolicy %q: must be Always, OnFailure or Never", spec.RestartPolicy)
 	}
