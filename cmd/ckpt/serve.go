@@ -26,6 +26,7 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 	"github.com/ckpt-dev/ckpt/internal/runtime/embedded"
 	"github.com/ckpt-dev/ckpt/internal/server"
+	"github.com/ckpt-dev/ckpt/internal/trust"
 )
 
 func init() { register(newServeCommand) }
@@ -50,6 +51,8 @@ type serveOptions struct {
 	podInfraImage    string
 	clusterDomain    string
 	restorePolicy    embedded.RestorePolicy
+	trustedKeysFile  string
+	allowUnsigned    bool
 }
 
 func newServeCommand(g *globalOptions) *cobra.Command {
@@ -87,6 +90,8 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 	f.BoolVar(&o.restorePolicy.AllowPrivileged, "restore-allow-privileged", false, "let a restored pod run privileged containers")
 	f.BoolVar(&o.restorePolicy.AllowAddedCapabilities, "restore-allow-added-capabilities", false, "let a restored pod add capabilities")
 	f.BoolVar(&o.restorePolicy.AllowHostNetwork, "restore-allow-host-network", false, "let a restored pod use the host's network namespace")
+	f.StringVar(&o.trustedKeysFile, "restore-trusted-keys", "", "restore archives signed by these keys (authorized_keys format, e.g. other nodes' <root-dir>/pki/"+trust.PubKeyFile+"); this node's own key is always trusted")
+	f.BoolVar(&o.allowUnsigned, "restore-allow-unsigned", false, "also restore unsigned archives (written by containerd, CRI-O or Podman, or by hand); signed archives must still verify")
 	o.auth.AddFlags(f)
 	gate.AddFlag(f)
 	return cmd
@@ -132,9 +137,22 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
+	key, err := trust.LoadOrCreateNodeKey(filepath.Join(g.rootDir, "pki"))
+	if err != nil {
+		return err
+	}
+	keys := trust.NewKeyring(key.PublicKey())
+	if o.trustedKeysFile != "" {
+		if err := keys.ReadKeysFile(o.trustedKeysFile); err != nil {
+			return err
+		}
+	}
+	log.Info("archives are signed with the node key", "key", trust.Fingerprint(key.PublicKey()),
+		"trusted", strings.Join(keys.Fingerprints(), ","), "allowUnsigned", o.allowUnsigned)
 	copts := checkpoint.Options{RootDir: g.rootDir, DefaultTimeout: o.requestTimeout, Recorder: m,
 		Retention: o.retention, Compress: o.compress,
-		RetentionError: func(err error) { log.Error("retention after a checkpoint", "error", err) }}
+		RetentionError: func(err error) { log.Error("retention after a checkpoint", "error", err) },
+		Signer:         key, Trust: trust.Policy{Keys: keys, AllowUnsigned: o.allowUnsigned}}
 	if o.recipientsFile != "" {
 		if copts.Recipients, err = archive.ParseRecipientsFile(o.recipientsFile); err != nil {
 			return err
@@ -147,8 +165,13 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 	if err != nil {
 		return err
 	}
+	images, err := g.checkpointImages()
+	if err != nil {
+		return err
+	}
 	handler := server.NewWithArchives(server.Options{
 		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Registry: reg,
+		Images: imageArchives{images},
 	}, svc, svc, guard, caps.Health)
 	go retentionLoop(ctx, log, svc)
 

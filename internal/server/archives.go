@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
+	"github.com/ckpt-dev/ckpt/pkg/api"
 )
 
 // Archives manages published archives and restores from them.
@@ -24,15 +26,18 @@ type Archives interface {
 	StopContainer(ctx context.Context, ref runtime.Ref) error
 }
 
-// RestoredContainer is the answer to a restore.
-type RestoredContainer struct {
-	ID        string `json:"id"`
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
-	Container string `json:"container"`
-	State     string `json:"state"`
-	Pid       int    `json:"pid,omitempty"`
+// ImageArchives opens the archive a checkpoint image carries: its plain tar
+// stream, which restores through the same path as any archive. An unknown
+// image is an error matching ErrImageNotFound (404), one that is no
+// checkpoint image matches runtime.ErrInvalid (400). If the stream has a
+// RestoreFailed method, a failed restore calls it after Close.
+type ImageArchives interface {
+	OpenImageArchive(ctx context.Context, ref string) (io.ReadCloser, error)
 }
+
+// ErrImageNotFound: no checkpoint image by that reference, locally or in
+// its registry.
+var ErrImageNotFound = errors.New("checkpoint image not found")
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -49,7 +54,7 @@ func (s *server) listArchives(w http.ResponseWriter, r *http.Request) {
 	if list == nil {
 		list = []checkpoint.ArchiveInfo{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"items": list})
+	writeJSON(w, http.StatusOK, api.ArchiveList{Items: list})
 }
 
 func (s *server) downloadArchive(w http.ResponseWriter, r *http.Request) {
@@ -82,7 +87,8 @@ func (s *server) deleteArchive(w http.ResponseWriter, r *http.Request) {
 }
 
 // restore restores into {ns}/{pod}/{ctr} from ?archive=NAME (a published
-// archive) or, without it, from the archive sent as the request body.
+// archive), ?image=REF (a checkpoint image) or, without either, from the
+// archive sent as the request body.
 func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 	target, err := parseRestoreTarget(r.PathValue("ns"), r.PathValue("pod"), r.PathValue("ctr"))
 	if err != nil {
@@ -96,16 +102,35 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 	// uploaded archive may take longer.
 	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 	var c runtime.Container
-	if names := r.URL.Query()["archive"]; len(names) > 0 {
+	names, images := r.URL.Query()["archive"], r.URL.Query()["image"]
+	switch {
+	case len(names) > 0 && len(images) > 0:
+		writeText(w, http.StatusBadRequest, "give either archive or image, not both")
+		return
+	case len(images) > 0 && s.opts.Images == nil:
+		writeText(w, http.StatusBadRequest, "this agent does not restore from images")
+		return
+	case len(images) > 0:
+		ref := images[len(images)-1]
+		var rc io.ReadCloser
+		if rc, err = s.opts.Images.OpenImageArchive(ctx, ref); err == nil {
+			c, err = s.a.Restore(ctx, rc, target, "image "+ref)
+			rc.Close()
+			// What was fetched for a restore that failed need not stay.
+			if f, ok := rc.(interface{ RestoreFailed() }); ok && err != nil {
+				f.RestoreFailed()
+			}
+		}
+	case len(names) > 0:
 		c, err = s.a.RestoreArchive(ctx, names[len(names)-1], target)
-	} else {
+	default:
 		c, err = s.a.Restore(ctx, r.Body, target, "upload")
 	}
 	if err != nil {
 		writeArchiveError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, RestoredContainer{
+	writeJSON(w, http.StatusCreated, api.Restored{
 		ID: c.ID, Namespace: c.Namespace, Pod: c.Pod, Container: c.Name, State: string(c.State), Pid: c.Pid,
 	})
 }

@@ -154,6 +154,8 @@ func (c *Client) explain(err error) error {
 		return fmt.Errorf("%w (the local socket %s is for root on the node; others use --server or --context with credentials)", err, c.socket)
 	case c.socket != "" && (errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)):
 		return fmt.Errorf("%w (is `ckpt serve` running with this --root-dir?)", err)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("%w (no agent listens at %s: give --server or --context, or run as root on the node, where the CLI uses the agent's local socket)", err, c.base.Host)
 	}
 	return err
 }

@@ -193,12 +193,14 @@ func TestPodSandboxNetworkVolumesSecurity(t *testing.T) {
 	l.Close()
 }
 
-// waitPodGone waits until a pod's containers and its sandbox are gone.
-func (a *agent) waitPodGone(pod string) {
+// waitPodGone waits until a pod's server container and every sandbox are gone.
+func (a *agent) waitPodGone(pod string) { a.t.Helper(); a.waitPodGoneCtr(pod, "server") }
+
+func (a *agent) waitPodGoneCtr(pod, ctr string) {
 	a.t.Helper()
 	a.waitFor(func() bool {
 		left, _ := os.ReadDir(filepath.Join(a.rootDir, "ckpt", "pods"))
-		return a.psLine(pod, "server") == "" && len(left) == 0
+		return a.psLine(pod, ctr) == "" && len(left) == 0
 	}, pod+" and its sandbox removed")
 }
 

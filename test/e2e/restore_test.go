@@ -152,16 +152,23 @@ func TestRestoreAfterOriginalRemoved(t *testing.T) {
 	a := newAgent(t)
 	a.addPod("counter", counterManifest("counter", nil))
 	current := a.waitRunning("counter-n1", "counter")
-	// Restored containers are not the manifest's: take the pod off the
-	// manifests so that the agent does not start a new one.
-	os.Remove(filepath.Join(a.manifests, "counter.yaml"))
 	for i := 0; i < restoreRuns; i++ {
 		path, resp := a.checkpoint("default/counter-n1/counter", "")
 		if path == "" {
 			t.Fatalf("run %d: checkpoint: %d %s", i, resp.status, resp.body)
 		}
 		k := archivedCount(t, path)
-		a.rmContainer(current)
+		if i == 0 {
+			// Restored containers are not the manifest's: take the pod off
+			// the manifests (only now: the agent stops a pod whose file is
+			// gone, which would race with the checkpoint) so that the agent
+			// does not start a new one. Either the agent or rm stops it.
+			os.Remove(filepath.Join(a.manifests, "counter.yaml"))
+			a.ckptErr("rm", current)
+			a.waitPodGoneCtr("counter-n1", "counter")
+		} else {
+			a.rmContainer(current)
+		}
 		if line := a.psLine("counter-n1", "counter"); line != "" {
 			t.Fatalf("run %d: container still listed after rm: %s", i, line)
 		}
@@ -175,10 +182,11 @@ func TestRestoreAfterOriginalRemoved(t *testing.T) {
 }
 
 // TestMigrateToSecondAgent moves the counter to another agent with its own
-// root dir and port, ten times.
+// root dir (so its own signing key) and port, ten times. The destination
+// trusts the source's key.
 func TestMigrateToSecondAgent(t *testing.T) {
 	src := newAgent(t)
-	dst := newAgent(t)
+	dst := newAgent(t, withArgs("--restore-trusted-keys", src.publicKeyFile()))
 	src.addPod("counter", counterManifest("counter", nil))
 	src.waitRunning("counter-n1", "counter")
 	tokenFile := filepath.Join(t.TempDir(), "token")

@@ -214,7 +214,13 @@ func (r *Runtime) createContainerAs(ctx context.Context, p *podRecord, pod *core
 		if err != nil {
 			return nil, err
 		}
-		return marshalSpec(s)
+		data, err := marshalSpec(s)
+		if err != nil || restore == nil || r.cfg.CheckImages == nil {
+			return data, err
+		}
+		// CRIU runs as root on these images: check them against the
+		// prepared root and the spec the container gets.
+		return data, r.cfg.CheckImages(restore.imagesDir, rootfs, boundingCaps(data))
 	}, restore, nil)
 	if err != nil {
 		return fail(err)

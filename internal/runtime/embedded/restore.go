@@ -30,6 +30,10 @@ type RestoreOptions struct {
 	Source string
 	// Policy says what a restored pod may ask of this node.
 	Policy RestorePolicy
+	// Verify, when set, decides on the manifest the archive's members were
+	// checked against (nil: none) whether the archive may be used: the
+	// signature check (internal/trust). It runs before anything else.
+	Verify func(*archive.Manifest) error
 }
 
 // PodMember is the archive member holding the container's pod (a validated
@@ -58,8 +62,14 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 	}
 	defer os.RemoveAll(staging)
-	if _, err := archive.Extract(tarStream, staging, archive.DefaultLimits(), nil); err != nil {
+	m, err := archive.Extract(tarStream, staging, archive.DefaultLimits(), nil)
+	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+	}
+	if o.Verify != nil {
+		if err := o.Verify(m); err != nil {
+			return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+		}
 	}
 	root, err := os.OpenRoot(staging)
 	if err != nil {
@@ -306,4 +316,14 @@ func (in *restoreInput) prepareRootfs(rootfs string) error {
 		return archive.RemoveDeleted(rootfs, in.deletedJSON)
 	}
 	return nil
+}
+
+// boundingCaps is the bounding set of a spec (none if it has none).
+func boundingCaps(specJSON []byte) []string {
+	var s specs.Spec
+	caps := []string{}
+	if json.Unmarshal(specJSON, &s) == nil && s.Process != nil && s.Process.Capabilities != nil {
+		caps = append(caps, s.Process.Capabilities.Bounding...)
+	}
+	return caps
 }

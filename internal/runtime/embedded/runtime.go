@@ -59,6 +59,10 @@ type Config struct {
 	ClusterDomain string
 	// RestorePolicy bounds what a restored pod may ask for.
 	RestorePolicy RestorePolicy
+	// CheckImages, when set, checks a restore's CRIU images against the
+	// prepared root and the restored spec's bounding capabilities before
+	// CRIU runs (serve sets inspect.ValidateCRIUImages).
+	CheckImages func(imagesDir, rootfs string, capabilities []string) error
 }
 
 // Runtime runs and checkpoints containers with runc and CRIU.
