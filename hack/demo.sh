@@ -26,8 +26,9 @@ token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 echo "$token,demo-admin,1000,\"system:masters\"" >"$work/tokens.csv"
 chmod 600 "$work/tokens.csv"
 
-say "importing the example image (no registry needed)"
+say "importing the example image and the pod sandbox's pause image (no registry needed)"
 "$CKPT" --root-dir "$root" image import "$IMAGES/counter.tar"
+"$CKPT" --root-dir "$root" image import "$IMAGES/pause.tar"
 "$CKPT" --root-dir "$root" image ls
 
 cat >"$work/manifests/counter.yaml" <<YAML
@@ -47,9 +48,9 @@ spec:
       value: "demo-secret-42"
 YAML
 
-say "starting the agent: ckpt serve (HTTPS on 127.0.0.1:$PORT, static pods from $work/manifests)"
+say "starting the agent: ckpt serve (HTTPS on 127.0.0.1:$PORT, static pods from $work/manifests, node demo: pod counter runs as counter-demo)"
 "$CKPT" --root-dir "$root" serve --address 127.0.0.1 --port "$PORT" \
-	--pod-manifest-path "$work/manifests" --file-check-frequency 1s \
+	--pod-manifest-path "$work/manifests" --file-check-frequency 1s --hostname-override demo \
 	--token-auth-file "$work/tokens.csv" >"$work/agent.log" 2>&1 &
 agent_pid=$!
 for _ in $(seq 100); do
@@ -61,10 +62,10 @@ log=$(ls "$root"/ckpt/containers/*/container.log)
 sleep 3
 echo "the counter's output so far:"; tail -n 3 "$log"
 
-say "checkpointing through the kubelet API: POST /checkpoint/default/counter/counter"
-echo "curl --cacert $root/pki/ckpt.crt -H 'Authorization: Bearer ***' -X POST https://127.0.0.1:$PORT/checkpoint/default/counter/counter"
+say "checkpointing through the kubelet API: POST /checkpoint/default/counter-demo/counter"
+echo "curl --cacert $root/pki/ckpt.crt -H 'Authorization: Bearer ***' -X POST https://127.0.0.1:$PORT/checkpoint/default/counter-demo/counter"
 answer=$(curl -sS --cacert "$root/pki/ckpt.crt" -H "Authorization: Bearer $token" \
-	-X POST "https://127.0.0.1:$PORT/checkpoint/default/counter/counter")
+	-X POST "https://127.0.0.1:$PORT/checkpoint/default/counter-demo/counter")
 echo "$answer"
 archive=$(echo "$answer" | sed -n 's/.*"items":\["\([^"]*\)".*/\1/p')
 [ -n "$archive" ] || { echo "checkpoint failed"; cat "$work/agent.log"; exit 1; }

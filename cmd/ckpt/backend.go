@@ -31,7 +31,7 @@ func (r imageResolver) Resolve(ref string) (embedded.Image, error) {
 	return embedded.Image{
 		ID: img.ID, Name: name, RootFS: img.RootFS,
 		Env: img.Config.Env, Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd,
-		WorkingDir: img.Config.WorkingDir,
+		WorkingDir: img.Config.WorkingDir, User: img.Config.User,
 	}, nil
 }
 
@@ -41,12 +41,16 @@ func checkImages(imagesDir, rootfs string, caps []string) error {
 }
 
 // embeddedRuntime opens the built-in runtime on this root dir.
-func (g *globalOptions) embeddedRuntime() (*embedded.Runtime, error) {
+func (g *globalOptions) embeddedRuntime(opts ...func(*embedded.Config)) (*embedded.Runtime, error) {
 	store, err := g.imageStore()
 	if err != nil {
 		return nil, err
 	}
-	return embedded.New(embedded.Config{StateDir: g.stateDir(), CheckImages: checkImages}, imageResolver{store})
+	cfg := embedded.Config{StateDir: g.stateDir(), CheckImages: checkImages}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return embedded.New(cfg, imageResolver{store})
 }
 
 // imagesInUse maps image IDs to the containers whose root filesystems

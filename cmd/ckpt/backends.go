@@ -53,7 +53,10 @@ func openCRI(ctx context.Context, _ *globalOptions, o *serveOptions, log *slog.L
 }
 
 func openEmbedded(ctx context.Context, g *globalOptions, o *serveOptions, log *slog.Logger) (runtime.Backend, func(), error) {
-	rt, err := g.embeddedRuntime()
+	rt, err := g.embeddedRuntime(func(c *embedded.Config) {
+		c.NodeName, c.PauseImage, c.ClusterDomain = nodeName(o.hostnameOverride), o.podInfraImage, o.clusterDomain
+		c.RestorePolicy = o.restorePolicy
+	})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -73,6 +76,7 @@ func openEmbedded(ctx context.Context, g *globalOptions, o *serveOptions, log *s
 	if o.podManifestPath != "" {
 		go syncPodsLoop(ctx, log, rt, o.podManifestPath, o.fileCheckFreq)
 	}
+	go restartLoop(ctx, log, rt)
 	return rt, func() {}, nil
 }
 
@@ -101,6 +105,26 @@ func syncPodsLoop(ctx context.Context, log *slog.Logger, rt *embedded.Runtime, d
 		case <-ctx.Done():
 			return
 		case <-time.After(every):
+		}
+	}
+}
+
+// restartLoop applies the pods' restart policies once a second.
+func restartLoop(ctx context.Context, log *slog.Logger, rt *embedded.Runtime) {
+	last := map[string]bool{}
+	for {
+		now := map[string]bool{}
+		for _, err := range rt.RestartExited(ctx) {
+			now[err.Error()] = true
+			if !last[err.Error()] {
+				log.Error("restart", "error", err)
+			}
+		}
+		last = now
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
 		}
 	}
 }

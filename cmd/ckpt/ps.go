@@ -20,6 +20,29 @@ type psEntry struct {
 	State     string    `json:"state"`
 	Pid       int       `json:"pid,omitempty"`
 	Created   time.Time `json:"created"`
+	// ExitCode and Reason (OOMKilled) of an exited container.
+	ExitCode *int   `json:"exitCode,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+	// Restarts by the pod's restart policy, and how the run before ended.
+	Restarts     int    `json:"restarts"`
+	LastExitCode *int   `json:"lastExitCode,omitempty"`
+	LastReason   string `json:"lastReason,omitempty"`
+}
+
+// exit renders how the container (or, while it runs, its last run) ended.
+func (e psEntry) exit() string {
+	code, reason := e.ExitCode, e.Reason
+	if code == nil {
+		code, reason = e.LastExitCode, e.LastReason
+	}
+	if code == nil {
+		return "-"
+	}
+	s := fmt.Sprint(*code)
+	if reason != "" {
+		s += " (" + reason + ")"
+	}
+	return s
 }
 
 func newPsCommand(g *globalOptions) *cobra.Command {
@@ -44,6 +67,11 @@ func newPsCommand(g *globalOptions) *cobra.Command {
 				if c.Pid > 0 && c.State == "running" {
 					e.Pid = c.Pid
 				}
+				if c.State == "exited" {
+					code := c.ExitCode
+					e.ExitCode, e.Reason = &code, c.ExitReason
+				}
+				e.Restarts, e.LastExitCode, e.LastReason = c.Restarts, c.LastExitCode, c.LastExitReason
 				entries = append(entries, e)
 			}
 			w := cmd.OutOrStdout()
@@ -53,9 +81,9 @@ func newPsCommand(g *globalOptions) *cobra.Command {
 			tw := table(w)
 			wide := out == "wide"
 			if wide {
-				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tIMAGE ID\tSTATE\tPID\tCREATED")
+				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tIMAGE ID\tSTATE\tPID\tCREATED\tEXIT\tRESTARTS")
 			} else {
-				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tSTATE\tPID\tCREATED")
+				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tSTATE\tPID\tCREATED\tEXIT\tRESTARTS")
 			}
 			for _, e := range entries {
 				pid := "-"
@@ -63,12 +91,12 @@ func newPsCommand(g *globalOptions) *cobra.Command {
 					pid = fmt.Sprint(e.Pid)
 				}
 				if wide {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
-						e.ImageID, e.State, pid, e.Created.UTC().Format(time.RFC3339))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
+						e.ImageID, e.State, pid, e.Created.UTC().Format(time.RFC3339), e.exit(), e.Restarts)
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%.12s\t%s\t%s\t%s\t%s ago\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
-					e.State, pid, ago(e.Created))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.12s\t%s\t%s\t%s\t%s ago\t%s\t%d\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
+					e.State, pid, ago(e.Created), e.exit(), e.Restarts)
 			}
 			return tw.Flush()
 		},

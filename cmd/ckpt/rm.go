@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -45,6 +46,10 @@ func newRmCommand(g *globalOptions) *cobra.Command {
 					return err
 				}
 				fmt.Printf("removed %s/%s/%s (%.12s)\n", c.Namespace, c.Pod, c.Name, c.ID)
+			}
+			if all {
+				// Sandboxes an interrupted pod start left without containers.
+				return errors.Join(rt.RemoveEmptyPods(context.WithoutCancel(cmd.Context()), 0)...)
 			}
 			return nil
 		},

@@ -25,6 +25,7 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
 	"github.com/ckpt-dev/ckpt/internal/metrics"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
+	"github.com/ckpt-dev/ckpt/internal/runtime/embedded"
 	"github.com/ckpt-dev/ckpt/internal/server"
 	"github.com/ckpt-dev/ckpt/internal/trust"
 )
@@ -48,6 +49,9 @@ type serveOptions struct {
 	compress         bool
 	recipientsFile   string
 	identityFile     string
+	podInfraImage    string
+	clusterDomain    string
+	restorePolicy    embedded.RestorePolicy
 	trustedKeysFile  string
 	allowUnsigned    bool
 	strictTimeout    bool
@@ -85,6 +89,12 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 	f.BoolVar(&o.compress, "checkpoint-compress", false, "compress archives with zstd (.tar.zst)")
 	f.StringVar(&o.recipientsFile, "checkpoint-encryption-recipients-file", "", "encrypt archives at rest to these age recipients (.tar.age)")
 	f.StringVar(&o.identityFile, "checkpoint-encryption-identity-file", "", "age identities the agent uses to restore encrypted archives")
+	f.StringVar(&o.podInfraImage, "pod-infra-container-image", embedded.DefaultPauseImage, "image of the pause process that holds each pod's namespaces (embedded runtime)")
+	f.StringVar(&o.clusterDomain, "cluster-domain", "", "domain of a pod's hostname with spec.subdomain, as the kubelet's --cluster-domain")
+	f.BoolVar(&o.restorePolicy.AllowHostPath, "restore-allow-host-path", false, "let a restored pod mount hostPath volumes")
+	f.BoolVar(&o.restorePolicy.AllowPrivileged, "restore-allow-privileged", false, "let a restored pod run privileged containers")
+	f.BoolVar(&o.restorePolicy.AllowAddedCapabilities, "restore-allow-added-capabilities", false, "let a restored pod add capabilities")
+	f.BoolVar(&o.restorePolicy.AllowHostNetwork, "restore-allow-host-network", false, "let a restored pod use the host's network namespace")
 	f.StringVar(&o.trustedKeysFile, "restore-trusted-keys", "", "restore archives signed by these keys (authorized_keys format, e.g. other nodes' <root-dir>/pki/"+trust.PubKeyFile+"); this node's own key is always trusted")
 	f.BoolVar(&o.allowUnsigned, "restore-allow-unsigned", false, "also restore unsigned archives (written by containerd, CRI-O or Podman, or by hand); signed archives must still verify")
 	o.auth.AddFlags(f)

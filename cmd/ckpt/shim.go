@@ -25,6 +25,7 @@ func newShimCommand(*globalOptions) *cobra.Command {
 	f.StringVar(&o.Runc, "runc", "runc", "runc binary")
 	f.StringVar(&o.Criu, "criu", "criu", "criu binary")
 	f.StringVar(&o.Restore, "restore", "", "restore from the CRIU images in this directory")
+	f.StringArrayVar(&o.Forward, "forward", nil, "serve a hostPort into the container's network namespace (proto:hostIP:hostPort:containerPort)")
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections")
 	return cmd
 }

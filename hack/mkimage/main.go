@@ -41,7 +41,7 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 func main() {
 	var (
-		out, ref, binary, entrypoint, format string
+		out, ref, binary, entrypoint, format, user string
 		env                                  listFlag
 	)
 	flag.StringVar(&out, "o", "", "output file (docker) or directory (oci-layout)")
@@ -50,14 +50,15 @@ func main() {
 	flag.StringVar(&entrypoint, "entrypoint", "", "path of the binary in the image (default /<binary name>)")
 	flag.StringVar(&format, "format", "docker", "docker (a `docker save` tarball), oci-layout (a directory) or oci-archive (that directory as a tar, for ctr images import)")
 	flag.Var(&env, "env", "K=V environment for the image (repeatable)")
+	flag.StringVar(&user, "user", "", "the image config's User (e.g. nobody, 65534:65534)")
 	flag.Parse()
-	if err := run(out, ref, binary, entrypoint, format, env); err != nil {
+	if err := run(out, ref, binary, entrypoint, format, user, env); err != nil {
 		fmt.Fprintln(os.Stderr, "mkimage:", err)
 		os.Exit(1)
 	}
 }
 
-func run(out, ref, binary, entrypoint, format string, env []string) error {
+func run(out, ref, binary, entrypoint, format, user string, env []string) error {
 	if out == "" || ref == "" || binary == "" {
 		return errors.New("-o, -name and -binary are required")
 	}
@@ -85,7 +86,7 @@ func run(out, ref, binary, entrypoint, format string, env []string) error {
 		created = time.Unix(sec, 0).UTC()
 	}
 
-	img, err := build(binary, entrypoint, env, created, format != "docker")
+	img, err := build(binary, entrypoint, user, env, created, format != "docker")
 	if err != nil {
 		return err
 	}
@@ -102,7 +103,7 @@ func run(out, ref, binary, entrypoint, format string, env []string) error {
 
 // build makes the image, with OCI media types if oci is set and Docker
 // ones (which `docker save` tarballs carry) otherwise.
-func build(binary, entrypoint string, env []string, created time.Time, oci bool) (v1.Image, error) {
+func build(binary, entrypoint, user string, env []string, created time.Time, oci bool) (v1.Image, error) {
 	bin, err := os.ReadFile(binary)
 	if err != nil {
 		return nil, err
@@ -136,6 +137,7 @@ func build(binary, entrypoint string, env []string, created time.Time, oci bool)
 	cf.Config.Entrypoint = []string{entrypoint}
 	cf.Config.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, env...)
 	cf.Config.WorkingDir = "/"
+	cf.Config.User = user
 	return mutate.ConfigFile(img, cf)
 }
 

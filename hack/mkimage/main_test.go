@@ -20,7 +20,7 @@ func TestOCIArchiveReproducibleAndNamed(t *testing.T) {
 	var outs [2][]byte
 	for i := range outs {
 		out := filepath.Join(dir, "img"+string(rune('a'+i))+".tar")
-		if err := run(out, "localhost/ckpt:latest", bin, "/ckpt", "oci-archive", nil); err != nil {
+		if err := run(out, "localhost/ckpt:latest", bin, "/ckpt", "oci-archive", "", nil); err != nil {
 			t.Fatal(err)
 		}
 		b, err := os.ReadFile(out)
@@ -67,7 +67,7 @@ func TestOCIArchiveReproducibleAndNamed(t *testing.T) {
 	// A different binary gives a different image.
 	os.WriteFile(bin, []byte("\x7fELF other"), 0o755)
 	out := filepath.Join(dir, "other.tar")
-	if err := run(out, "localhost/ckpt:latest", bin, "/ckpt", "oci-archive", nil); err != nil {
+	if err := run(out, "localhost/ckpt:latest", bin, "/ckpt", "oci-archive", "", nil); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(out); bytes.Equal(b, outs[0]) {

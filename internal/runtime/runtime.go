@@ -42,6 +42,14 @@ type Container struct {
 	State     State
 	Pid       int
 	CreatedAt time.Time
+	// ExitCode and ExitReason (OOMKilled) describe how an exited container ended.
+	ExitCode   int
+	ExitReason string
+	// Restarts counts restarts by the pod's restart policy; LastExitCode and
+	// LastExitReason tell how the run before this one ended.
+	Restarts       int
+	LastExitCode   *int
+	LastExitReason string
 }
 
 // Ref names a container the way the kubelet API does.

@@ -23,6 +23,10 @@ import (
 
 const testToken = "e2e-token-0123456789"
 
+// testNode is the agents' node name: a static pod "x" runs as "x-n1", as
+// the kubelet names static pods.
+const testNode = "n1"
+
 // agent is one running `ckpt serve`.
 type agent struct {
 	t         *testing.T
@@ -58,7 +62,9 @@ func newAgent(t *testing.T, opts ...agentOption) *agent {
 	tokens := filepath.Join(dir, "tokens.csv")
 	os.WriteFile(tokens, []byte(testToken+",e2e-admin,1000,\"system:masters\"\n"), 0o600)
 	a.extra = append(a.extra, "--token-auth-file", tokens)
-	a.ckpt("image", "import", filepath.Join(imagesDir, "counter.tar"))
+	for _, img := range []string{"counter", "pause", "busybox", "busybox-nobody"} {
+		a.ckpt("image", "import", filepath.Join(imagesDir, img+".tar"))
+	}
 	a.start()
 	t.Cleanup(func() {
 		a.stop()
@@ -82,7 +88,7 @@ func (a *agent) start() {
 		a.port = freePort(a.t)
 	}
 	args := []string{"--root-dir", a.rootDir, "serve", "--address", "127.0.0.1", "--port", strconv.Itoa(a.port),
-		"--pod-manifest-path", a.manifests, "--file-check-frequency", "500ms"}
+		"--pod-manifest-path", a.manifests, "--file-check-frequency", "500ms", "--hostname-override", testNode}
 	if !a.https {
 		args = append(args, "--plain-http")
 	}

@@ -50,8 +50,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 	a := newAgent(t, withHTTPS(), withArgs(append([]string{"--anonymous-auth=true"}, common...)...))
 	closed := newAgent(t, withHTTPS(), withArgs(append([]string{"--anonymous-auth=false"}, common...)...))
 	a.addPod("counter", counterManifest("counter", nil))
-	a.waitRunning("counter", "counter")
-	keepArchive, resp := a.checkpoint("default/counter/counter", "")
+	a.waitRunning("counter-n1", "counter")
+	keepArchive, resp := a.checkpoint("default/counter-n1/counter", "")
 	if keepArchive == "" {
 		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
 	}
@@ -60,7 +60,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	// Archives the authorized callers delete, one each.
 	victims := map[string]string{}
 	endpoints := []endpoint{
-		{"checkpoint", "POST", func(string) string { return "/checkpoint/default/counter/counter" }, "create", "checkpoint", 200},
+		{"checkpoint", "POST", func(string) string { return "/checkpoint/default/counter-n1/counter" }, "create", "checkpoint", 200},
 		{"list", "GET", func(string) string { return "/checkpoints" }, "list", "checkpoint", 200},
 		{"download", "GET", func(string) string { return "/checkpoints/" + keep }, "get", "checkpoint", 200},
 		{"delete", "DELETE", func(id string) string {
@@ -92,7 +92,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 	for _, id := range identities {
 		if id.status == 0 {
 			// A fresh archive for this caller to delete.
-			v, resp := a.checkpoint("default/counter/counter", "")
+			v, resp := a.checkpoint("default/counter-n1/counter", "")
 			if v == "" {
 				t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
 			}

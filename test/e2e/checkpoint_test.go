@@ -16,12 +16,12 @@ import (
 func TestThreeCheckpointsOfRunningCounter(t *testing.T) {
 	a := newAgent(t)
 	a.addPod("counter", counterManifest("counter", nil))
-	id := a.waitRunning("counter", "counter")
+	id := a.waitRunning("counter-n1", "counter")
 	logPath := a.containerLog(id)
 
 	seen := map[string]bool{}
 	for i := 0; i < 3; i++ {
-		path, resp := a.checkpoint("default/counter/counter", "")
+		path, resp := a.checkpoint("default/counter-n1/counter", "")
 		if path == "" {
 			t.Fatalf("checkpoint %d: %d %s", i, resp.status, resp.body)
 		}
@@ -55,7 +55,7 @@ func checkArchive(t *testing.T, a *agent, path string) {
 	if filepath.Dir(path) != dir {
 		t.Errorf("archive %s is not in %s", path, dir)
 	}
-	if !strings.HasPrefix(filepath.Base(path), "checkpoint-counter_default-counter-") || !strings.HasSuffix(path, ".tar") {
+	if !strings.HasPrefix(filepath.Base(path), "checkpoint-counter-n1_default-counter-") || !strings.HasSuffix(path, ".tar") {
 		t.Errorf("archive name %s does not follow checkpoint-<pod>_<ns>-<ctr>-<time>.tar", filepath.Base(path))
 	}
 	st, err := os.Stat(path)
@@ -100,17 +100,17 @@ func checkArchive(t *testing.T, a *agent, path string) {
 func TestAgentKilledContainerSurvives(t *testing.T) {
 	a := newAgent(t)
 	a.addPod("counter", counterManifest("counter", nil))
-	id := a.waitRunning("counter", "counter")
+	id := a.waitRunning("counter-n1", "counter")
 	a.stopWith(syscall.SIGKILL)
 	keepsCounting(t, a.containerLog(id))
-	if line := a.psLine("counter", "counter"); !strings.Contains(line, " running ") {
+	if line := a.psLine("counter-n1", "counter"); !strings.Contains(line, " running ") {
 		t.Fatalf("after the agent died, ps shows %q", line)
 	}
 	a.start()
-	if got := a.waitRunning("counter", "counter"); got != id {
+	if got := a.waitRunning("counter-n1", "counter"); got != id {
 		t.Fatalf("restarted agent runs container %s, want the adopted %s", got, id)
 	}
-	path, resp := a.checkpoint("default/counter/counter", "")
+	path, resp := a.checkpoint("default/counter-n1/counter", "")
 	if path == "" {
 		t.Fatalf("checkpoint after restart: %d %s", resp.status, resp.body)
 	}
@@ -125,13 +125,13 @@ func TestBadInputIsReportedAndOthersKeepRunning(t *testing.T) {
 	bad := map[string]struct{ manifest, wantLog string }{
 		"invalid":     {"apiVersion: v1\nkind: Pod\nmetadata: [not a map\n", "invalid.yaml"},
 		"noimage":     {strings.Replace(counterManifest("noimage", nil), "localhost/counter:latest", "localhost/nope:1", 1), `"localhost/nope:1" not found`},
-		"unsupported": {strings.Replace(counterManifest("unsupported", nil), "spec:\n", "spec:\n  hostNetwork: true\n", 1), "unsupported field spec.hostNetwork"},
+		"unsupported": {strings.Replace(counterManifest("unsupported", nil), "spec:\n", "spec:\n  dnsPolicy: None\n", 1), "unsupported field spec.dnsPolicy"},
 		"dup":         {counterManifest("dup", nil) + "  - name: counter\n    image: localhost/counter:latest\n", `duplicate container name "counter"`},
 	}
 	for name, c := range bad {
 		a.addPod(name, c.manifest)
 	}
-	a.waitRunning("good", "counter")
+	a.waitRunning("good-n1", "counter")
 	for name, c := range bad {
 		a.waitFor(func() bool {
 			log, _ := os.ReadFile(a.logPath)
@@ -139,7 +139,7 @@ func TestBadInputIsReportedAndOthersKeepRunning(t *testing.T) {
 			return strings.Contains(unquoted, c.wantLog)
 		}, fmt.Sprintf("agent log to report %s (%q)", name, c.wantLog))
 	}
-	if path, resp := a.checkpoint("default/good/counter", ""); path == "" {
+	if path, resp := a.checkpoint("default/good-n1/counter", ""); path == "" {
 		t.Fatalf("good pod not checkpointed: %d %s", resp.status, resp.body)
 	}
 	// An image file that is not an image.

@@ -290,8 +290,8 @@ func checkCaps(t *testing.T, got, orig procOf) {
 func TestHostileSpecsRefusedOrNeutralised(t *testing.T) {
 	a := newAgent(t, withArgs("--restore-allow-unsigned"))
 	a.addPod("src", counterManifest("src", nil))
-	a.waitRunning("src", "counter")
-	path, resp := a.checkpoint("default/src/counter", "")
+	a.waitRunning("src-n1", "counter")
+	path, resp := a.checkpoint("default/src-n1/counter", "")
 	if path == "" {
 		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
 	}
@@ -301,7 +301,7 @@ func TestHostileSpecsRefusedOrNeutralised(t *testing.T) {
 		// restore of issue 13 builds its own spec from pod.json): hooks run.
 		t.Skip("this agent restores spec.dump as it is (its archives hold no pod.json); CKPT_E2E_HOSTILE_SPEC=1 runs the corpus anyway")
 	}
-	origPid, _ := strconv.Atoi(strings.Fields(a.psLine("src", "counter"))[6])
+	origPid, _ := strconv.Atoi(strings.Fields(a.psLine("src-n1", "counter"))[6])
 	orig := readProc(t, origPid)
 	markers := t.TempDir()
 	tokenFile := filepath.Join(t.TempDir(), "token")

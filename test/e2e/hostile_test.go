@@ -156,8 +156,8 @@ func hostileCases(t *testing.T, victim string) []hostileCase {
 func TestHostileArchivesRefused(t *testing.T) {
 	a := newAgent(t, withArgs("--restore-allow-unsigned"))
 	a.addPod("src", counterManifest("src", nil))
-	a.waitRunning("src", "counter")
-	path, resp := a.checkpoint("default/src/counter", "")
+	a.waitRunning("src-n1", "counter")
+	path, resp := a.checkpoint("default/src-n1/counter", "")
 	if path == "" {
 		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
 	}

@@ -18,7 +18,7 @@ func TestCurlOverHTTPS(t *testing.T) {
 	}
 	a := newAgent(t, withHTTPS())
 	a.addPod("counter", counterManifest("counter", nil))
-	a.waitRunning("counter", "counter")
+	a.waitRunning("counter-n1", "counter")
 	ca := filepath.Join(a.rootDir, "pki", "ckpt.crt")
 	curl := func(args ...string) (status, body string) {
 		out, err := exec.Command("curl", append([]string{"-sS", "--cacert", ca, "-w", "\n%{http_code}"}, args...)...).CombinedOutput()
@@ -29,7 +29,7 @@ func TestCurlOverHTTPS(t *testing.T) {
 		i := strings.LastIndex(s, "\n")
 		return s[i+1:], s[:i]
 	}
-	status, body := curl("-H", "Authorization: Bearer "+testToken, "-X", "POST", a.url("/checkpoint/default/counter/counter"))
+	status, body := curl("-H", "Authorization: Bearer "+testToken, "-X", "POST", a.url("/checkpoint/default/counter-n1/counter"))
 	if status != "200" {
 		t.Fatalf("curl POST: %s %s", status, body)
 	}
@@ -39,7 +39,7 @@ func TestCurlOverHTTPS(t *testing.T) {
 	}
 	checkArchive(t, a, answer.Items[0])
 
-	if status, body := curl("-X", "POST", a.url("/checkpoint/default/counter/counter")); status != "401" || body != "Unauthorized" {
+	if status, body := curl("-X", "POST", a.url("/checkpoint/default/counter-n1/counter")); status != "401" || body != "Unauthorized" {
 		t.Errorf("without a token: %s %q, want 401 Unauthorized", status, body)
 	}
 	if status, _ := curl("-H", "Authorization: Bearer "+testToken, "-X", "POST", a.url("/checkpoint/default/nopod/counter")); status != "404" {

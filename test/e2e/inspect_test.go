@@ -20,8 +20,8 @@ func checkpointMarkedCounter(t *testing.T, opts ...agentOption) (*agent, string)
 	t.Helper()
 	a := newAgent(t, opts...)
 	a.addPod("marked", counterManifest("marked", map[string]string{"COUNTER_MARKER": inspectMarker}))
-	a.waitRunning("marked", "counter")
-	path, resp := a.checkpoint("default/marked/counter", "")
+	a.waitRunning("marked-n1", "counter")
+	path, resp := a.checkpoint("default/marked-n1/counter", "")
 	if path == "" {
 		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
 	}
@@ -160,7 +160,7 @@ func TestInspectEncryptedCompressed(t *testing.T) {
 // apart from what changed, and the command works on real archives.
 func TestDiffTwoCheckpoints(t *testing.T) {
 	a, first := checkpointMarkedCounter(t)
-	second, resp := a.checkpoint("default/marked/counter", "")
+	second, resp := a.checkpoint("default/marked-n1/counter", "")
 	if second == "" {
 		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
 	}

@@ -55,18 +55,18 @@ func TestLoadMixedClients(t *testing.T) {
 	a := newAgent(t, withArgs("--authorization-mode", "Webhook", "--kubeconfig", hooks.Kubeconfig,
 		"--authentication-token-webhook", "--checkpoint-retention-per-container", "3"))
 	a.addPod("load", counterManifest("load", nil))
-	a.waitRunning("load", "counter")
-	if path, resp := a.checkpoint("default/load/counter", ""); path == "" { // warm up
+	a.waitRunning("load-n1", "counter")
+	if path, resp := a.checkpoint("default/load-n1/counter", ""); path == "" { // warm up
 		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
 	}
 
 	viewer := authtest.Token("viewer")
 	classes := []class{
-		{"checkpoint", "POST", "/checkpoint/default/load/counter", testToken, 200},
-		{"unauthenticated", "POST", "/checkpoint/default/load/counter", "", 401},
+		{"checkpoint", "POST", "/checkpoint/default/load-n1/counter", testToken, 200},
+		{"unauthenticated", "POST", "/checkpoint/default/load-n1/counter", "", 401},
 		{"unauthenticated", "GET", "/checkpoints", "", 401},
 		{"bad-token", "GET", "/metrics", "not-a-token", 401},
-		{"forbidden", "POST", "/checkpoint/default/load/counter", viewer, 403},
+		{"forbidden", "POST", "/checkpoint/default/load-n1/counter", viewer, 403},
 		{"forbidden", "GET", "/checkpoints", viewer, 403},
 		{"forbidden", "DELETE", "/checkpoints/x.tar", viewer, 403},
 		{"unauthenticated", "GET", "/healthz", "", 401},
@@ -325,7 +325,7 @@ func startSlowClients(t *testing.T, port, n int) *slowClients {
 // closes it; it gives up (an error) after two minutes.
 func slowloris(conn net.Conn, trickle bool) error {
 	giveUp := time.Now().Add(2 * time.Minute)
-	if _, err := conn.Write([]byte("POST /checkpoint/default/load/counter HTTP/1.1\r\nHost: 127.0.0.1\r\n")); err != nil {
+	if _, err := conn.Write([]byte("POST /checkpoint/default/load-n1/counter HTTP/1.1\r\nHost: 127.0.0.1\r\n")); err != nil {
 		return nil // already closed by the server
 	}
 	buf := make([]byte, 512)

@@ -38,13 +38,13 @@ func killTrials() int {
 func TestAgentKilledDuringCheckpoint(t *testing.T) {
 	a := newAgent(t)
 	a.addPod("counter", counterManifest("counter", nil))
-	short := a.waitRunning("counter", "counter")
+	short := a.waitRunning("counter-n1", "counter")
 	id := a.fullID(short)
 	logPath := a.containerLog(short)
 
 	// How long one checkpoint takes here: the kills are spread over it.
 	start := time.Now()
-	if path, resp := a.checkpoint("default/counter/counter", ""); path == "" {
+	if path, resp := a.checkpoint("default/counter-n1/counter", ""); path == "" {
 		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
 	}
 	span := time.Since(start)
@@ -60,7 +60,7 @@ func TestAgentKilledDuringCheckpoint(t *testing.T) {
 		start := time.Now()
 		go func() {
 			defer close(done)
-			a.do("POST", "/checkpoint/default/counter/counter", testToken) // cut short by the kill
+			a.do("POST", "/checkpoint/default/counter-n1/counter", testToken) // cut short by the kill
 		}()
 		if trial%2 == 1 {
 			for !isFrozen(id) && time.Since(start) < 2*span {
@@ -91,7 +91,7 @@ func TestAgentKilledDuringCheckpoint(t *testing.T) {
 		if d := time.Since(killed); frozen && d > maxFrozenAfter {
 			maxFrozenAfter = d
 		}
-		if line := a.psLine("counter", "counter"); !strings.Contains(line, " running ") {
+		if line := a.psLine("counter-n1", "counter"); !strings.Contains(line, " running ") {
 			t.Fatalf("trial %d (kill after %v): container not running: %q", trial, delay, line)
 		}
 		keepsCounting(t, logPath)
@@ -103,7 +103,7 @@ func TestAgentKilledDuringCheckpoint(t *testing.T) {
 		if left := stagingEntries(t, a); len(left) > 0 {
 			t.Fatalf("trial %d: staging holds %v after the restart", trial, left)
 		}
-		if got := a.waitRunning("counter", "counter"); got != short {
+		if got := a.waitRunning("counter-n1", "counter"); got != short {
 			t.Fatalf("trial %d: agent adopted %s, want %s", trial, got, short)
 		}
 	}
@@ -118,7 +118,7 @@ func TestAgentKilledDuringCheckpoint(t *testing.T) {
 	}
 
 	// And the agent still checkpoints.
-	if path, resp := a.checkpoint("default/counter/counter", ""); path == "" {
+	if path, resp := a.checkpoint("default/counter-n1/counter", ""); path == "" {
 		t.Fatalf("checkpoint after the trials: %d %s", resp.status, resp.body)
 	}
 }
@@ -147,10 +147,10 @@ func TestRuntimeFailures(t *testing.T) {
 
 	a := newAgent(t)
 	a.addPod("counter", counterManifest("counter", nil))
-	short := a.waitRunning("counter", "counter")
+	short := a.waitRunning("counter-n1", "counter")
 	id := a.fullID(short)
 	logPath := a.containerLog(short)
-	if path, resp := a.checkpoint("default/counter/counter", ""); path == "" {
+	if path, resp := a.checkpoint("default/counter-n1/counter", ""); path == "" {
 		t.Fatalf("checkpoint through the wrappers: %d %s", resp.status, resp.body)
 	}
 
@@ -158,7 +158,7 @@ func TestRuntimeFailures(t *testing.T) {
 	after := func(t *testing.T, archivesBefore int) {
 		t.Helper()
 		waitThawed(t, id, 10*time.Second)
-		if line := a.psLine("counter", "counter"); !strings.Contains(line, " running ") {
+		if line := a.psLine("counter-n1", "counter"); !strings.Contains(line, " running ") {
 			t.Fatalf("container not running: %q", line)
 		}
 		keepsCounting(t, logPath)
@@ -174,11 +174,11 @@ func TestRuntimeFailures(t *testing.T) {
 		before := len(finalArchives(t, a))
 		os.WriteFile(filepath.Join(inject, "fail-checkpoint"), nil, 0o600)
 		defer os.Remove(filepath.Join(inject, "fail-checkpoint"))
-		resp, err := a.do("POST", "/checkpoint/default/counter/counter", testToken)
+		resp, err := a.do("POST", "/checkpoint/default/counter-n1/counter", testToken)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.status != 500 || !strings.HasPrefix(resp.body, "checkpointing of default/counter/counter failed (") ||
+		if resp.status != 500 || !strings.HasPrefix(resp.body, "checkpointing of default/counter-n1/counter failed (") ||
 			!strings.Contains(resp.body, "injected runc failure") {
 			t.Fatalf("answer %d %q, want 500 naming the injected failure", resp.status, resp.body)
 		}
@@ -196,7 +196,7 @@ func TestRuntimeFailures(t *testing.T) {
 		}
 		done := make(chan result, 1)
 		go func() {
-			r, err := a.do("POST", "/checkpoint/default/counter/counter", testToken)
+			r, err := a.do("POST", "/checkpoint/default/counter-n1/counter", testToken)
 			done <- result{r, err}
 		}()
 		// Kill the CRIU that froze the container, by its PID.
@@ -219,7 +219,7 @@ func TestRuntimeFailures(t *testing.T) {
 		if r.err != nil {
 			t.Fatal(r.err)
 		}
-		if r.resp.status != 500 || !strings.HasPrefix(r.resp.body, "checkpointing of default/counter/counter failed (") ||
+		if r.resp.status != 500 || !strings.HasPrefix(r.resp.body, "checkpointing of default/counter-n1/counter failed (") ||
 			!strings.Contains(r.resp.body, "runc checkpoint") {
 			t.Fatalf("answer %d %q, want 500 naming runc/CRIU", r.resp.status, r.resp.body)
 		}
@@ -238,11 +238,11 @@ func TestRuntimeFailures(t *testing.T) {
 		}
 		t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
 		a.start()
-		resp, err := a.do("POST", "/checkpoint/default/counter/counter", testToken)
+		resp, err := a.do("POST", "/checkpoint/default/counter-n1/counter", testToken)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if resp.status != 500 || !strings.HasPrefix(resp.body, "checkpointing of default/counter/counter failed (") ||
+		if resp.status != 500 || !strings.HasPrefix(resp.body, "checkpointing of default/counter-n1/counter failed (") ||
 			!strings.Contains(strings.ToLower(resp.body), "no space left on device") {
 			t.Fatalf("answer %d %q, want 500 naming the full disk", resp.status, resp.body)
 		}
@@ -265,7 +265,7 @@ func TestCheckpointTimeoutLargeContainer(t *testing.T) {
 	}
 	a := newAgent(t, withArgs("--checkpoint-timeout-strict"))
 	a.addPod("big", counterManifest("big", map[string]string{"COUNTER_MEM_MIB": "4096"}))
-	short := a.waitRunning("big", "counter")
+	short := a.waitRunning("big-n1", "counter")
 	id := a.fullID(short)
 	logPath := a.containerLog(short)
 	// The counter touches its memory before the first line (seconds here).
@@ -273,7 +273,7 @@ func TestCheckpointTimeoutLargeContainer(t *testing.T) {
 	keepsCounting(t, logPath)
 
 	start := time.Now()
-	resp, err := a.do("POST", "/checkpoint/default/big/counter?timeout=1", testToken)
+	resp, err := a.do("POST", "/checkpoint/default/big-n1/counter?timeout=1", testToken)
 	elapsed := time.Since(start)
 	if err != nil {
 		t.Fatal(err)

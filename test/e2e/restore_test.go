@@ -88,9 +88,9 @@ func (a *agent) rmContainer(id string) {
 func TestRestoreWhileOriginalRuns(t *testing.T) {
 	a := newAgent(t)
 	a.addPod("counter", counterManifest("counter", nil))
-	orig := a.waitRunning("counter", "counter")
+	orig := a.waitRunning("counter-n1", "counter")
 	for i := 0; i < restoreRuns; i++ {
-		path, resp := a.checkpoint("default/counter/counter", "")
+		path, resp := a.checkpoint("default/counter-n1/counter", "")
 		if path == "" {
 			t.Fatalf("run %d: checkpoint: %d %s", i, resp.status, resp.body)
 		}
@@ -151,9 +151,9 @@ func fileContinues(t *testing.T, path string, atLeast int) {
 func TestRestoreAfterOriginalRemoved(t *testing.T) {
 	a := newAgent(t)
 	a.addPod("counter", counterManifest("counter", nil))
-	current := a.waitRunning("counter", "counter")
+	current := a.waitRunning("counter-n1", "counter")
 	for i := 0; i < restoreRuns; i++ {
-		path, resp := a.checkpoint("default/counter/counter", "")
+		path, resp := a.checkpoint("default/counter-n1/counter", "")
 		if path == "" {
 			t.Fatalf("run %d: checkpoint: %d %s", i, resp.status, resp.body)
 		}
@@ -165,16 +165,16 @@ func TestRestoreAfterOriginalRemoved(t *testing.T) {
 			// does not start a new one. Either the agent or rm stops it.
 			os.Remove(filepath.Join(a.manifests, "counter.yaml"))
 			a.ckptErr("rm", current)
-			a.waitFor(func() bool { return a.psLine("counter", "counter") == "" }, "the original counter gone")
+			a.waitPodGoneCtr("counter-n1", "counter")
 		} else {
 			a.rmContainer(current)
 		}
-		if line := a.psLine("counter", "counter"); line != "" {
+		if line := a.psLine("counter-n1", "counter"); line != "" {
 			t.Fatalf("run %d: container still listed after rm: %s", i, line)
 		}
 		r := a.restoreArchive(filepath.Base(path), "_", "_", "_")
-		if r.Namespace != "default" || r.Pod != "counter" || r.Container != "counter" {
-			t.Fatalf("run %d: restored as %s/%s/%s, want the archive's default/counter/counter", i, r.Namespace, r.Pod, r.Container)
+		if r.Namespace != "default" || r.Pod != "counter-n1" || r.Container != "counter" {
+			t.Fatalf("run %d: restored as %s/%s/%s, want the archive's default/counter-n1/counter", i, r.Namespace, r.Pod, r.Container)
 		}
 		resumesAt(t, a.containerLog(r.ID[:12]), k)
 		current = r.ID[:12]
@@ -188,13 +188,13 @@ func TestMigrateToSecondAgent(t *testing.T) {
 	src := newAgent(t)
 	dst := newAgent(t, withArgs("--restore-trusted-keys", src.publicKeyFile()))
 	src.addPod("counter", counterManifest("counter", nil))
-	src.waitRunning("counter", "counter")
+	src.waitRunning("counter-n1", "counter")
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	os.WriteFile(tokenFile, []byte(testToken), 0o600)
 	for i := 0; i < restoreRuns; i++ {
-		out := src.ckpt("migrate", "default/counter/counter", "--from", src.url(""), "--to", dst.url(""),
+		out := src.ckpt("migrate", "default/counter-n1/counter", "--from", src.url(""), "--to", dst.url(""),
 			"--token-file", tokenFile, "--pod", "default/counter-moved")
-		if !strings.Contains(out, "migrated default/counter/counter") {
+		if !strings.Contains(out, "migrated default/counter-n1/counter") {
 			t.Fatalf("run %d: migrate said %q", i, out)
 		}
 		_, rest, _ := strings.Cut(out, "checkpointed on "+src.url("")+": ")
@@ -207,20 +207,20 @@ func TestMigrateToSecondAgent(t *testing.T) {
 
 	// --stop-source: the copy runs on the destination, the source stops,
 	// and the agent does not start it again from its manifest.
-	out := src.ckpt("migrate", "default/counter/counter", "--from", src.url(""), "--to", dst.url(""),
+	out := src.ckpt("migrate", "default/counter-n1/counter", "--from", src.url(""), "--to", dst.url(""),
 		"--token-file", tokenFile, "--stop-source")
-	if !strings.Contains(out, "stopped default/counter/counter") {
+	if !strings.Contains(out, "stopped default/counter-n1/counter") {
 		t.Fatalf("migrate --stop-source said %q", out)
 	}
-	dst.waitRunning("counter", "counter")
-	if line := src.psLine("counter", "counter"); !strings.Contains(line, " exited ") {
+	dst.waitRunning("counter-n1", "counter")
+	if line := src.psLine("counter-n1", "counter"); !strings.Contains(line, " exited ") {
 		t.Fatalf("source after --stop-source: %q", line)
 	}
 	time.Sleep(time.Second) // two manifest re-reads
-	if line := src.psLine("counter", "counter"); !strings.Contains(line, " exited ") {
+	if line := src.psLine("counter-n1", "counter"); !strings.Contains(line, " exited ") {
 		t.Fatalf("the agent restarted the moved container: %q", line)
 	}
-	if resp, _ := src.do("POST", "/stop/default/counter/counter", testToken); resp.status != 409 {
+	if resp, _ := src.do("POST", "/stop/default/counter-n1/counter", testToken); resp.status != 409 {
 		t.Errorf("stopping a stopped container: %d %s, want 409", resp.status, resp.body)
 	}
 	if resp, _ := src.do("POST", "/stop/default/nopod/counter", testToken); resp.status != 404 {

@@ -43,9 +43,9 @@ func TestLocalSocketNoFlags(t *testing.T) {
 	}
 
 	a.addPod("counter", counterManifest("counter", nil))
-	orig := a.waitRunning("counter", "counter")
+	orig := a.waitRunning("counter-n1", "counter")
 
-	out, errOut, err := a.localCkpt(nil, ckptBin, "checkpoint", "default/counter/counter")
+	out, errOut, err := a.localCkpt(nil, ckptBin, "checkpoint", "default/counter-n1/counter")
 	if err != nil {
 		t.Fatalf("ckpt checkpoint: %v\n%s", err, errOut)
 	}
@@ -62,7 +62,7 @@ func TestLocalSocketNoFlags(t *testing.T) {
 	}
 	out, _, err = a.localCkpt(nil, ckptBin, "checkpoints", "ls", "-o", "json")
 	var list []struct{ Name, Pod string }
-	if err != nil || json.Unmarshal([]byte(out), &list) != nil || len(list) != 1 || list[0].Name != name || list[0].Pod != "counter" {
+	if err != nil || json.Unmarshal([]byte(out), &list) != nil || len(list) != 1 || list[0].Name != name || list[0].Pod != "counter-n1" {
 		t.Fatalf("ckpt checkpoints ls -o json: %v %q", err, out)
 	}
 
@@ -108,7 +108,7 @@ func TestLocalSocketNoFlags(t *testing.T) {
 	}
 	os.Chmod(sock, 0o666)
 	defer os.Chmod(sock, 0o600)
-	for _, args := range [][]string{{"checkpoints", "ls"}, {"checkpoint", "default/counter/counter"}, {"restore", name, "--pod", "default/x"}} {
+	for _, args := range [][]string{{"checkpoints", "ls"}, {"checkpoint", "default/counter-n1/counter"}, {"restore", name, "--pod", "default/x"}} {
 		out, errOut, err = a.localCkpt(nobody, nobodyBin, args...)
 		if err == nil || !strings.Contains(errOut, "403 Forbidden") || !strings.Contains(errOut, "user=uid:65534") ||
 			!strings.Contains(errOut, "only root (uid 0) on the node may use the local socket") {

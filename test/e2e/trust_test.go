@@ -85,8 +85,8 @@ func TestArchiveFromAnotherNode(t *testing.T) {
 	src := newAgent(t)
 	dst := newAgent(t)
 	src.addPod("counter", counterManifest("counter", nil))
-	src.waitRunning("counter", "counter")
-	path, resp := src.checkpoint("default/counter/counter", "")
+	src.waitRunning("counter-n1", "counter")
+	path, resp := src.checkpoint("default/counter-n1/counter", "")
 	if path == "" {
 		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
 	}
@@ -151,8 +151,8 @@ func TestArchiveFromAnotherNode(t *testing.T) {
 func TestSignatureRefusals(t *testing.T) {
 	a := newAgent(t)
 	a.addPod("src", counterManifest("src", nil))
-	a.waitRunning("src", "counter")
-	path, resp := a.checkpoint("default/src/counter", "")
+	a.waitRunning("src-n1", "counter")
+	path, resp := a.checkpoint("default/src-n1/counter", "")
 	if path == "" {
 		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
 	}

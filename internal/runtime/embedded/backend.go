@@ -22,6 +22,7 @@ var (
 func (r *Runtime) RestoreStream(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string, check runtime.ArchiveCheck) (runtime.Container, error) {
 	return r.Restore(ctx, tarStream, RestoreOptions{
 		Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, Source: source,
+		Policy: r.cfg.RestorePolicy,
 		Verify: func(m *archive.Manifest) error {
 			if m == nil {
 				return check(nil, nil)

@@ -195,6 +195,7 @@ func (r *Runtime) writeArchive(w memberWriter, rec *record, images, criuWork str
 	}
 	steps := []func() error{
 		func() error { return w.AddBytes(lib.ConfigDumpFile, cfgJSON) },
+		func() error { return r.addPodMember(w, rec) },
 		func() error { return w.AddFile(lib.SpecDumpFile, filepath.Join(dir, dirBundle, "config.json")) },
 		func() error { return w.AddDir(lib.CheckpointDirectory, images) },
 		func() error { return w.AddFile(lib.RootFsDiffTar, capture.Diff) },
@@ -250,4 +251,13 @@ func addLog(w memberWriter, path string, size int64) error {
 		size = st.Size()
 	}
 	return w.AddReader("container.log", size, io.LimitReader(f, size))
+}
+
+// addPodMember archives the container's pod (pod.json), from which a
+// restore builds the container's spec.
+func (r *Runtime) addPodMember(w memberWriter, rec *record) error {
+	if rec.PodUID == "" {
+		return nil
+	}
+	return w.AddFile(PodMember, filepath.Join(r.podDir(rec.PodUID), filePod))
 }

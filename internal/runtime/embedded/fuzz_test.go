@@ -21,6 +21,9 @@ func FuzzParseManifest(f *testing.F) {
 		strings.Replace(good, "counter\n  namespace", "../../etc\n  namespace", 1),
 		strings.Replace(good, "namespace: default", "namespace: Default", 1),
 		strings.Replace(good, "spec:\n", "spec:\n  hostNetwork: true\n", 1),
+		strings.Replace(good, "spec:\n", "spec:\n  volumes:\n  - name: v\n    emptyDir: {}\n  - name: s\n    secret: {secretName: x}\n", 1),
+		strings.Replace(good, "spec:\n", "spec:\n  volumes:\n  - name: v\n    hostPath: {path: /tmp/../etc}\n", 1),
+		good + "    ports:\n    - containerPort: 80\n      hostPort: 8080\n    volumeMounts:\n    - name: v\n      mountPath: /v\n      subPath: ../x\n",
 		strings.Replace(good, "spec:\n", "spec:\n  restartPolicy: Always\n", 1),
 		good + "  - name: counter\n    image: localhost/counter:latest\n",
 		"kind: Deployment\nmetadata:\n  name: x\n",
@@ -55,11 +58,23 @@ func checkAccepted(t *testing.T, pod *corev1.Pod) {
 	if len(validation.IsDNS1123Label(pod.Namespace)) > 0 || len(validation.IsDNS1123Subdomain(pod.Name)) > 0 {
 		t.Fatalf("accepted names %q/%q", pod.Namespace, pod.Name)
 	}
-	if rp := pod.Spec.RestartPolicy; rp != "" && rp != corev1.RestartPolicyNever {
+	if rp := pod.Spec.RestartPolicy; rp != "" && rp != corev1.RestartPolicyNever && rp != corev1.RestartPolicyAlways && rp != corev1.RestartPolicyOnFailure {
 		t.Fatalf("accepted restartPolicy %q", rp)
 	}
-	if pod.Spec.HostNetwork || pod.Spec.HostPID || pod.Spec.HostIPC || len(pod.Spec.Volumes) > 0 || len(pod.Spec.InitContainers) > 0 {
+	for _, c := range pod.Spec.InitContainers {
+		if len(c.Ports) > 0 || c.LivenessProbe != nil {
+			t.Fatalf("accepted an unsupported init container field: %s", podJSON(pod))
+		}
+	}
+	if pod.Spec.HostPID || pod.Spec.HostIPC || pod.Spec.DNSPolicy != "" {
 		t.Fatalf("accepted an unsupported pod field: %s", podJSON(pod))
+	}
+	vols := map[string]bool{}
+	for _, v := range pod.Spec.Volumes {
+		if (v.EmptyDir == nil) == (v.HostPath == nil) || v.ConfigMap != nil || v.Secret != nil || v.Projected != nil || v.PersistentVolumeClaim != nil {
+			t.Fatalf("accepted volume %+v", v)
+		}
+		vols[v.Name] = true
 	}
 	if len(pod.Spec.Containers) == 0 {
 		t.Fatal("accepted a pod without containers")
@@ -73,8 +88,21 @@ func checkAccepted(t *testing.T, pod *corev1.Pod) {
 		if c.Image == "" {
 			t.Fatalf("accepted container %q without an image", c.Name)
 		}
-		if c.SecurityContext != nil || len(c.VolumeMounts) > 0 || len(c.Ports) > 0 || len(c.EnvFrom) > 0 {
+		if len(c.EnvFrom) > 0 || c.LivenessProbe != nil || c.Stdin || c.TTY {
 			t.Fatalf("accepted an unsupported container field: %s", podJSON(pod))
+		}
+		if sc := c.SecurityContext; sc != nil && (sc.ProcMount != nil || sc.SELinuxOptions != nil || sc.WindowsOptions != nil || sc.AppArmorProfile != nil) {
+			t.Fatalf("accepted an unsupported security context: %s", podJSON(pod))
+		}
+		for _, m := range c.VolumeMounts {
+			if !vols[m.Name] || strings.Contains(m.SubPath, "..") && strings.Contains("/"+m.SubPath+"/", "/../") || strings.HasPrefix(m.SubPath, "/") {
+				t.Fatalf("accepted volume mount %+v", m)
+			}
+		}
+		for _, p := range c.Ports {
+			if p.ContainerPort < 1 || p.ContainerPort > 65535 || p.HostPort < 0 || p.HostPort > 65535 {
+				t.Fatalf("accepted port %+v", p)
+			}
 		}
 		for _, e := range c.Env {
 			if len(validation.IsEnvVarName(e.Name)) > 0 || e.ValueFrom != nil {

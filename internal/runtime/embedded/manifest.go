@@ -19,24 +19,80 @@ const maxManifestBytes = 1 << 20
 // supportedFields lists the manifest fields ckpt understands, as JSON paths
 // with "[]" for list elements. Anything else set in a manifest is refused.
 var supportedFields = map[string]bool{
-	"apiVersion":                                 true,
-	"kind":                                       true,
-	"metadata.name":                              true,
-	"metadata.namespace":                         true,
-	"metadata.labels":                            true,
-	"metadata.annotations":                       true,
-	"spec.restartPolicy":                         true,
-	"spec.containers[].name":                     true,
-	"spec.containers[].image":                    true,
-	"spec.containers[].imagePullPolicy":          true,
-	"spec.containers[].command":                  true,
-	"spec.containers[].args":                     true,
-	"spec.containers[].env[].name":               true,
-	"spec.containers[].env[].value":              true,
-	"spec.containers[].workingDir":               true,
-	"spec.containers[].terminationMessagePath":   true,
-	"spec.containers[].terminationMessagePolicy": true,
+	"apiVersion":           true,
+	"kind":                 true,
+	"metadata.name":        true,
+	"metadata.namespace":   true,
+	"metadata.uid":         true,
+	"metadata.labels":      true,
+	"metadata.annotations": true,
+	// Written by encoding/json for a Pod read back from an archive's pod.json.
+	"metadata.creationTimestamp": true,
+	"status":                     true,
+
+	"spec.restartPolicy":                                         true,
+	"spec.hostNetwork":                                           true,
+	"spec.hostname":                                              true,
+	"spec.subdomain":                                             true,
+	"spec.terminationGracePeriodSeconds":                         true,
+	"spec.securityContext.runAsUser":                             true,
+	"spec.securityContext.runAsGroup":                            true,
+	"spec.securityContext.runAsNonRoot":                          true,
+	"spec.securityContext.supplementalGroups":                    true,
+	"spec.securityContext.fsGroup":                               true,
+	"spec.securityContext.seccompProfile.type":                   true,
+	"spec.volumes[].name":                                        true,
+	"spec.volumes[].emptyDir.medium":                             true,
+	"spec.volumes[].emptyDir.sizeLimit":                          true,
+	"spec.volumes[].hostPath.path":                               true,
+	"spec.volumes[].hostPath.type":                               true,
+	"spec.containers[].name":                                     true,
+	"spec.containers[].image":                                    true,
+	"spec.containers[].imagePullPolicy":                          true,
+	"spec.containers[].command":                                  true,
+	"spec.containers[].args":                                     true,
+	"spec.containers[].env[].name":                               true,
+	"spec.containers[].env[].value":                              true,
+	"spec.containers[].workingDir":                               true,
+	"spec.containers[].terminationMessagePath":                   true,
+	"spec.containers[].terminationMessagePolicy":                 true,
+	"spec.containers[].ports[].name":                             true,
+	"spec.containers[].ports[].containerPort":                    true,
+	"spec.containers[].ports[].hostPort":                         true,
+	"spec.containers[].ports[].hostIP":                           true,
+	"spec.containers[].ports[].protocol":                         true,
+	"spec.containers[].volumeMounts[].name":                      true,
+	"spec.containers[].volumeMounts[].mountPath":                 true,
+	"spec.containers[].volumeMounts[].readOnly":                  true,
+	"spec.containers[].volumeMounts[].subPath":                   true,
+	"spec.containers[].resources.limits.cpu":                     true,
+	"spec.containers[].resources.limits.memory":                  true,
+	"spec.containers[].resources.requests.cpu":                   true,
+	"spec.containers[].resources.requests.memory":                true,
+	"spec.containers[].securityContext.runAsUser":                true,
+	"spec.containers[].securityContext.runAsGroup":               true,
+	"spec.containers[].securityContext.runAsNonRoot":             true,
+	"spec.containers[].securityContext.privileged":               true,
+	"spec.containers[].securityContext.capabilities.add":         true,
+	"spec.containers[].securityContext.capabilities.drop":        true,
+	"spec.containers[].securityContext.allowPrivilegeEscalation": true,
+	"spec.containers[].securityContext.readOnlyRootFilesystem":   true,
+	"spec.containers[].securityContext.seccompProfile.type":      true,
 }
+
+func init() {
+	// Init containers take the fields of containers but ports (they serve
+	// nothing while the pod starts).
+	for k := range supportedFields {
+		if rest, ok := strings.CutPrefix(k, "spec.containers[]."); ok && !strings.HasPrefix(rest, "ports") {
+			supportedFields["spec.initContainers[]."+rest] = true
+		}
+	}
+}
+
+// staticPodVolumeKinds are volume kinds that need the API server; the
+// kubelet refuses them for static pods, and so does ckpt.
+var staticPodVolumeKinds = []string{"configMap", "secret", "projected", "persistentVolumeClaim", "downwardAPI", "serviceAccountToken"}
 
 // ParseManifest reads one Pod manifest (YAML or JSON) and validates it.
 func ParseManifest(data []byte) (*corev1.Pod, error) {
@@ -49,6 +105,9 @@ func ParseManifest(data []byte) (*corev1.Pod, error) {
 	}
 	if raw == nil {
 		return nil, fmt.Errorf("empty manifest")
+	}
+	if err := refuseAPIVolumes(raw); err != nil {
+		return nil, err
 	}
 	if unsupported := unsupportedFields("", raw); len(unsupported) > 0 {
 		return nil, fmt.Errorf("unsupported field %s (ckpt supports %s)", strings.Join(unsupported, ", "), supportedList())
@@ -82,34 +141,7 @@ func validatePod(pod *corev1.Pod) error {
 	if errs := validation.IsDNS1123Subdomain(pod.Name); len(errs) > 0 {
 		return fmt.Errorf("metadata.name %q: %s", pod.Name, strings.Join(errs, "; "))
 	}
-	if rp := pod.Spec.RestartPolicy; rp != "" && rp != corev1.RestartPolicyNever {
-		return fmt.Errorf("spec.restartPolicy %q is not supported: ckpt does not restart containers (use Never or leave it out)", rp)
-	}
-	if len(pod.Spec.Containers) == 0 {
-		return fmt.Errorf("spec.containers is empty")
-	}
-	seen := map[string]bool{}
-	for i, c := range pod.Spec.Containers {
-		if c.Name == "" {
-			return fmt.Errorf("spec.containers[%d].name is required", i)
-		}
-		if errs := validation.IsDNS1123Label(c.Name); len(errs) > 0 {
-			return fmt.Errorf("spec.containers[%d].name %q: %s", i, c.Name, strings.Join(errs, "; "))
-		}
-		if seen[c.Name] {
-			return fmt.Errorf("duplicate container name %q in spec.containers", c.Name)
-		}
-		seen[c.Name] = true
-		if c.Image == "" {
-			return fmt.Errorf("spec.containers[%d].image is required", i)
-		}
-		for _, e := range c.Env {
-			if errs := validation.IsEnvVarName(e.Name); len(errs) > 0 {
-				return fmt.Errorf("spec.containers[%d].env %q: %s", i, e.Name, strings.Join(errs, "; "))
-			}
-		}
-	}
-	return nil
+	return validatePodSpec(&pod.Spec)
 }
 
 // unsupportedFields walks a decoded document and returns the paths of set
@@ -144,6 +176,21 @@ func unsupportedFields(prefix string, v any) []string {
 		}
 		return []string{prefix}
 	}
+}
+
+// refuseAPIVolumes names the volume kinds a static pod cannot use.
+func refuseAPIVolumes(raw map[string]any) error {
+	spec, _ := raw["spec"].(map[string]any)
+	vols, _ := spec["volumes"].([]any)
+	for i, v := range vols {
+		m, _ := v.(map[string]any)
+		for _, kind := range staticPodVolumeKinds {
+			if _, ok := m[kind]; ok {
+				return fmt.Errorf("spec.volumes[%d].%s: a static pod cannot use %s volumes (they need the API server; the kubelet refuses them for static pods too)", i, kind, kind)
+			}
+		}
+	}
+	return nil
 }
 
 func dedupe(in []string) []string {

@@ -30,14 +30,32 @@ type record struct {
 	CreatedAt    time.Time `json:"createdAt"`
 	RestoredFrom string    `json:"restoredFrom,omitempty"`
 	RestoredAt   time.Time `json:"restoredAt,omitzero"`
+	// PodUID names the sandbox (<state>/pods/<uid>) the container runs in.
+	PodUID string `json:"podUID,omitempty"`
+	// Kind is "sandbox" for a pod's pause container, "init" for an init
+	// container, "" for others.
+	Kind string `json:"kind,omitempty"`
+	// Restarts counts how often the restart policy restarted this
+	// container; LastExit is how its previous run ended.
+	Restarts int         `json:"restarts,omitempty"`
+	LastExit *exitStatus `json:"lastExit,omitempty"`
+	// Stopped is set when the container was stopped on request (POST
+	// /stop): the restart policy leaves it stopped.
+	Stopped bool `json:"stopped,omitempty"`
 	// PodAnnotations are the pod's annotations (ckpt options ride on them).
 	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
 }
+
+const (
+	kindSandbox = "sandbox"
+	kindInit    = "init"
+)
 
 // exitStatus is written by the shim when the container's init exits.
 type exitStatus struct {
 	Code       int       `json:"code"`
 	Signal     string    `json:"signal,omitempty"`
+	Reason     string    `json:"reason,omitempty"` // OOMKilled, as the kubelet says
 	FinishedAt time.Time `json:"finishedAt"`
 }
 

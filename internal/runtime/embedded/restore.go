@@ -3,14 +3,18 @@ package embedded
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	lib "github.com/checkpoint-restore/checkpointctl/lib"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ckpt-dev/ckpt/internal/archive"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
@@ -24,16 +28,34 @@ type RestoreOptions struct {
 	Name      string
 	// Source describes the archive in the container's record.
 	Source string
+	// Policy says what a restored pod may ask of this node.
+	Policy RestorePolicy
 	// Verify, when set, decides on the manifest the archive's members were
 	// checked against (nil: none) whether the archive may be used: the
 	// signature check (internal/trust). It runs before anything else.
 	Verify func(*archive.Manifest) error
 }
 
+// PodMember is the archive member holding the container's pod (a validated
+// corev1.Pod, JSON). Restore builds the container's spec from it.
+const PodMember = "pod.json"
+
+// maxPodJSON bounds pod.json like a manifest.
+const maxPodJSON = maxManifestBytes
+
+// maxDeletedJSON bounds the read of deleted.files; archive.RemoveDeleted
+// applies the format's own, smaller limit.
+const maxDeletedJSON = 64 << 20
+
 // Restore rebuilds a container from a checkpoint archive (a plain tar
 // stream): the image with rootfs-diff.tar applied and deleted.files removed,
-// spec.dump, and the CRIU images. The process resumes where it was dumped.
-// The archive's checksums are verified before anything runs.
+// and the CRIU images. The process resumes where it was dumped, in a new
+// pod sandbox. The archive's checksums are verified before anything runs.
+//
+// The container's OCI spec is ckpt's own, built from the archive's pod.json
+// exactly as for a manifest pod; nothing of spec.dump is used. An archive
+// without pod.json (containerd, Podman) gives only what a Pod could ask for:
+// the process's args, env and working directory, and the image.
 func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOptions) (runtime.Container, error) {
 	staging, err := os.MkdirTemp(r.cfg.StateDir, "restore-")
 	if err != nil {
@@ -49,99 +71,215 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 			return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 		}
 	}
+	root, err := os.OpenRoot(staging)
+	if err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+	}
+	defer root.Close()
 	var cfg lib.ContainerConfig
-	if err := readJSON(filepath.Join(staging, lib.ConfigDumpFile), &cfg); err != nil {
-		return runtime.Container{}, fmt.Errorf("restore %s: read %s: %w", o.Source, lib.ConfigDumpFile, err)
+	if err := readJSONIn(root, lib.ConfigDumpFile, maxPodJSON, &cfg); err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: read %s: %v: %w", o.Source, lib.ConfigDumpFile, err, runtime.ErrInvalid)
 	}
-	var spec specs.Spec
-	if err := readJSON(filepath.Join(staging, lib.SpecDumpFile), &spec); err != nil {
-		return runtime.Container{}, fmt.Errorf("restore %s: read %s: %w", o.Source, lib.SpecDumpFile, err)
-	}
-	if spec.Linux == nil || spec.Process == nil {
-		return runtime.Container{}, fmt.Errorf("restore %s: %s is not a Linux container spec: %w", o.Source, lib.SpecDumpFile, runtime.ErrInvalid)
-	}
-	if st, err := os.Stat(filepath.Join(staging, lib.CheckpointDirectory)); err != nil || !st.IsDir() {
+	if st, err := root.Lstat(lib.CheckpointDirectory); err != nil || !st.IsDir() {
 		return runtime.Container{}, fmt.Errorf("restore %s: archive has no %s/ directory: %w", o.Source, lib.CheckpointDirectory, runtime.ErrInvalid)
 	}
-	rec := &record{
-		ID:        newID(),
-		Namespace: firstNonEmpty(o.Namespace, spec.Annotations[annotationSandboxNS], "default"),
-		Pod:       firstNonEmpty(o.Pod, spec.Annotations[annotationSandboxName], cfg.Name),
-		Name:      firstNonEmpty(o.Name, spec.Annotations[annotationCtrName], cfg.Name),
-		Image:     firstNonEmpty(cfg.RootfsImageName, cfg.RootfsImage),
-		Origin:    originRestore, CreatedAt: cfg.CreatedTime, RestoredFrom: o.Source, RestoredAt: time.Now().UTC(),
-	}
-	if err := r.checkNameFree(ctx, rec); err != nil {
-		return runtime.Container{}, err
-	}
-	img, err := r.images.Resolve(rec.Image)
+	pod, ctrName, err := archivedPod(root, &cfg)
 	if err != nil {
-		return runtime.Container{}, fmt.Errorf("restore %s: the checkpoint's image %q is not on this node (import it with `ckpt image import`): %w", o.Source, rec.Image, err)
+		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 	}
-	rec.ImageID = img.ID
-	in := &restoreInput{imagesDir: filepath.Join(staging, lib.CheckpointDirectory)}
-	if _, err := os.Stat(filepath.Join(staging, lib.RootFsDiffTar)); err == nil {
+	pod, ctr, err := retarget(pod, ctrName, o)
+	if err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+	}
+	if err := o.Policy.Check(pod); err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s as %s/%s: %w", o.Source, pod.Namespace, pod.Name, err)
+	}
+	if err := r.checkPodNameFree(pod.Namespace, pod.Name); err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+	}
+	if _, err := r.images.Resolve(ctr.Image); err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: the checkpoint's image %q is not on this node (import it with `ckpt image import`): %w", o.Source, ctr.Image, err)
+	}
+	in := &restoreInput{imagesDir: filepath.Join(staging, lib.CheckpointDirectory), source: o.Source, createdAt: cfg.CreatedTime}
+	if st, err := root.Lstat(lib.RootFsDiffTar); err == nil && st.Mode().IsRegular() {
 		in.rootfsDiff = filepath.Join(staging, lib.RootFsDiffTar)
 	}
-	if data, err := os.ReadFile(filepath.Join(staging, lib.DeletedFilesFile)); err == nil {
+	// archive.RemoveDeleted bounds deleted.files itself, with its own message.
+	switch data, err := readIn(root, lib.DeletedFilesFile, maxDeletedJSON); {
+	case err == nil:
 		in.deletedJSON = data
+	case !errors.Is(err, os.ErrNotExist):
+		return runtime.Container{}, fmt.Errorf("restore %s: %s: %v: %w", o.Source, lib.DeletedFilesFile, err, runtime.ErrInvalid)
 	}
-	c, err := r.create(ctx, rec, img, func(rootfs, criuConf string) ([]byte, error) {
-		data, err := restoredSpec(spec, rec, rootfs, criuConf)
-		if err != nil {
-			return nil, err
-		}
-		if r.cfg.CheckImages == nil {
-			return data, nil
-		}
-		// CRIU runs as root on these images: check them against the
-		// prepared root and the spec the container gets.
-		return data, r.cfg.CheckImages(in.imagesDir, rootfs, boundingCaps(data))
-	}, in)
+	_, ctrs, err := r.createPod(ctx, pod, originRestore, "", restoreInputs{ctr.Name: in})
 	if err != nil {
-		return c, fmt.Errorf("restore %s as %s/%s/%s: %w", o.Source, rec.Namespace, rec.Pod, rec.Name, err)
+		return runtime.Container{}, fmt.Errorf("restore %s as %s/%s/%s: %w", o.Source, pod.Namespace, pod.Name, ctr.Name, err)
 	}
-	return c, nil
+	return ctrs[0], nil
 }
 
-// boundingCaps is the bounding set of a spec (none if it has none).
-func boundingCaps(specJSON []byte) []string {
-	var s specs.Spec
-	caps := []string{}
-	if json.Unmarshal(specJSON, &s) == nil && s.Process != nil && s.Process.Capabilities != nil {
-		caps = append(caps, s.Process.Capabilities.Bounding...)
+// archivedPod returns the pod an archive's container ran in, and the
+// container's name: pod.json, validated like a manifest, when ckpt wrote
+// the archive; else a pod derived from spec.dump and config.dump.
+func archivedPod(root *os.Root, cfg *lib.ContainerConfig) (*corev1.Pod, string, error) {
+	data, err := readIn(root, PodMember, maxPodJSON)
+	if err == nil {
+		pod, err := ParseManifest(data)
+		if err != nil {
+			return nil, "", fmt.Errorf("%s: %v: %w", PodMember, err, runtime.ErrInvalid)
+		}
+		name := cfg.Name
+		if len(pod.Spec.Containers) == 1 && name == "" {
+			name = pod.Spec.Containers[0].Name
+		}
+		for _, c := range pod.Spec.Containers {
+			if c.Name == name {
+				return pod, name, nil
+			}
+		}
+		return nil, "", fmt.Errorf("%s has no container %q (config.dump's name): %w", PodMember, name, runtime.ErrInvalid)
 	}
-	return caps
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, "", fmt.Errorf("read %s: %v: %w", PodMember, err, runtime.ErrInvalid)
+	}
+	return foreignPod(root, cfg)
 }
 
-// restoredSpec adapts the checkpointed spec to the new container.
-func restoredSpec(s specs.Spec, rec *record, rootfs, criuConf string) ([]byte, error) {
-	s.Root = &specs.Root{Path: rootfs}
-	if s.Annotations == nil {
-		s.Annotations = map[string]string{}
+// foreignPod derives a Pod from an archive another runtime wrote: only what
+// a Pod could ask for (the process's args, env and working directory) from
+// spec.dump, and the image from config.dump. Everything else in spec.dump
+// (hooks, mounts, namespaces, capabilities, devices, seccomp) is dropped.
+func foreignPod(root *os.Root, cfg *lib.ContainerConfig) (*corev1.Pod, string, error) {
+	var spec specs.Spec
+	if err := readJSONIn(root, lib.SpecDumpFile, maxPodJSON, &spec); err != nil {
+		return nil, "", fmt.Errorf("read %s: %v: %w", lib.SpecDumpFile, err, runtime.ErrInvalid)
 	}
-	s.Annotations[annotationManager] = managerName
-	s.Annotations[annotationCtrName] = rec.Name
-	s.Annotations[annotationSandboxName] = rec.Pod
-	s.Annotations[annotationSandboxNS] = rec.Namespace
-	s.Annotations[annotationCriuConfig] = criuConf
-	s.Linux.CgroupsPath = filepath.Join(defaultContainerCgroup, rec.ID)
-	return json.MarshalIndent(s, "", "  ")
+	if spec.Process == nil || len(spec.Process.Args) == 0 {
+		return nil, "", fmt.Errorf("%s has no process: %w", lib.SpecDumpFile, runtime.ErrInvalid)
+	}
+	image := firstNonEmpty(cfg.RootfsImageName, cfg.RootfsImage)
+	if image == "" {
+		return nil, "", fmt.Errorf("config.dump names no image (rootfsImageName): %w", runtime.ErrInvalid)
+	}
+	name := firstNonEmpty(spec.Annotations[annotationCtrName], spec.Annotations["io.kubernetes.container.name"], cfg.Name)
+	c := corev1.Container{Name: name, Image: image, Command: spec.Process.Args, WorkingDir: spec.Process.Cwd}
+	for _, kv := range spec.Process.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		c.Env = append(c.Env, corev1.EnvVar{Name: k, Value: v})
+	}
+	pod := &corev1.Pod{}
+	pod.APIVersion, pod.Kind = "v1", "Pod"
+	pod.Namespace = firstNonEmpty(spec.Annotations[annotationSandboxNS], spec.Annotations["io.kubernetes.pod.namespace"], "default")
+	pod.Name = firstNonEmpty(spec.Annotations[annotationSandboxName], spec.Annotations["io.kubernetes.pod.name"], name)
+	pod.Spec.Containers = []corev1.Container{c}
+	pod.Spec.RestartPolicy = corev1.RestartPolicyNever
+	return pod, name, nil
 }
 
-// checkNameFree refuses a restore that would shadow a running container.
-func (r *Runtime) checkNameFree(ctx context.Context, rec *record) error {
-	all, err := r.List(ctx)
+// retarget renames the pod and container as the restore asks, keeps only
+// the restored container, gives the pod a new UID and validates the result.
+func retarget(pod *corev1.Pod, ctrName string, o RestoreOptions) (*corev1.Pod, corev1.Container, error) {
+	pod = pod.DeepCopy()
+	pod.Namespace = firstNonEmpty(o.Namespace, pod.Namespace)
+	pod.Name = firstNonEmpty(o.Pod, pod.Name)
+	pod.UID = types.UID(newID()[:32])
+	var ctr corev1.Container
+	for _, c := range pod.Spec.Containers {
+		if c.Name == ctrName {
+			ctr = c
+		}
+	}
+	ctr.Name = firstNonEmpty(o.Name, ctr.Name)
+	pod.Spec.Containers = []corev1.Container{ctr}
+	pod.Spec.InitContainers = nil
+	if err := validatePod(pod); err != nil {
+		return nil, ctr, fmt.Errorf("the restored pod: %v: %w", err, runtime.ErrInvalid)
+	}
+	return pod, ctr, nil
+}
+
+// checkPodNameFree refuses a restore into a pod name another pod holds.
+func (r *Runtime) checkPodNameFree(ns, name string) error {
+	pods, err := r.loadPods()
 	if err != nil {
 		return err
 	}
-	for _, c := range all {
-		if c.Namespace == rec.Namespace && c.Pod == rec.Pod && c.Name == rec.Name && c.State == runtime.StateRunning {
-			return fmt.Errorf("container %s/%s/%s is running (%s): restore under another name or pod, or stop it first: %w",
-				rec.Namespace, rec.Pod, rec.Name, short(c.ID), runtime.ErrExists)
+	for _, p := range pods {
+		if p.Namespace == ns && p.Name == name {
+			what := "a restored pod"
+			if p.Origin == originManifest {
+				what = "a manifest pod"
+			}
+			return fmt.Errorf("pod %s/%s exists (%s): restore under another pod name, or remove it first: %w", ns, name, what, runtime.ErrExists)
 		}
 	}
 	return nil
+}
+
+// RestorePolicy is what the node lets a restored pod ask for; everything is
+// refused by default. Each field has a flag on `ckpt serve`.
+type RestorePolicy struct {
+	AllowHostPath          bool // --restore-allow-host-path
+	AllowPrivileged        bool // --restore-allow-privileged
+	AllowAddedCapabilities bool // --restore-allow-added-capabilities
+	AllowHostNetwork       bool // --restore-allow-host-network
+}
+
+// Check refuses a pod that asks for what the policy does not allow, naming
+// the field and the flag that would allow it.
+func (p RestorePolicy) Check(pod *corev1.Pod) error {
+	refuse := func(field, flag string) error {
+		return fmt.Errorf("%s is refused on restore (allow it with ckpt serve %s): %w", field, flag, runtime.ErrInvalid)
+	}
+	if pod.Spec.HostNetwork && !p.AllowHostNetwork {
+		return refuse("spec.hostNetwork", "--restore-allow-host-network")
+	}
+	for i, v := range pod.Spec.Volumes {
+		if v.HostPath != nil && !p.AllowHostPath {
+			return refuse(fmt.Sprintf("spec.volumes[%d].hostPath (%s)", i, v.HostPath.Path), "--restore-allow-host-path")
+		}
+	}
+	for i, c := range pod.Spec.Containers {
+		sc := c.SecurityContext
+		if sc == nil {
+			continue
+		}
+		if sc.Privileged != nil && *sc.Privileged && !p.AllowPrivileged {
+			return refuse(fmt.Sprintf("spec.containers[%d].securityContext.privileged", i), "--restore-allow-privileged")
+		}
+		if sc.Capabilities != nil && len(sc.Capabilities.Add) > 0 && !p.AllowAddedCapabilities {
+			return refuse(fmt.Sprintf("spec.containers[%d].securityContext.capabilities.add", i), "--restore-allow-added-capabilities")
+		}
+	}
+	return nil
+}
+
+// readIn reads a regular file inside root, bounded, following no symlink.
+func readIn(root *os.Root, name string, limit int64) ([]byte, error) {
+	st, err := root.Lstat(name)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", name)
+	}
+	if st.Size() > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes", name, limit)
+	}
+	f, err := root.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, limit))
+}
+
+func readJSONIn(root *os.Root, name string, limit int64, v any) error {
+	data, err := readIn(root, name, limit)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(data, v)
 }
 
 func firstNonEmpty(s ...string) string {
@@ -155,9 +293,11 @@ func firstNonEmpty(s ...string) string {
 
 // restoreInput is what a restore needs from an extracted archive.
 type restoreInput struct {
-	imagesDir   string // CRIU images
-	rootfsDiff  string // path of rootfs-diff.tar, "" if none
-	deletedJSON []byte // deleted.files
+	source      string    // the archive, for the record
+	createdAt   time.Time // when the checkpointed container was created
+	imagesDir   string    // CRIU images
+	rootfsDiff  string    // path of rootfs-diff.tar, "" if none
+	deletedJSON []byte    // deleted.files
 }
 
 // prepareRootfs applies the archive's file system changes to a fresh rootfs.
@@ -176,4 +316,14 @@ func (in *restoreInput) prepareRootfs(rootfs string) error {
 		return archive.RemoveDeleted(rootfs, in.deletedJSON)
 	}
 	return nil
+}
+
+// boundingCaps is the bounding set of a spec (none if it has none).
+func boundingCaps(specJSON []byte) []string {
+	var s specs.Spec
+	caps := []string{}
+	if json.Unmarshal(specJSON, &s) == nil && s.Process != nil && s.Process.Capabilities != nil {
+		caps = append(caps, s.Process.Capabilities.Bounding...)
+	}
+	return caps
 }

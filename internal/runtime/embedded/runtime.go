@@ -11,13 +11,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	gorunc "github.com/containerd/go-runc"
-	corev1 "k8s.io/api/core/v1"
 
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
@@ -31,6 +31,7 @@ type Image struct {
 	Entrypoint []string
 	Cmd        []string
 	WorkingDir string
+	User       string // the image config's User
 }
 
 // Images resolves image references to unpacked images.
@@ -49,6 +50,15 @@ type Config struct {
 	Shim string
 	// StopTimeout is how long a container gets between SIGTERM and SIGKILL.
 	StopTimeout time.Duration
+	// NodeName names static pods <name>-<node>, as the kubelet does.
+	NodeName string
+	// PauseImage is the pod sandbox image (default DefaultPauseImage).
+	PauseImage string
+	// ClusterDomain completes a pod's subdomain into its FQDN, as the
+	// kubelet's --cluster-domain; empty means none.
+	ClusterDomain string
+	// RestorePolicy bounds what a restored pod may ask for.
+	RestorePolicy RestorePolicy
 	// CheckImages, when set, checks a restore's CRIU images against the
 	// prepared root and the restored spec's bounding capabilities before
 	// CRIU runs (serve sets inspect.ValidateCRIUImages).
@@ -84,6 +94,9 @@ func New(cfg Config, images Images) (*Runtime, error) {
 	}
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 10 * time.Second
+	}
+	if cfg.PauseImage == "" {
+		cfg.PauseImage = DefaultPauseImage
 	}
 	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "containers"), filepath.Join(cfg.StateDir, "runc")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -133,6 +146,10 @@ func (r *Runtime) container(ctx context.Context, rec *record) runtime.Container 
 	c := runtime.Container{
 		ID: rec.ID, Namespace: rec.Namespace, Pod: rec.Pod, Name: rec.Name,
 		Image: rec.Image, ImageID: rec.ImageID, CreatedAt: rec.CreatedAt, State: runtime.StateUnknown,
+		Restarts: rec.Restarts,
+	}
+	if rec.LastExit != nil {
+		c.LastExitCode, c.LastExitReason = &rec.LastExit.Code, rec.LastExit.Reason
 	}
 	if st, err := r.runc.State(ctx, rec.ID); err == nil {
 		c.Pid = st.Pid
@@ -148,8 +165,9 @@ func (r *Runtime) container(ctx context.Context, rec *record) runtime.Container 
 		}
 		return c
 	}
-	if _, err := os.Stat(filepath.Join(r.containerDir(rec.ID), fileExit)); err == nil {
-		c.State = runtime.StateExited
+	var st exitStatus
+	if err := readJSON(filepath.Join(r.containerDir(rec.ID), fileExit), &st); err == nil {
+		c.State, c.ExitCode, c.ExitReason = runtime.StateExited, st.Code, st.Reason
 	}
 	return c
 }
@@ -162,6 +180,9 @@ func (r *Runtime) List(ctx context.Context) ([]runtime.Container, error) {
 	}
 	out := make([]runtime.Container, 0, len(recs))
 	for _, rec := range recs {
+		if rec.Kind == kindSandbox {
+			continue // pause containers are the pods' sandboxes, not containers
+		}
 		out = append(out, r.container(ctx, rec))
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -219,26 +240,6 @@ func short(id string) string {
 	return id
 }
 
-// CreateFromPod creates and starts one container of a pod.
-func (r *Runtime) CreateFromPod(ctx context.Context, pod *corev1.Pod, c corev1.Container) (runtime.Container, error) {
-	img, err := r.images.Resolve(c.Image)
-	if err != nil {
-		return runtime.Container{}, fmt.Errorf("create container %s/%s/%s: %w", pod.Namespace, pod.Name, c.Name, err)
-	}
-	rec := &record{
-		ID: newID(), Namespace: pod.Namespace, Pod: pod.Name, Name: c.Name,
-		Image: c.Image, ImageID: img.ID, Origin: originManifest, CreatedAt: time.Now().UTC(),
-		PodAnnotations: pod.Annotations,
-	}
-	return r.create(ctx, rec, img, func(rootfs, criuConf string) ([]byte, error) {
-		s, err := buildSpec(rec, img, c, rootfs, criuConf)
-		if err != nil {
-			return nil, err
-		}
-		return marshalSpec(s)
-	}, nil)
-}
-
 // prepare lays out a container directory with its overlay root filesystem.
 // On error everything it made is undone.
 func (r *Runtime) prepare(rec *record, img Image) (dir string, err error) {
@@ -280,7 +281,7 @@ func (r *Runtime) cleanupDir(id string) {
 
 // create lays out the container, writes its spec and starts its shim. The
 // shim either creates the container fresh or restores it from restoreImages.
-func (r *Runtime) create(ctx context.Context, rec *record, img Image, spec func(rootfs, criuConf string) ([]byte, error), restore *restoreInput) (c runtime.Container, err error) {
+func (r *Runtime) create(ctx context.Context, rec *record, img Image, spec func(rootfs, criuConf string) ([]byte, error), restore *restoreInput, forward []string) (c runtime.Container, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	dir, err := r.prepare(rec, img)
@@ -308,7 +309,7 @@ func (r *Runtime) create(ctx context.Context, rec *record, img Image, spec func(
 	if err := writeJSONAtomic(filepath.Join(dir, fileMeta), rec); err != nil {
 		return c, err
 	}
-	if err := r.startShim(ctx, rec, restore); err != nil {
+	if err := r.startShim(ctx, rec, restore, forward); err != nil {
 		return c, err
 	}
 	return r.container(ctx, rec), nil
@@ -322,6 +323,10 @@ func (r *Runtime) Stop(ctx context.Context, id string) error {
 	}
 	if st := r.container(ctx, rec).State; st != runtime.StateRunning && st != runtime.StatePaused {
 		return nil
+	}
+	if !rec.Stopped {
+		rec.Stopped = true // not restarted by its pod's restart policy
+		writeJSONAtomic(filepath.Join(r.containerDir(id), fileMeta), rec)
 	}
 	// A frozen process cannot act on a signal: never leave one frozen here.
 	r.thaw(id)
@@ -361,8 +366,23 @@ func (r *Runtime) waitExit(ctx context.Context, id string, d time.Duration) bool
 	return false
 }
 
-// Remove stops (if needed) and deletes a container and its files.
+// Remove stops (if needed) and deletes a container and its files. The
+// last container of a pod takes the pod's sandbox with it.
 func (r *Runtime) Remove(ctx context.Context, id string) error {
+	rec, err := r.loadRecord(id)
+	if err != nil {
+		return fmt.Errorf("remove container %s: %w", id, runtime.ErrContainerNotFound)
+	}
+	if rec.Kind == kindSandbox {
+		return fmt.Errorf("remove container %s: it is the sandbox of pod %s/%s; remove the pod's containers: %w", id, rec.Namespace, rec.Pod, runtime.ErrInvalid)
+	}
+	if err := r.removeContainer(ctx, id); err != nil {
+		return err
+	}
+	return r.removeIfEmpty(ctx, rec.PodUID)
+}
+
+func (r *Runtime) removeContainer(ctx context.Context, id string) error {
 	if err := r.Stop(ctx, id); err != nil && !errors.Is(err, runtime.ErrContainerNotFound) {
 		return err
 	}
@@ -371,8 +391,32 @@ func (r *Runtime) Remove(ctx context.Context, id string) error {
 	if err := r.runc.Delete(ctx, id, &gorunc.DeleteOpts{Force: true}); err != nil && !isGone(err) {
 		return fmt.Errorf("remove container %s: %w", id, err)
 	}
+	r.waitShimGone(id)
 	r.cleanupDir(id)
 	return nil
+}
+
+// waitShimGone waits (briefly) for a container's shim to finish, so that
+// its last writes (runc's log of the delete) land before the directory is
+// removed.
+func (r *Runtime) waitShimGone(id string) {
+	b, err := os.ReadFile(filepath.Join(r.containerDir(id), fileShimPid))
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !strings.Contains(string(cmdline), id) {
+			return // gone, or the number now belongs to another process
+		}
+		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(st), ") Z ") {
+			return // exited; its parent has yet to reap it
+		}
+	}
 }
 
 // Log returns the path of a container's log file.

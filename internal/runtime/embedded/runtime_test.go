@@ -18,14 +18,15 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
-// dirImages serves one image from a rootfs directory.
-type dirImages struct{ img Image }
+// dirImages serves images from rootfs directories.
+type dirImages map[string]Image
 
 func (d dirImages) Resolve(ref string) (Image, error) {
-	if ref != d.img.Name {
+	img, ok := d[ref]
+	if !ok {
 		return Image{}, runtime.ErrInvalid
 	}
-	return d.img, nil
+	return img, nil
 }
 
 func needRoot(t *testing.T) {
@@ -44,11 +45,14 @@ func needRoot(t *testing.T) {
 }
 
 // counterRootfs builds examples/counter into a fresh rootfs directory.
-func counterRootfs(t *testing.T) string {
+func counterRootfs(t *testing.T) string { return exampleRootfs(t, "counter") }
+
+// exampleRootfs builds examples/<name> into a fresh rootfs directory.
+func exampleRootfs(t *testing.T, name string) string {
 	t.Helper()
 	rootfs := t.TempDir()
-	out := filepath.Join(rootfs, "counter")
-	cmd := exec.Command("go", "build", "-o", out, "../../../examples/counter")
+	out := filepath.Join(rootfs, name)
+	cmd := exec.Command("go", "build", "-o", out, "../../../examples/"+name)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build counter: %v\n%s", err, b)
@@ -65,8 +69,11 @@ func newTestRuntime(t *testing.T) *Runtime {
 	if b, err := exec.Command("go", "build", "-o", shim, "../../../cmd/ckpt").CombinedOutput(); err != nil {
 		t.Fatalf("build ckpt: %v\n%s", err, b)
 	}
-	img := Image{ID: "sha256:test", Name: "localhost/counter:latest", RootFS: counterRootfs(t), Entrypoint: []string{"/counter"}}
-	rt, err := New(Config{StateDir: t.TempDir(), Shim: shim, StopTimeout: 2 * time.Second}, dirImages{img})
+	imgs := dirImages{
+		"localhost/counter:latest": {ID: "sha256:test", Name: "localhost/counter:latest", RootFS: counterRootfs(t), Entrypoint: []string{"/counter"}},
+		DefaultPauseImage:          {ID: "sha256:pause", Name: DefaultPauseImage, RootFS: exampleRootfs(t, "pause"), Entrypoint: []string{"/pause"}},
+	}
+	rt, err := New(Config{StateDir: t.TempDir(), Shim: shim, StopTimeout: 2 * time.Second}, imgs)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,6 +30,9 @@ type ShimOptions struct {
 	// Restore, when set, restores from CRIU images in this directory
 	// instead of starting the container fresh.
 	Restore string
+	// Forward lists hostPorts to serve into the container's network
+	// namespace (a pod's pause container), as portForward strings.
+	Forward []string
 	// TCPEstablished restores established TCP connections.
 	TCPEstablished bool
 }
@@ -39,6 +42,9 @@ func (o ShimOptions) Args() []string {
 	args := []string{"shim", "--id", o.ID, "--dir", o.Dir, "--runc-root", o.RuncRoot, "--runc", o.Runc, "--criu", o.Criu}
 	if o.Restore != "" {
 		args = append(args, "--restore", o.Restore)
+	}
+	for _, f := range o.Forward {
+		args = append(args, "--forward", f)
 	}
 	if o.TCPEstablished {
 		args = append(args, "--tcp-established")
@@ -51,9 +57,9 @@ const shimStartTimeout = 5 * time.Minute
 
 // startShim starts the shim in its own session, so that it outlives the
 // agent, and waits until it reports the container running.
-func (r *Runtime) startShim(ctx context.Context, rec *record, restore *restoreInput) error {
+func (r *Runtime) startShim(ctx context.Context, rec *record, restore *restoreInput, forward []string) error {
 	dir := r.containerDir(rec.ID)
-	opts := ShimOptions{ID: rec.ID, Dir: dir, RuncRoot: r.runcRoot(), Runc: r.cfg.Runc, Criu: r.cfg.Criu}
+	opts := ShimOptions{ID: rec.ID, Dir: dir, RuncRoot: r.runcRoot(), Runc: r.cfg.Runc, Criu: r.cfg.Criu, Forward: forward}
 	if restore != nil {
 		opts.Restore = restore.imagesDir
 		tcp, err := hasEstablishedTCP(restore.imagesDir)
@@ -172,6 +178,14 @@ func RunShim(o ShimOptions) error {
 		return fail(err)
 	}
 	initPid, _ := strconv.Atoi(strings.TrimSpace(string(pidData)))
+	fwd, err := startForwarding(initPid, o.Forward)
+	if err != nil {
+		rc.Kill(ctx, o.ID, int(syscall.SIGKILL), &gorunc.KillOpts{All: true})
+		waitForPid(initPid)
+		rc.Delete(ctx, o.ID, &gorunc.DeleteOpts{Force: true})
+		return fail(err)
+	}
+	defer fwd.Close()
 
 	var wg sync.WaitGroup
 	lw := &criLogWriter{f: logFile}
@@ -187,6 +201,9 @@ func RunShim(o ShimOptions) error {
 	report = nil
 
 	status := waitForPid(initPid)
+	if oomKilled(o.ID) {
+		status.Reason = "OOMKilled"
+	}
 	writeJSONAtomic(filepath.Join(o.Dir, fileExit), status)
 	pio.Stdin().Close()
 	wg.Wait()
@@ -288,4 +305,25 @@ func (w *criLogWriter) copy(stream string, r io.Reader) {
 			return
 		}
 	}
+}
+
+// oomKilled reports whether the kernel's OOM killer killed a process of the
+// container's memory cgroup (v1 memory.oom_control, v2 memory.events).
+func oomKilled(id string) bool {
+	cg := filepath.Join(defaultContainerCgroup, id)
+	for _, p := range []string{
+		filepath.Join("/sys/fs/cgroup/memory", cg, "memory.oom_control"),
+		filepath.Join("/sys/fs/cgroup", cg, "memory.events"),
+	} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) == 2 && f[0] == "oom_kill" && f[1] != "0" {
+				return true
+			}
+		}
+	}
+	return false
 }

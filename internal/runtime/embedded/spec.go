@@ -2,10 +2,8 @@ package embedded
 
 import (
 	"fmt"
-	"path"
 	"strings"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -18,6 +16,8 @@ const (
 	annotationCtrType      = "io.kubernetes.cri.container-type"
 	annotationSandboxName  = "io.kubernetes.cri.sandbox-name"
 	annotationSandboxNS    = "io.kubernetes.cri.sandbox-namespace"
+	annotationSandboxUID   = "io.kubernetes.cri.sandbox-uid"
+	annotationSandboxID    = "io.kubernetes.cri.sandbox-id"
 	annotationImageName    = "io.kubernetes.cri.image-name"
 	annotationCriuConfig   = "org.criu.config"
 	managerName            = "ckpt"
@@ -70,70 +70,4 @@ func mergeEnv(imageEnv []string, env []corev1.EnvVar) []string {
 		set(e.Name + "=" + e.Value)
 	}
 	return out
-}
-
-// buildSpec returns the OCI runtime spec of one container.
-func buildSpec(rec *record, img Image, c corev1.Container, rootfs, criuConfig string) (*specs.Spec, error) {
-	args, err := processArgs(img, c)
-	if err != nil {
-		return nil, err
-	}
-	cwd := c.WorkingDir
-	if cwd == "" {
-		cwd = img.WorkingDir
-	}
-	if cwd == "" {
-		cwd = "/"
-	}
-	if !path.IsAbs(cwd) {
-		return nil, fmt.Errorf("workingDir %q is not an absolute path", cwd)
-	}
-	caps := append([]string(nil), defaultCaps...)
-	s := &specs.Spec{
-		Version: specs.Version,
-		Process: &specs.Process{
-			Args: args,
-			Env:  mergeEnv(img.Env, c.Env),
-			Cwd:  cwd,
-			Capabilities: &specs.LinuxCapabilities{
-				Bounding: caps, Effective: caps, Permitted: caps,
-			},
-			Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
-			NoNewPrivileges: true,
-		},
-		Root:     &specs.Root{Path: rootfs},
-		Hostname: rec.Pod,
-		Mounts: []specs.Mount{
-			{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
-			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
-			{Destination: "/dev/pts", Type: "devpts", Source: "devpts", Options: []string{"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"}},
-			{Destination: "/dev/shm", Type: "tmpfs", Source: "shm", Options: []string{"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}},
-			{Destination: "/dev/mqueue", Type: "mqueue", Source: "mqueue", Options: []string{"nosuid", "noexec", "nodev"}},
-			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
-		},
-		Annotations: map[string]string{
-			annotationManager:     managerName,
-			annotationCtrName:     rec.Name,
-			annotationCtrType:     "container",
-			annotationSandboxName: rec.Pod,
-			annotationSandboxNS:   rec.Namespace,
-			annotationImageName:   rec.Image,
-			annotationCriuConfig:  criuConfig,
-		},
-		Linux: &specs.Linux{
-			CgroupsPath: path.Join(defaultContainerCgroup, rec.ID),
-			Namespaces: []specs.LinuxNamespace{
-				{Type: specs.PIDNamespace}, {Type: specs.MountNamespace}, {Type: specs.IPCNamespace},
-				{Type: specs.UTSNamespace}, {Type: specs.NetworkNamespace},
-			},
-			MaskedPaths: []string{
-				"/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-				"/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
-			},
-			ReadonlyPaths: []string{
-				"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
-			},
-		},
-	}
-	return s, nil
 }
