@@ -261,8 +261,8 @@ func TestCheckpointImages(t *testing.T) {
 	os.WriteFile(tokenFile, []byte(testToken), 0o600)
 
 	a.addPod("counter", counterManifest("counter", nil))
-	a.waitRunning("counter", "counter")
-	path, resp := a.checkpoint("default/counter/counter", "")
+	a.waitRunning("counter-n1", "counter")
+	path, resp := a.checkpoint("default/counter-n1/counter", "")
 	if path == "" {
 		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
 	}
@@ -321,7 +321,7 @@ func TestCheckpointImages(t *testing.T) {
 		id := b.waitRunning("counter-cli", "counter")
 		resumesAt(t, b.containerLog(id), k)
 		b.rmContainer(id)
-		if out := b.ckpt("inspect", ref); !strings.Contains(out, "counter") || !strings.Contains(out, "Pod: default/counter") {
+		if out := b.ckpt("inspect", ref); !strings.Contains(out, "counter") || !strings.Contains(out, "Pod: default/counter-n1") {
 			t.Errorf("inspect %s:\n%s", ref, out)
 		}
 		if out, err := b.ckptErr("memsearch", ref, "--search", "COUNTER_INTERVAL=200ms"); err != nil || !strings.Contains(out, "COUNTER_INTERVAL") {
@@ -330,9 +330,9 @@ func TestCheckpointImages(t *testing.T) {
 	})
 
 	t.Run("migrate --via the registry", func(t *testing.T) {
-		out := a.ckpt("migrate", "default/counter/counter", "--from", a.url(""), "--to", b.url(""),
+		out := a.ckpt("migrate", "default/counter-n1/counter", "--from", a.url(""), "--to", b.url(""),
 			"--token-file", tokenFile, "--pod", "default/counter-via", "--via", reg.addr+"/ckpt/migrated")
-		if !strings.Contains(out, "pushed "+reg.addr+"/ckpt/migrated@sha256:") || !strings.Contains(out, "migrated default/counter/counter") {
+		if !strings.Contains(out, "pushed "+reg.addr+"/ckpt/migrated@sha256:") || !strings.Contains(out, "migrated default/counter-n1/counter") {
 			t.Fatalf("migrate said %q", out)
 		}
 		_, rest, _ := strings.Cut(out, "checkpointed on "+a.url("")+": ")
