@@ -58,7 +58,8 @@ for _ in $(seq 100); do
 	sleep 0.2
 done
 "$CKPT" --root-dir "$root" ps
-log=$(ls "$root"/ckpt/containers/*/container.log)
+id=$("$CKPT" --root-dir "$root" ps | awk '$3 == "counter" {print $4; exit}')
+log=$(ls "$root"/ckpt/containers/"$id"*/container.log)
 sleep 3
 echo "the counter's output so far:"; tail -n 3 "$log"
 
