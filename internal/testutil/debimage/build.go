@@ -231,4 +231,3 @@ func copyFile(w io.Writer, p string) error {
 	_, err = io.Copy(w, f)
 	return err
 }
-
