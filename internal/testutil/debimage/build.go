@@ -147,6 +147,16 @@ func customize(rootfs string, s Spec) error {
 			return err
 		}
 	}
+	for p, target := range s.Symlinks {
+		p = filepath.Join(rootfs, p)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		os.Remove(p)
+		if err := os.Symlink(target, p); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

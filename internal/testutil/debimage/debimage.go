@@ -61,6 +61,9 @@ type Spec struct {
 	Dirs []Dir
 	// Files are written last; they win over the packages' files.
 	Files []File
+	// Symlinks maps a path to its target (e.g. /bin/sh to busybox); they
+	// are made after the files.
+	Symlinks map[string]string
 	// Prune lists paths removed from the rootfs (docs, man pages); nil
 	// means DefaultPrune.
 	Prune []string
@@ -141,6 +144,11 @@ func (s Spec) validate() error {
 	for _, d := range s.Dirs {
 		if !path.IsAbs(d.Path) || path.Clean(d.Path) != d.Path {
 			return fmt.Errorf("debimage: dir path %q must be clean and absolute", d.Path)
+		}
+	}
+	for p := range s.Symlinks {
+		if !path.IsAbs(p) || path.Clean(p) != p || p == "/" {
+			return fmt.Errorf("debimage: symlink path %q must be clean and absolute", p)
 		}
 	}
 	for _, u := range s.Users {

@@ -109,6 +109,7 @@ func TestSpecValidate(t *testing.T) {
 		{Name: "x", Packages: []string{"a"}, Dirs: []Dir{{Path: "/a/"}}},
 		{Name: "x", Packages: []string{"a"}, Users: []User{{Name: "ro:ot"}}},
 		{Name: "x", Packages: []string{"a"}, Users: []User{{Name: "root"}}},
+		{Name: "x", Packages: []string{"a"}, Symlinks: map[string]string{"bin/sh": "busybox"}},
 	} {
 		if err := s.validate(); err == nil {
 			t.Errorf("validate(%+v): no error", s)
@@ -135,7 +136,8 @@ func TestBuildBusybox(t *testing.T) {
 		Users:      []User{{Name: "app", UID: 1000, GID: 1000, Home: "/home/app"}},
 		Dirs:       []Dir{{Path: "/home/app", Mode: 0o750, UID: 1000, GID: 1000}, {Path: "/data", Mode: 0o1777}},
 		Files:      []File{{Path: "/bin/hello.sh", Mode: 0o755, Data: []byte("#!/bin/sh\necho hello\n")}},
-		Entrypoint: []string{"/bin/busybox", "sh", "/bin/hello.sh"},
+		Symlinks:   map[string]string{"/bin/sh": "busybox"},
+		Entrypoint: []string{"/bin/sh", "/bin/hello.sh"},
 	}
 	ctx := context.Background()
 	path, err := b.Build(ctx, spec)
@@ -193,6 +195,9 @@ func TestBuildBusybox(t *testing.T) {
 	}
 	if h := seen["bin/busybox"]; h == nil || h.Mode&0o111 == 0 || h.Size < 1<<20 {
 		t.Errorf("bin/busybox: %+v", h)
+	}
+	if h := seen["bin/sh"]; h == nil || h.Typeflag != tar.TypeSymlink || h.Linkname != "busybox" {
+		t.Errorf("bin/sh: %+v", h)
 	}
 	if h := seen["data/"]; h == nil || h.Mode != 0o1777 {
 		t.Errorf("data/: %+v", h)
