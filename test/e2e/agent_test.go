@@ -30,6 +30,7 @@ type agent struct {
 	port      int
 	https     bool
 	extra     []string
+	images    []string // more image archives to import before start
 	cmd       *exec.Cmd
 	logPath   string
 	client    *http.Client
@@ -58,6 +59,9 @@ func newAgent(t *testing.T, opts ...agentOption) *agent {
 	os.WriteFile(tokens, []byte(testToken+",e2e-admin,1000,\"system:masters\"\n"), 0o600)
 	a.extra = append(a.extra, "--token-auth-file", tokens)
 	a.ckpt("image", "import", filepath.Join(imagesDir, "counter.tar"))
+	for _, img := range a.images {
+		a.ckpt("image", "import", img)
+	}
 	a.start()
 	t.Cleanup(func() {
 		a.stop()
