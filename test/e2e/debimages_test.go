@@ -42,6 +42,7 @@ done
 
 // writerScript appends a line with the next number to /data/log every 10 ms.
 const writerScript = `#!/bin/sh
+trap 'exit 0' TERM
 i=0
 while true; do
   i=$((i+1))
@@ -52,7 +53,8 @@ done
 
 // httpCounterScript serves GET /inc (count one more) and GET /get, with
 // HTTP/1.1 keep-alive, the count held in memory only.
-const httpCounterScript = `import http.server, sys, threading
+const httpCounterScript = `import http.server, os, signal, sys, threading
+signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
 count = 0
 lock = threading.Lock()
 class H(http.server.BaseHTTPRequestHandler):
@@ -83,7 +85,8 @@ srv.serve_forever()
 // The parent sends N to the child through a pipe; the child answers
 // through another. What it answers, or what the parent finds, is VALUE:
 // see stateKinds in realapps_test.go.
-const stateScript = `import ctypes, errno, fcntl, mmap, os, select, struct, sys, time
+const stateScript = `import ctypes, errno, fcntl, mmap, os, select, signal, struct, sys, time
+signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
 kind = sys.argv[1]
 libc = ctypes.CDLL(None, use_errno=True)
 os.makedirs("/state", exist_ok=True)

@@ -95,9 +95,33 @@ func (a *agent) mustCheckpoint(pod, query string) string {
 	path, resp := a.checkpoint("default/"+pod+"/app", query)
 	if path == "" {
 		log, _ := os.ReadFile(a.logPath)
-		a.t.Fatalf("checkpoint %s: %d %s\nagent log (tail):\n%s", pod, resp.status, resp.body, tail(log, 3000))
+		a.t.Fatalf("checkpoint %s: %d %s\nagent log (tail):\n%s\nfailure logs:\n%s", pod, resp.status, resp.body, tail(log, 3000), a.failureLogs())
 	}
 	return path
+}
+
+// forTest is the agent as seen by a subtest: its failures are the subtest's.
+func (a *agent) forTest(t *testing.T) *agent {
+	c := *a
+	c.t = t
+	return &c
+}
+
+// failureLogs returns the error lines of the agent's kept CRIU and runc
+// failure logs, for a failure message.
+func (a *agent) failureLogs() string {
+	files, _ := filepath.Glob(filepath.Join(a.rootDir, "ckpt", "failure-logs", "*", "*"))
+	var b strings.Builder
+	for _, f := range files {
+		data, _ := os.ReadFile(f)
+		fmt.Fprintf(&b, "== %s\n", filepath.Base(f))
+		for _, line := range strings.Split(string(data), "\n") {
+			if strings.Contains(line, "Error") || strings.Contains(line, "error") || strings.Contains(line, "Warn") {
+				fmt.Fprintln(&b, line)
+			}
+		}
+	}
+	return tail([]byte(b.String()), 4000)
 }
 
 // mustRestore restores a copy and returns it with its PID, after checking
@@ -107,7 +131,7 @@ func (a *agent) mustRestore(archivePath, pod string) (restored, int) {
 	r, resp := a.restoreAs(archivePath, pod)
 	if resp.status != 201 {
 		log, _ := os.ReadFile(a.logPath)
-		a.t.Fatalf("restore %s as %s: %d %s\nagent log (tail):\n%s", filepath.Base(archivePath), pod, resp.status, resp.body, tail(log, 3000))
+		a.t.Fatalf("restore %s as %s: %d %s\nagent log (tail):\n%s\nfailure logs:\n%s", filepath.Base(archivePath), pod, resp.status, resp.body, tail(log, 3000), a.failureLogs())
 	}
 	if r.State != "running" {
 		a.t.Fatalf("restored %+v, want running", r)
@@ -417,7 +441,7 @@ func TestRealAppFileWriter(t *testing.T) {
 		}
 		r, resp := a.restoreAs(archive, "writer-copy")
 		if resp.status != 201 {
-			t.Errorf("run %d: restore: %d %s", run, resp.status, resp.body)
+			t.Errorf("run %d: restore: %d %s\nfailure logs:\n%s", run, resp.status, resp.body, a.failureLogs())
 			continue
 		}
 		cpid := a.pidOf("writer-copy", "app")
@@ -481,7 +505,7 @@ func TestRealAppForeignArchives(t *testing.T) {
 			r, resp := a.restoreUpload(fixture, c.name+"-copy")
 			if resp.status != 201 {
 				log, _ := os.ReadFile(a.logPath)
-				t.Fatalf("restore %s: %d %s\nagent log (tail):\n%s", c.fixture, resp.status, resp.body, tail(log, 3000))
+				t.Fatalf("restore %s: %d %s\nagent log (tail):\n%s\nfailure logs:\n%s", c.fixture, resp.status, resp.body, tail(log, 3000), a.failureLogs())
 			}
 			pid := a.pidOf(c.name+"-copy", "counter")
 			requireLoUp(t, "restored "+c.name, pid)
@@ -576,6 +600,7 @@ func TestRealAppProcessState(t *testing.T) {
 		{"inotify", func(int) string { return "modify" }},   // an inotify watch still reports
 	} {
 		t.Run(c.kind, func(t *testing.T) {
+			a := a.forTest(t)
 			pod := "state-" + c.kind
 			a.addPod(pod, podSpec{name: pod, image: imgPython, command: []string{"/usr/bin/python3", "/srv/state.py", c.kind}}.manifest())
 			orig := a.waitRunning(pod, "app")
