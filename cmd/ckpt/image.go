@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -75,15 +74,24 @@ func imageProgress(w io.Writer) func(image.Progress) {
 		}
 		if !p.Done {
 			start = time.Now()
-			fmt.Fprintf(w, "%s: unpacking layer %d/%d (%s compressed)\n", p.Image, p.Layer, p.Layers, humanSize(p.Size))
+			fmt.Fprintf(w, "%s: unpacking layer %d/%d (%s compressed)\n", p.Image, p.Layer, p.Layers, humanBytes(p.Size))
 			return
 		}
 		fmt.Fprintf(w, "%s: layer %d/%d done in %s\n", p.Image, p.Layer, p.Layers, time.Since(start).Round(time.Millisecond))
 	}
 }
 
+// imageEntry is one image as `image ls -o json|yaml` prints it.
+type imageEntry struct {
+	ID      string    `json:"id"`
+	Names   []string  `json:"names"`
+	Size    int64     `json:"size"`
+	Created time.Time `json:"created"`
+}
+
 func newImageLsCommand(g *globalOptions) *cobra.Command {
 	var quiet, noTrunc bool
+	var format outputFormat
 	cmd := &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
@@ -99,8 +107,16 @@ func newImageLsCommand(g *globalOptions) *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
+			entries := make([]imageEntry, 0, len(imgs))
+			for _, img := range imgs {
+				entries = append(entries, imageEntry{ID: img.ID, Names: img.Names, Size: img.Size, Created: img.Created})
+			}
+			if done, err := format.structured(out, entries); done {
+				return err
+			}
+			wide := format == "wide"
 			id := func(img image.Image) string {
-				if noTrunc {
+				if noTrunc || wide {
 					return img.ID
 				}
 				return shortImageID(img.ID)
@@ -111,16 +127,22 @@ func newImageLsCommand(g *globalOptions) *cobra.Command {
 				}
 				return nil
 			}
-			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			tw := table(out)
 			fmt.Fprintln(tw, "NAME\tID\tSIZE\tCREATED")
-			now := time.Now()
 			for _, img := range imgs {
 				names := img.Names
 				if len(names) == 0 {
 					names = []string{"<none>"}
 				}
+				created := "unknown"
+				if !img.Created.IsZero() && img.Created.Unix() != 0 {
+					created = ago(img.Created) + " ago"
+					if wide {
+						created = img.Created.UTC().Format(time.RFC3339)
+					}
+				}
 				for _, n := range names {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n, id(img), humanSize(img.Size), imageCreated(img.Created, now))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n, id(img), humanBytes(img.Size), created)
 				}
 			}
 			return tw.Flush()
@@ -128,6 +150,7 @@ func newImageLsCommand(g *globalOptions) *cobra.Command {
 	}
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print IDs only")
 	cmd.Flags().BoolVar(&noTrunc, "no-trunc", false, "print full IDs")
+	cmd.Flags().VarP(&format, "output", "o", "output format: json, yaml or wide")
 	return cmd
 }
 
@@ -173,44 +196,3 @@ func shortImageID(id string) string {
 	return id
 }
 
-// humanSize prints bytes in decimal units, as docker does.
-func humanSize(n int64) string {
-	const unit = 1000
-	if n < unit {
-		return fmt.Sprintf("%dB", n)
-	}
-	f, i := float64(n), 0
-	units := []string{"kB", "MB", "GB", "TB", "PB", "EB"}
-	for f /= unit; f >= unit && i < len(units)-1; i++ {
-		f /= unit
-	}
-	return fmt.Sprintf("%.3g%s", f, units[i])
-}
-
-// imageCreated prints how long ago t was, or the date when long ago.
-func imageCreated(t, now time.Time) string {
-	if t.IsZero() || t.Unix() == 0 {
-		return "unknown"
-	}
-	d := now.Sub(t)
-	switch {
-	case d < 0:
-		return t.UTC().Format(time.DateTime)
-	case d < time.Minute:
-		return "less than a minute ago"
-	case d < time.Hour:
-		return imageAgo(int(d.Minutes()), "minute")
-	case d < 48*time.Hour:
-		return imageAgo(int(d.Hours()), "hour")
-	case d < 30*24*time.Hour:
-		return imageAgo(int(d.Hours()/24), "day")
-	}
-	return t.UTC().Format(time.DateOnly)
-}
-
-func imageAgo(n int, unit string) string {
-	if n == 1 {
-		return "1 " + unit + " ago"
-	}
-	return fmt.Sprintf("%d %ss ago", n, unit)
-}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"regexp"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -53,8 +52,9 @@ func newMemsearchCommand(*globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			done := withProgress(&opts)
 			_, res, err := inspect.Search(args[0], opts, so)
-			clearProgress(opts)
+			done()
 			if err != nil {
 				return err
 			}
@@ -87,10 +87,10 @@ func newMemsearchCommand(*globalOptions) *cobra.Command {
 
 func printMatches(w io.Writer, res *inspect.SearchResult) {
 	if len(res.Matches) == 0 {
-		fmt.Fprintf(w, "no match in %s of memory\n", inspect.HumanBytes(res.Searched))
+		fmt.Fprintf(w, "no match in %s of memory\n", humanBytes(res.Searched))
 		return
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := table(w)
 	fmt.Fprintln(tw, "PID\tCOMMAND\tADDRESS\tCONTEXT")
 	for _, m := range res.Matches {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s[%s]%s\n", m.PID, m.Command, m.Address, m.Before, m.Match, m.After)
@@ -123,6 +123,7 @@ func newMemdumpCommand(*globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			done := withProgress(&opts)
 			var w io.Writer = cmd.OutOrStdout()
 			if output != "-" {
 				f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -140,7 +141,7 @@ func newMemdumpCommand(*globalOptions) *cobra.Command {
 				w = f
 			}
 			_, regions, err := inspect.Dump(args[0], opts, pid, inspect.DumpFormat(format), w)
-			clearProgress(opts)
+			done()
 			if err != nil {
 				return err
 			}
@@ -151,9 +152,9 @@ func newMemdumpCommand(*globalOptions) *cobra.Command {
 			for _, r := range regions {
 				total += r.Size
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s of memory of PID %d to %s\n", inspect.HumanBytes(total), pid, output)
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s of memory of PID %d to %s\n", humanBytes(total), pid, output)
 			if format == string(inspect.DumpRaw) {
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				tw := table(cmd.OutOrStdout())
 				fmt.Fprintln(tw, "ADDRESS\tSIZE\tOFFSET")
 				for _, r := range regions {
 					fmt.Fprintf(tw, "%s\t%d\t%d\n", r.Address, r.Size, r.Offset)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
+	"github.com/ckpt-dev/ckpt/pkg/api"
 )
 
 // Archives manages published archives and restores from them.
@@ -22,16 +23,6 @@ type Archives interface {
 	Restore(ctx context.Context, src io.Reader, target runtime.Ref, source string) (runtime.Container, error)
 	RestoreArchive(ctx context.Context, name string, target runtime.Ref) (runtime.Container, error)
 	StopContainer(ctx context.Context, ref runtime.Ref) error
-}
-
-// RestoredContainer is the answer to a restore.
-type RestoredContainer struct {
-	ID        string `json:"id"`
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
-	Container string `json:"container"`
-	State     string `json:"state"`
-	Pid       int    `json:"pid,omitempty"`
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -49,7 +40,7 @@ func (s *server) listArchives(w http.ResponseWriter, r *http.Request) {
 	if list == nil {
 		list = []checkpoint.ArchiveInfo{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"items": list})
+	writeJSON(w, http.StatusOK, api.ArchiveList{Items: list})
 }
 
 func (s *server) downloadArchive(w http.ResponseWriter, r *http.Request) {
@@ -105,7 +96,7 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 		writeArchiveError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, RestoredContainer{
+	writeJSON(w, http.StatusCreated, api.Restored{
 		ID: c.ID, Namespace: c.Namespace, Pod: c.Pod, Container: c.Name, State: string(c.State), Pid: c.Pid,
 	})
 }

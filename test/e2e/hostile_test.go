@@ -244,18 +244,5 @@ func (a *agent) containerDirs() []string {
 
 // post sends a request with a body.
 func (a *agent) post(path, token string, body io.Reader) (response, error) {
-	req, err := http.NewRequest(http.MethodPost, a.url(path), body)
-	if err != nil {
-		return response{}, err
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := a.client.Do(req)
-	if err != nil {
-		return response{}, err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return response{resp.StatusCode, resp.Header.Get("Content-Type"), string(b)}, nil
+	return a.send(http.MethodPost, path, token, body)
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 	"github.com/ckpt-dev/ckpt/internal/runtime/cri"
+	"github.com/ckpt-dev/ckpt/pkg/client"
 )
 
 // pod is a pod sandbox with one counter container, made over CRI the way the
@@ -430,15 +431,14 @@ func TestServeCheckpointThroughCRI(t *testing.T) {
 			t.Logf("ckpt serve log:\n%s", b)
 		}
 	}()
-	waitHealthy(t, base+"/healthz", token)
+	api, err := client.New(client.Config{Server: base, Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHealthy(t, api)
 
 	post := func(path string) (int, []byte) {
-		req, err := http.NewRequest(http.MethodPost, base+path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := api.Raw(context.Background(), http.MethodPost, path, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -503,21 +503,16 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func waitHealthy(t *testing.T, url, token string) {
+func waitHealthy(t *testing.T, api *client.Client) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
-		req, _ := http.NewRequest(http.MethodGet, url, nil)
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
+		err := api.Healthz(context.Background())
 		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("ckpt serve never became healthy at %s (last: %v)", url, err)
+			t.Fatalf("ckpt serve never became healthy at %s (last: %v)", api, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -1,0 +1,76 @@
+package runtime
+
+import (
+	"context"
+	"io"
+)
+
+// Backend is what every runtime backend implements: find a container and
+// checkpoint it. A backend is one folder under internal/runtime; what else
+// it can do, it says by implementing the capability interfaces below, and
+// Discover is the one place that asks.
+type Backend interface {
+	Lookup(ctx context.Context, ref Ref) (Container, error)
+	// Checkpoint writes an archive of a running container to archivePath,
+	// leaving the container running. The deadline comes from ctx.
+	Checkpoint(ctx context.Context, c Container, archivePath string, opts CheckpointOptions) (CheckpointResult, error)
+}
+
+// StreamRestorer restores a container from a plain tar stream of an
+// archive (the embedded runtime). Empty target fields keep the archive's
+// names; source describes the archive for the container's record.
+type StreamRestorer interface {
+	RestoreStream(ctx context.Context, tarStream io.Reader, target Ref, source string) (Container, error)
+}
+
+// FileRestorer restores a container from a plain archive file (CRI, whose
+// runtimes read the archive themselves). The checkpoint service spools a
+// stream to a private file first.
+type FileRestorer interface {
+	Restore(ctx context.Context, archivePath string, target Ref) (Container, error)
+}
+
+// Stopper stops a container by ID (migration's --stop-source).
+type Stopper interface {
+	Stop(ctx context.Context, id string) error
+}
+
+// HealthChecker reports whether the backend can serve.
+type HealthChecker interface {
+	Healthy(ctx context.Context) error
+}
+
+// Capabilities are what a backend can do beyond checkpointing; a nil field
+// is a capability it lacks, which the API answers with 501.
+type Capabilities struct {
+	StreamRestore StreamRestorer
+	FileRestore   FileRestorer
+	Stop          Stopper
+	Health        HealthChecker
+}
+
+// Discover finds a backend's capabilities. Decorators must not stand
+// between a backend and Discover: ask the backend itself.
+func Discover(b Backend) Capabilities {
+	var c Capabilities
+	c.StreamRestore, _ = b.(StreamRestorer)
+	c.FileRestore, _ = b.(FileRestorer)
+	c.Stop, _ = b.(Stopper)
+	c.Health, _ = b.(HealthChecker)
+	return c
+}
+
+// Names lists the capabilities present, for logs.
+func (c Capabilities) Names() []string {
+	var n []string
+	if c.StreamRestore != nil || c.FileRestore != nil {
+		n = append(n, "restore")
+	}
+	if c.Stop != nil {
+		n = append(n, "stop")
+	}
+	if c.Health != nil {
+		n = append(n, "health")
+	}
+	return n
+}
