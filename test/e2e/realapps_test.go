@@ -70,18 +70,13 @@ func (a *agent) restoreUpload(file, pod string) (restored, response) {
 		a.t.Fatal(err)
 	}
 	defer f.Close()
-	req, _ := http.NewRequest("POST", a.url(fmt.Sprintf("/restore/default/%s/counter", pod)), f)
-	req.Header.Set("Authorization", "Bearer "+testToken)
-	hr, err := a.client.Do(req)
+	resp, err := a.send("POST", fmt.Sprintf("/restore/default/%s/counter", pod), testToken, f)
 	if err != nil {
 		a.t.Fatal(err)
 	}
-	defer hr.Body.Close()
-	body, _ := io.ReadAll(hr.Body)
-	resp := response{hr.StatusCode, hr.Header.Get("Content-Type"), string(body)}
 	var r restored
 	if resp.status == 201 {
-		if err := json.Unmarshal(body, &r); err != nil {
+		if err := json.Unmarshal([]byte(resp.body), &r); err != nil {
 			a.t.Fatal(err)
 		}
 	}
