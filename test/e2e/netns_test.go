@@ -116,8 +116,8 @@ func nsExec(pid int, args ...string) (string, error) {
 	return strings.TrimSpace(out.String()), nil
 }
 
-// pidOf returns the host PID of a running container (from `ckpt ps`).
-func (a *agent) pidOf(pod, ctr string) int {
+// containerPid returns the host PID of a running container (from `ckpt ps`).
+func (a *agent) containerPid(pod, ctr string) int {
 	a.t.Helper()
 	a.waitRunning(pod, ctr)
 	f := strings.Fields(a.psLine(pod, ctr))
@@ -126,4 +126,24 @@ func (a *agent) pidOf(pod, ctr string) int {
 		a.t.Fatalf("ps line %q: no pid", a.psLine(pod, ctr))
 	}
 	return pid
+}
+
+// staticPod waits for the container ctr of the manifest's pod name to run
+// and returns the pod's name: name, or name-<node> where the agent names
+// static pods after the node as the kubelet does.
+func (a *agent) staticPod(name, ctr string) string {
+	a.t.Helper()
+	var pod string
+	a.waitFor(func() bool {
+		out, _ := a.ckptErr("ps")
+		for _, line := range strings.Split(out, "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 6 && f[2] == ctr && f[5] == "running" && (f[1] == name || strings.HasPrefix(f[1], name+"-")) {
+				pod = f[1]
+				return true
+			}
+		}
+		return false
+	}, "static pod "+name+" running")
+	return pod
 }

@@ -45,6 +45,15 @@ func (p podSpec) manifest() string {
 	return string(b)
 }
 
+// startPod writes the manifest and waits for its container to run; it
+// returns the pod's name as the agent runs it, and the container's PID.
+func (a *agent) startPod(p podSpec) (string, int) {
+	a.t.Helper()
+	a.addPod(p.name, p.manifest())
+	pod := a.staticPod(p.name, "app")
+	return pod, a.containerPid(pod, "app")
+}
+
 // restoreAs restores an archive of the checkpoints directory as
 // default/<pod>/app and returns the API's answer, whatever its status.
 func (a *agent) restoreAs(archivePath, pod string) (restored, response) {
@@ -131,7 +140,7 @@ func (a *agent) mustRestore(archivePath, pod string) (restored, int) {
 	if r.State != "running" {
 		a.t.Fatalf("restored %+v, want running", r)
 	}
-	pid := a.pidOf(pod, "app")
+	pid := a.containerPid(pod, "app")
 	requireLoUp(a.t, "restored "+pod, pid)
 	return r, pid
 }
@@ -217,11 +226,10 @@ func sequence(data []byte) (int, error) {
 func TestRealAppRedis(t *testing.T) {
 	img := debImage(t, imgRedis)
 	a := newAgent(t, withImages(img))
-	a.addPod("redis", podSpec{name: "redis", image: imgRedis, command: []string{
+	pod, pid := a.startPod(podSpec{name: "redis", image: imgRedis, command: []string{
 		"/usr/bin/redis-server", "--port", "6379", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--protected-mode", "no", "--enable-debug-command", "yes", "--dir", "/tmp",
-	}}.manifest())
-	pid := a.pidOf("redis", "app")
+	}})
 	requireLoUp(t, "original", pid)
 	cli := func(pid int, args ...string) string {
 		t.Helper()
@@ -244,13 +252,13 @@ func TestRealAppRedis(t *testing.T) {
 		t.Fatalf("DBSIZE %q, want 100001", size)
 	}
 
-	archive := a.mustCheckpoint("redis", "")
+	archive := a.mustCheckpoint(pod, "")
 	// The original goes on: it answers and takes a write after the cut.
 	if out := cli(pid, "SET", "after-checkpoint", "1"); out != "OK" {
 		t.Fatalf("original after the checkpoint: SET said %q", out)
 	}
 
-	_, cpid := a.mustRestore(archive, "redis-copy")
+	_, cpid := a.mustRestore(archive, "copy-redis")
 	stopUnlessLoUp(t, "the copy", cpid)
 	a.waitFor(func() bool {
 		out, err := nsExec(cpid, "redis-cli", "-p", "6379", "PING")
@@ -353,16 +361,15 @@ func TestRealAppPythonHTTP(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			a := newAgent(t, withImages(img))
-			a.addPod("web", podSpec{name: "web", image: imgPython, annotations: c.annotations,
-				command: []string{"/usr/bin/python3", "/srv/counter.py", "8080"}}.manifest())
-			pid := a.pidOf("web", "app")
+			pod, pid := a.startPod(podSpec{name: "web", image: imgPython, annotations: c.annotations,
+				command: []string{"/usr/bin/python3", "/srv/counter.py", "8080"}})
 			requireLoUp(t, "original", pid)
 			conn := dialHTTP(t, pid, "8080")
 			for i := 1; i <= 3; i++ {
 				wantGet(t, conn, "original", "/inc", strconv.Itoa(i))
 			}
 			if c.annotations == nil {
-				_, resp := a.checkpoint("default/web/app", "")
+				_, resp := a.checkpoint("default/"+pod+"/app", "")
 				if resp.status == 200 {
 					t.Fatalf("checkpoint with an established connection and no opt-in succeeded")
 				}
@@ -374,10 +381,10 @@ func TestRealAppPythonHTTP(t *testing.T) {
 				wantGet(t, conn, "original", "/inc", "4")
 			}
 
-			archive := a.mustCheckpoint("web", c.query)
+			archive := a.mustCheckpoint(pod, c.query)
 			wantGet(t, conn, "original after the checkpoint, same connection", "/inc", "5")
 
-			_, cpid := a.mustRestore(archive, "web-copy")
+			_, cpid := a.mustRestore(archive, "copy-web")
 			stopUnlessLoUp(t, "the copy", cpid)
 			copyConn := dialHTTP(t, cpid, "8080")
 			wantGet(t, copyConn, "copy", "/get", "4")
@@ -393,17 +400,16 @@ func TestRealAppPythonHTTP(t *testing.T) {
 func TestRealAppJVM(t *testing.T) {
 	img := debImage(t, imgJVM)
 	a := newAgent(t, withImages(img))
-	a.addPod("jvm", podSpec{name: "jvm", image: imgJVM, command: []string{
+	pod, pid := a.startPod(podSpec{name: "jvm", image: imgJVM, command: []string{
 		jvmJava, "-Xmx64m", "-XX:+UseSerialGC", "-XX:-UsePerfData", "-XX:TieredStopAtLevel=1", "-cp", "/app", "Counter",
-	}}.manifest())
-	orig := a.waitRunning("jvm", "app")
-	pid := a.pidOf("jvm", "app")
+	}})
+	orig := a.waitRunning(pod, "app")
 	requireLoUp(t, "original", pid)
 	keepsCounting(t, a.containerLog(orig))
 	for i := 0; i < 3; i++ {
-		archive := a.mustCheckpoint("jvm", "")
+		archive := a.mustCheckpoint(pod, "")
 		k := archivedCount(t, archive)
-		r, _ := a.mustRestore(archive, "jvm-copy")
+		r, _ := a.mustRestore(archive, "copy-jvm")
 		resumesAt(t, a.containerLog(r.ID[:12]), k)
 		keepsCounting(t, a.containerLog(orig))
 		a.rmContainer(r.ID)
@@ -417,13 +423,12 @@ func TestRealAppJVM(t *testing.T) {
 func TestRealAppFileWriter(t *testing.T) {
 	img := debImage(t, imgBusybox)
 	a := newAgent(t, withImages(img))
-	a.addPod("writer", podSpec{name: "writer", image: imgBusybox, command: []string{"/bin/sh", "/bin/writer.sh"}}.manifest())
-	pid := a.pidOf("writer", "app")
+	pod, pid := a.startPod(podSpec{name: "writer", image: imgBusybox, command: []string{"/bin/sh", "/bin/writer.sh"}})
 	origFile := fmt.Sprintf("/proc/%d/root/data/log", pid)
 	a.waitFor(func() bool { b, _ := os.ReadFile(origFile); return bytes.Count(b, []byte("\n")) > 20 }, "the writer writes")
 	consistent := 0
 	for run := 0; run < restoreRuns; run++ {
-		archive := a.mustCheckpoint("writer", "")
+		archive := a.mustCheckpoint(pod, "")
 		diff := archiveMember(t, archive, "rootfs-diff.tar")
 		if diff == nil {
 			t.Errorf("run %d: the archive has no rootfs-diff.tar", run)
@@ -434,12 +439,12 @@ func TestRealAppFileWriter(t *testing.T) {
 			t.Errorf("run %d: the archived file: %v", run, err)
 			continue
 		}
-		r, resp := a.restoreAs(archive, "writer-copy")
+		r, resp := a.restoreAs(archive, "copy-writer")
 		if resp.status != 201 {
 			t.Errorf("run %d: restore: %d %s\nfailure logs:\n%s", run, resp.status, resp.body, a.failureLogs())
 			continue
 		}
-		cpid := a.pidOf("writer-copy", "app")
+		cpid := a.containerPid("copy-writer", "app")
 		requireLoUp(t, fmt.Sprintf("run %d copy", run), cpid)
 		copyFile := fmt.Sprintf("/proc/%d/root/data/log", cpid)
 		var data []byte
@@ -489,7 +494,7 @@ func TestRealAppForeignArchives(t *testing.T) {
 				t.Fatalf("fixture %s has no count in %s", c.fixture, c.log)
 			}
 			a := newAgent(t)
-			_, resp := a.restoreUpload(fixture, c.name+"-copy")
+			_, resp := a.restoreUpload(fixture, "copy-"+c.name)
 			if resp.status == 201 {
 				t.Fatalf("restore without the image %s succeeded", c.image)
 			}
@@ -497,12 +502,12 @@ func TestRealAppForeignArchives(t *testing.T) {
 				t.Errorf("restore without the image: %d %q does not name %s", resp.status, resp.body, c.image)
 			}
 			a.ckpt("image", "import", img)
-			r, resp := a.restoreUpload(fixture, c.name+"-copy")
+			r, resp := a.restoreUpload(fixture, "copy-"+c.name)
 			if resp.status != 201 {
 				log, _ := os.ReadFile(a.logPath)
 				t.Fatalf("restore %s: %d %s\nagent log (tail):\n%s\nfailure logs:\n%s", c.fixture, resp.status, resp.body, tail(log, 3000), a.failureLogs())
 			}
-			pid := a.pidOf(c.name+"-copy", "counter")
+			pid := a.containerPid("copy-"+c.name, "counter")
 			requireLoUp(t, "restored "+c.name, pid)
 			resumesAt(t, a.containerLog(r.ID[:12]), k)
 			file, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/tmp/counter.log", pid))
@@ -596,14 +601,12 @@ func TestRealAppProcessState(t *testing.T) {
 	} {
 		t.Run(c.kind, func(t *testing.T) {
 			a := a.forTest(t)
-			pod := "state-" + c.kind
-			a.addPod(pod, podSpec{name: pod, image: imgPython, command: []string{"/usr/bin/python3", "/srv/state.py", c.kind}}.manifest())
+			pod, pid := a.startPod(podSpec{name: "state-" + c.kind, image: imgPython, command: []string{"/usr/bin/python3", "/srv/state.py", c.kind}})
 			orig := a.waitRunning(pod, "app")
-			pid := a.pidOf(pod, "app")
 			checkStates(t, "original", a.containerLog(orig), c.kind, 3, c.want)
 			archive := a.mustCheckpoint(pod, "")
 			k := archivedCount(t, archive)
-			r, _ := a.mustRestore(archive, pod+"-copy")
+			r, _ := a.mustRestore(archive, "copy-state-"+c.kind)
 			copyLog := a.containerLog(r.ID[:12])
 			resumesAt(t, copyLog, k)
 			checkStates(t, "copy", copyLog, c.kind, 5, c.want)
@@ -622,16 +625,16 @@ func TestRealAppProcessState(t *testing.T) {
 func TestRealAppNonRoot(t *testing.T) {
 	img := debImage(t, imgPython)
 	a := newAgent(t, withImages(img))
-	a.addPod("nonroot", podSpec{name: "nonroot", image: imgPython, command: []string{"/usr/bin/python3", "/srv/state.py", "nonroot"}}.manifest())
-	orig := a.waitRunning("nonroot", "app")
+	pod, _ := a.startPod(podSpec{name: "nonroot", image: imgPython, command: []string{"/usr/bin/python3", "/srv/state.py", "nonroot"}})
+	orig := a.waitRunning(pod, "app")
 	checkStates(t, "original", a.containerLog(orig), "nonroot", 3, strconv.Itoa)
 	if hasCapSysResource() {
-		archive := a.mustCheckpoint("nonroot", "")
+		archive := a.mustCheckpoint(pod, "")
 		k := archivedCount(t, archive)
-		r, _ := a.mustRestore(archive, "nonroot-copy")
+		r, _ := a.mustRestore(archive, "copy-nonroot")
 		resumesAt(t, a.containerLog(r.ID[:12]), k)
 	} else {
-		_, resp := a.checkpoint("default/nonroot/app", "")
+		_, resp := a.checkpoint("default/"+pod+"/app", "")
 		if resp.status == 200 {
 			t.Fatalf("checkpoint of another user's process succeeded without CAP_SYS_RESOURCE")
 		}
