@@ -4,7 +4,7 @@ BIN       := bin
 IMAGES    := _output/images
 export PATH := /usr/local/go/bin:/usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: all build deps images test unit demo bench soak fuzz clean
+.PHONY: all build deps images test unit realapps demo bench soak fuzz clean
 
 all: build
 
@@ -21,6 +21,11 @@ images: build
 test: deps build images
 	$(GO) vet ./...
 	CKPT_BIN=$(CURDIR)/$(BIN)/ckpt CKPT_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -count=1 -timeout 40m ./...
+
+# The real-application suite alone (part of make test): redis, Python, a JVM,
+# foreign archives; images from Debian packages, cached in /opt/ckpt/debimage.
+realapps: deps build images
+	CKPT_BIN=$(CURDIR)/$(BIN)/ckpt CKPT_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -count=1 -timeout 30m -v -run 'TestRealApp' ./test/e2e/
 
 unit:
 	$(GO) test -count=1 -short ./...
