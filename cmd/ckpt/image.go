@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ckpt-dev/ckpt/internal/ckptimage"
 	"github.com/ckpt-dev/ckpt/internal/image"
 )
 
@@ -23,11 +25,12 @@ func newImageCommand(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "image",
 		Short: "Manage the local images that the embedded runtime runs",
-		Long: "There is no registry: images are imported from files (`docker save` tarballs,\n" +
-			"OCI archives, OCI image layout directories) and kept unpacked under\n" +
-			"<root-dir>/ckpt/images.",
+		Long: "Images to run are imported from files (`docker save` tarballs, OCI archives, OCI image\n" +
+			"layout directories) and kept unpacked under <root-dir>/ckpt/images. Checkpoint images\n" +
+			"(from-checkpoint, push, pull, save) are kept as an OCI layout beside them.",
 	}
 	cmd.AddCommand(newImageImportCommand(g), newImageLsCommand(g), newImageRmCommand(g))
+	cmd.AddCommand(checkpointImageCommands(g)...)
 	return cmd
 }
 
@@ -36,7 +39,9 @@ func newImageImportCommand(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "import FILE...",
 		Short: "Import images from docker save tarballs, OCI archives or OCI layout directories",
-		Args:  cobra.MinimumNArgs(1),
+		Long: "An OCI archive of a checkpoint image (`ckpt image save`) goes to the checkpoint images;\n" +
+			"everything else is unpacked for the embedded runtime to run.",
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.imageStore()
 			if err != nil {
@@ -46,6 +51,12 @@ func newImageImportCommand(g *globalOptions) *cobra.Command {
 				s.Progress = imageProgress(cmd.ErrOrStderr())
 			}
 			for _, f := range args {
+				if done, err := importCheckpointImages(g, cmd.OutOrStdout(), f); done || err != nil {
+					if err != nil {
+						return err
+					}
+					continue
+				}
 				imgs, err := s.Import(cmd.Context(), f)
 				for _, img := range imgs {
 					names := "<none>"
@@ -87,6 +98,8 @@ type imageEntry struct {
 	Names   []string  `json:"names"`
 	Size    int64     `json:"size"`
 	Created time.Time `json:"created"`
+	// Checkpoint names the checkpointed container of a checkpoint image.
+	Checkpoint string `json:"checkpoint,omitempty"`
 }
 
 func newImageLsCommand(g *globalOptions) *cobra.Command {
@@ -106,10 +119,17 @@ func newImageLsCommand(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			ckpts, err := listCheckpointImages(g)
+			if err != nil {
+				return err
+			}
 			out := cmd.OutOrStdout()
 			entries := make([]imageEntry, 0, len(imgs))
 			for _, img := range imgs {
 				entries = append(entries, imageEntry{ID: img.ID, Names: img.Names, Size: img.Size, Created: img.Created})
+			}
+			for _, e := range ckpts {
+				entries = append(entries, imageEntry{ID: e.Digest, Names: []string{e.Name}, Size: e.Size, Created: e.Created, Checkpoint: e.Container})
 			}
 			if done, err := format.structured(out, entries); done {
 				return err
@@ -121,9 +141,18 @@ func newImageLsCommand(g *globalOptions) *cobra.Command {
 				}
 				return shortImageID(img.ID)
 			}
+			ckptID := func(e ckptimage.Entry) string {
+				if noTrunc || wide {
+					return e.Digest
+				}
+				return shortImageID(e.Digest)
+			}
 			if quiet {
 				for _, img := range imgs {
 					fmt.Fprintln(out, id(img))
+				}
+				for _, e := range ckpts {
+					fmt.Fprintln(out, ckptID(e))
 				}
 				return nil
 			}
@@ -144,6 +173,16 @@ func newImageLsCommand(g *globalOptions) *cobra.Command {
 				for _, n := range names {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n, id(img), humanBytes(img.Size), created)
 				}
+			}
+			for _, e := range ckpts {
+				created := "unknown"
+				if !e.Created.IsZero() {
+					created = ago(e.Created) + " ago"
+					if wide {
+						created = e.Created.UTC().Format(time.RFC3339)
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Name+" (checkpoint of "+e.Container+")", ckptID(e), humanBytes(e.Size), created)
 			}
 			return tw.Flush()
 		},
@@ -171,6 +210,17 @@ func newImageRmCommand(g *globalOptions) *cobra.Command {
 			}
 			for _, ref := range args {
 				img, err := s.Resolve(ref)
+				var nf *image.NotFoundError
+				if errors.As(err, &nf) {
+					e, found, cerr := removeCheckpointImage(g, ref)
+					if cerr != nil {
+						return cerr
+					}
+					if found {
+						fmt.Fprintf(cmd.OutOrStdout(), "Removed %s %s\n", e.Name, e.Digest)
+						continue
+					}
+				}
 				if err != nil {
 					return err
 				}
@@ -195,4 +245,3 @@ func shortImageID(id string) string {
 	}
 	return id
 }
-

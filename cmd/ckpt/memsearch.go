@@ -18,7 +18,7 @@ func init() {
 	register(newMemdumpCommand)
 }
 
-func newMemsearchCommand(*globalOptions) *cobra.Command {
+func newMemsearchCommand(g *globalOptions) *cobra.Command {
 	var (
 		rf       readFlags
 		literal  string
@@ -30,7 +30,7 @@ func newMemsearchCommand(*globalOptions) *cobra.Command {
 		errFound = errors.New("no match")
 	)
 	cmd := &cobra.Command{
-		Use:   "memsearch ARCHIVE (--search STR | --search-regex RE) [--context N] [--pid P]",
+		Use:   "memsearch ARCHIVE|IMAGE (--search STR | --search-regex RE) [--context N] [--pid P]",
 		Short: "Search the memory pages of a checkpoint",
 		Long: "Search the dumped memory of every process (or one) while the archive streams by, and\n" +
 			"print the process, the virtual address and the bytes around each hit. Bytes that are\n" +
@@ -53,7 +53,12 @@ func newMemsearchCommand(*globalOptions) *cobra.Command {
 				return err
 			}
 			done := withProgress(&opts)
-			_, res, err := inspect.Search(args[0], opts, so)
+			path, cleanup, err := archivePath(cmd.Context(), g, args[0], rf.tempDir)
+			if err != nil {
+				return err
+			}
+			defer cleanup()
+			_, res, err := inspect.Search(path, opts, so)
 			done()
 			if err != nil {
 				return err
@@ -101,7 +106,7 @@ func printMatches(w io.Writer, res *inspect.SearchResult) {
 	}
 }
 
-func newMemdumpCommand(*globalOptions) *cobra.Command {
+func newMemdumpCommand(g *globalOptions) *cobra.Command {
 	var (
 		rf     readFlags
 		pid    uint32
@@ -109,7 +114,7 @@ func newMemdumpCommand(*globalOptions) *cobra.Command {
 		format string
 	)
 	cmd := &cobra.Command{
-		Use:   "memdump ARCHIVE --pid P -o FILE",
+		Use:   "memdump ARCHIVE|IMAGE --pid P -o FILE",
 		Short: "Write out the dumped memory of one process",
 		Long: "Write the memory pages of one process as a hexdump with virtual addresses (--format hex)\n" +
 			"or as raw bytes in address order (--format raw; the regions and their offsets in FILE are\n" +
@@ -140,7 +145,12 @@ func newMemdumpCommand(*globalOptions) *cobra.Command {
 				}()
 				w = f
 			}
-			_, regions, err := inspect.Dump(args[0], opts, pid, inspect.DumpFormat(format), w)
+			path, cleanup, err := archivePath(cmd.Context(), g, args[0], rf.tempDir)
+			if err != nil {
+				return err
+			}
+			defer cleanup()
+			_, regions, err := inspect.Dump(path, opts, pid, inspect.DumpFormat(format), w)
 			done()
 			if err != nil {
 				return err

@@ -25,6 +25,7 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/metrics"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 	"github.com/ckpt-dev/ckpt/internal/server"
+	"github.com/ckpt-dev/ckpt/internal/trust"
 )
 
 func init() { register(newServeCommand) }
@@ -46,6 +47,8 @@ type serveOptions struct {
 	compress         bool
 	recipientsFile   string
 	identityFile     string
+	trustedKeysFile  string
+	allowUnsigned    bool
 }
 
 func newServeCommand(g *globalOptions) *cobra.Command {
@@ -77,6 +80,8 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 	f.BoolVar(&o.compress, "checkpoint-compress", false, "compress archives with zstd (.tar.zst)")
 	f.StringVar(&o.recipientsFile, "checkpoint-encryption-recipients-file", "", "encrypt archives at rest to these age recipients (.tar.age)")
 	f.StringVar(&o.identityFile, "checkpoint-encryption-identity-file", "", "age identities the agent uses to restore encrypted archives")
+	f.StringVar(&o.trustedKeysFile, "restore-trusted-keys", "", "restore archives signed by these keys (authorized_keys format, e.g. other nodes' <root-dir>/pki/"+trust.PubKeyFile+"); this node's own key is always trusted")
+	f.BoolVar(&o.allowUnsigned, "restore-allow-unsigned", false, "also restore unsigned archives (written by containerd, CRI-O or Podman, or by hand); signed archives must still verify")
 	o.auth.AddFlags(f)
 	gate.AddFlag(f)
 	return cmd
@@ -122,9 +127,22 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
+	key, err := trust.LoadOrCreateNodeKey(filepath.Join(g.rootDir, "pki"))
+	if err != nil {
+		return err
+	}
+	keys := trust.NewKeyring(key.PublicKey())
+	if o.trustedKeysFile != "" {
+		if err := keys.ReadKeysFile(o.trustedKeysFile); err != nil {
+			return err
+		}
+	}
+	log.Info("archives are signed with the node key", "key", trust.Fingerprint(key.PublicKey()),
+		"trusted", strings.Join(keys.Fingerprints(), ","), "allowUnsigned", o.allowUnsigned)
 	copts := checkpoint.Options{RootDir: g.rootDir, DefaultTimeout: o.requestTimeout, Recorder: m,
 		Retention: o.retention, Compress: o.compress,
-		RetentionError: func(err error) { log.Error("retention after a checkpoint", "error", err) }}
+		RetentionError: func(err error) { log.Error("retention after a checkpoint", "error", err) },
+		Signer:         key, Trust: trust.Policy{Keys: keys, AllowUnsigned: o.allowUnsigned}}
 	if o.recipientsFile != "" {
 		if copts.Recipients, err = archive.ParseRecipientsFile(o.recipientsFile); err != nil {
 			return err
@@ -137,8 +155,13 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 	if err != nil {
 		return err
 	}
+	images, err := g.checkpointImages()
+	if err != nil {
+		return err
+	}
 	handler := server.NewWithArchives(server.Options{
 		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Registry: reg,
+		Images: imageArchives{images},
 	}, svc, svc, guard, caps.Health)
 	go retentionLoop(ctx, log, svc)
 

@@ -137,3 +137,7 @@ func cleanName(name string) (string, error) {
 	}
 	return rel, nil
 }
+
+// ErrRefusedImage: a CRIU image of the archive asks a restore for what it
+// will not do (internal/inspect.ValidateCRIUImages).
+var ErrRefusedImage = errors.New("refused by the CRIU image rules")

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ckpt-dev/ckpt/internal/runtime"
+	"github.com/ckpt-dev/ckpt/internal/trust"
 )
 
 // streamRuntime can restore from a stream and stop containers.
@@ -25,7 +26,7 @@ type streamRuntime struct {
 	stopped string
 }
 
-func (s *streamRuntime) RestoreStream(_ context.Context, r io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
+func (s *streamRuntime) RestoreStream(_ context.Context, r io.Reader, target runtime.Ref, source string, _ runtime.ArchiveCheck) (runtime.Container, error) {
 	b, err := io.ReadAll(r)
 	s.got, s.target, s.source = b, target, source
 	return runtime.Container{ID: "restored", Namespace: target.Namespace}, err
@@ -76,7 +77,7 @@ func TestRestoreByCapability(t *testing.T) {
 	}
 
 	fr := &fileRuntime{}
-	s = newService(t, fr, Options{})
+	s = newService(t, fr, Options{Trust: trust.Policy{AllowUnsigned: true}})
 	c, err = s.Restore(ctx, bytes.NewReader(data), target, "upload")
 	if err != nil || c.ID != "from-file" || !bytes.Equal(fr.got, data) {
 		t.Fatalf("file restore: %+v %v; backend got %d bytes", c, err, len(fr.got))
@@ -132,7 +133,7 @@ type namingRuntime struct {
 	names map[string]bool
 }
 
-func (n *namingRuntime) RestoreStream(_ context.Context, r io.Reader, target runtime.Ref, _ string) (runtime.Container, error) {
+func (n *namingRuntime) RestoreStream(_ context.Context, r io.Reader, target runtime.Ref, _ string, _ runtime.ArchiveCheck) (runtime.Container, error) {
 	io.Copy(io.Discard, r)
 	n.mu.Lock()
 	taken := n.names[target.String()]

@@ -34,7 +34,7 @@ func (s *Service) Restore(ctx context.Context, src io.Reader, target runtime.Ref
 	defer s.locks.unlock(restoreLock)
 	var c runtime.Container
 	if s.caps.StreamRestore != nil {
-		c, err = s.caps.StreamRestore.RestoreStream(ctx, tarStream, target, source)
+		c, err = s.caps.StreamRestore.RestoreStream(ctx, tarStream, target, source, s.checkArchive)
 	} else {
 		c, err = s.restoreFromFile(ctx, tarStream, target, source)
 	}
@@ -64,14 +64,39 @@ func (s *Service) restoreFromFile(ctx context.Context, tarStream io.Reader, targ
 	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", source, err)
 	}
-	_, err = io.Copy(f, tarStream)
+	// The runtime reads the file itself: check it on the way to the disk,
+	// every member against checksums.sha256 and that against the trusted
+	// keys, before the runtime sees it.
+	m, err := archive.Check(io.TeeReader(tarStream, f), archive.DefaultLimits())
+	if err == nil {
+		_, err = io.Copy(f, tarStream) // the tar trailer
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return runtime.Container{}, fmt.Errorf("restore %s: spool archive: %w", source, err)
+		return runtime.Container{}, fmt.Errorf("restore %s: %w", source, err)
+	}
+	if err := s.verify(m); err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: %w", source, err)
 	}
 	return s.caps.FileRestore.Restore(ctx, path, target)
+}
+
+// verify applies the node's trust policy; without one nothing restores.
+func (s *Service) verify(m *archive.Manifest) error {
+	if s.opts.Trust == nil {
+		return fmt.Errorf("%w: this agent has no trust policy", archive.ErrUntrusted)
+	}
+	return s.opts.Trust.Verify(m)
+}
+
+// checkArchive is verify in the form a StreamRestorer calls back.
+func (s *Service) checkArchive(manifest, signature []byte) error {
+	if manifest == nil {
+		return s.verify(nil)
+	}
+	return s.verify(&archive.Manifest{Raw: manifest, Signature: signature})
 }
 
 // RestoreArchive restores from a published archive, which retention leaves
@@ -92,7 +117,8 @@ func invalidArchive(err error) error {
 	var memberErr *archive.Error
 	for _, sentinel := range []error{archive.ErrEscape, archive.ErrAbsolute, archive.ErrBadName, archive.ErrType,
 		archive.ErrTooLarge, archive.ErrTooMany, archive.ErrChecksum, archive.ErrUnlisted, archive.ErrMissing,
-		archive.ErrSymlink, archive.ErrSetuid, archive.ErrDuplicate, archive.ErrFormat, archive.ErrNoIdentity, archive.ErrWrongIdentity} {
+		archive.ErrSymlink, archive.ErrSetuid, archive.ErrDuplicate, archive.ErrFormat, archive.ErrNoIdentity, archive.ErrWrongIdentity,
+		archive.ErrMisplaced, archive.ErrRefusedImage, archive.ErrUnsigned, archive.ErrBadSignature, archive.ErrUntrusted} {
 		if errors.Is(err, sentinel) {
 			return fmt.Errorf("%w: %w", runtime.ErrInvalid, err)
 		}

@@ -47,6 +47,18 @@ type Options struct {
 	// RetentionError is told when retention after a checkpoint fails to
 	// delete an archive (the checkpoint itself succeeded); nil ignores it.
 	RetentionError func(error)
+	// Signer signs every archive (the node key); nil leaves them unsigned.
+	Signer archive.Signer
+	// Trust decides which archives restore (trust.Policy); nil refuses
+	// every restore.
+	Trust Verifier
+}
+
+// Verifier decides whether an archive may be restored, from the manifest
+// its members were verified against (nil: it has none) and the signature
+// it carries.
+type Verifier interface {
+	Verify(m *archive.Manifest) error
 }
 
 // Service checkpoints containers into archives.
@@ -137,6 +149,13 @@ func (s *Service) Checkpoint(ctx context.Context, ref runtime.Ref, opts runtime.
 			return "", fmt.Errorf("%w (checkpoint of %s did not finish within %s)", timeoutErr(ctx.Err(), timeout), ref, timeout)
 		}
 		return "", err
+	}
+	if s.opts.Signer != nil {
+		// Signed before it is encoded: the signature is inside the tar,
+		// under zstd and age like every other member.
+		if err := archive.SealFile(tmp, s.opts.Signer, archive.DefaultLimits()); err != nil {
+			return "", fmt.Errorf("checkpoint %s: %w", ref, err)
+		}
 	}
 	if tmp, err = s.encode(tmp); err != nil {
 		return "", fmt.Errorf("checkpoint %s: encode archive: %w", ref, err)

@@ -18,10 +18,17 @@ type Backend interface {
 
 // StreamRestorer restores a container from a plain tar stream of an
 // archive (the embedded runtime). Empty target fields keep the archive's
-// names; source describes the archive for the container's record.
+// names; source describes the archive for the container's record. Once
+// the archive's members are verified, and before anything of it is used,
+// it calls check; check's error ends the restore.
 type StreamRestorer interface {
-	RestoreStream(ctx context.Context, tarStream io.Reader, target Ref, source string) (Container, error)
+	RestoreStream(ctx context.Context, tarStream io.Reader, target Ref, source string, check ArchiveCheck) (Container, error)
 }
+
+// ArchiveCheck is the node's trust decision on an archive: manifest is the
+// exact checksums.sha256 its members were verified against (nil: it has
+// none), signature the checksums.sha256.sig that followed (nil: none).
+type ArchiveCheck func(manifest, signature []byte) error
 
 // FileRestorer restores a container from a plain archive file (CRI, whose
 // runtimes read the archive themselves). The checkpoint service spools a

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -24,6 +25,18 @@ type Archives interface {
 	RestoreArchive(ctx context.Context, name string, target runtime.Ref) (runtime.Container, error)
 	StopContainer(ctx context.Context, ref runtime.Ref) error
 }
+
+// ImageArchives opens the archive a checkpoint image carries: its plain tar
+// stream, which restores through the same path as any archive. An unknown
+// image is an error matching ErrImageNotFound (404), one that is no
+// checkpoint image matches runtime.ErrInvalid (400).
+type ImageArchives interface {
+	OpenImageArchive(ctx context.Context, ref string) (io.ReadCloser, error)
+}
+
+// ErrImageNotFound: no checkpoint image by that reference, locally or in
+// its registry.
+var ErrImageNotFound = errors.New("checkpoint image not found")
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -73,7 +86,8 @@ func (s *server) deleteArchive(w http.ResponseWriter, r *http.Request) {
 }
 
 // restore restores into {ns}/{pod}/{ctr} from ?archive=NAME (a published
-// archive) or, without it, from the archive sent as the request body.
+// archive), ?image=REF (a checkpoint image) or, without either, from the
+// archive sent as the request body.
 func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 	target, err := parseRestoreTarget(r.PathValue("ns"), r.PathValue("pod"), r.PathValue("ctr"))
 	if err != nil {
@@ -87,9 +101,24 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 	// uploaded archive may take longer.
 	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 	var c runtime.Container
-	if names := r.URL.Query()["archive"]; len(names) > 0 {
+	names, images := r.URL.Query()["archive"], r.URL.Query()["image"]
+	switch {
+	case len(names) > 0 && len(images) > 0:
+		writeText(w, http.StatusBadRequest, "give either archive or image, not both")
+		return
+	case len(images) > 0 && s.opts.Images == nil:
+		writeText(w, http.StatusBadRequest, "this agent does not restore from images")
+		return
+	case len(images) > 0:
+		ref := images[len(images)-1]
+		var rc io.ReadCloser
+		if rc, err = s.opts.Images.OpenImageArchive(ctx, ref); err == nil {
+			defer rc.Close()
+			c, err = s.a.Restore(ctx, rc, target, "image "+ref)
+		}
+	case len(names) > 0:
 		c, err = s.a.RestoreArchive(ctx, names[len(names)-1], target)
-	} else {
+	default:
 		c, err = s.a.Restore(ctx, r.Body, target, "upload")
 	}
 	if err != nil {

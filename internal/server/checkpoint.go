@@ -84,7 +84,7 @@ func errorResponse(ref runtime.Ref, err error) (status int, body string) {
 func writeArchiveError(w http.ResponseWriter, err error) {
 	status := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, checkpoint.ErrArchiveNotFound), errors.Is(err, runtime.ErrPodNotFound),
+	case errors.Is(err, checkpoint.ErrArchiveNotFound), errors.Is(err, ErrImageNotFound), errors.Is(err, runtime.ErrPodNotFound),
 		errors.Is(err, runtime.ErrContainerNotFound):
 		status = http.StatusNotFound
 	case errors.Is(err, runtime.ErrInvalid):

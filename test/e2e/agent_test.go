@@ -200,6 +200,12 @@ func (a *agent) checkpoint(ref string, query string) (string, response) {
 	return body.Items[0], resp
 }
 
+// publicKeyFile is the agent's archive signing key, for other agents'
+// --restore-trusted-keys.
+func (a *agent) publicKeyFile() string {
+	return filepath.Join(a.rootDir, "pki", "checkpoint-signing.pub")
+}
+
 // ckpt runs a ckpt CLI command against this agent's root dir.
 func (a *agent) ckpt(args ...string) string {
 	a.t.Helper()

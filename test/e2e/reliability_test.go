@@ -440,7 +440,8 @@ func finalArchives(t *testing.T, a *agent) []string {
 }
 
 // verifyComplete reads a published archive to its end and checks every
-// member against checksums.sha256, which the writer adds last.
+// member against checksums.sha256, which the writer adds last, followed by
+// the node's signature.
 func verifyComplete(t *testing.T, path string) {
 	t.Helper()
 	f, err := os.Open(path)
@@ -450,6 +451,7 @@ func verifyComplete(t *testing.T, path string) {
 	defer f.Close()
 	got := map[string]string{}
 	var manifest string
+	signed := false
 	tr := tar.NewReader(f)
 	for {
 		hdr, err := tr.Next()
@@ -467,6 +469,10 @@ func verifyComplete(t *testing.T, path string) {
 			manifest = string(b)
 			continue
 		}
+		if hdr.Name == "checksums.sha256.sig" {
+			signed = manifest != ""
+			continue
+		}
 		h := sha256.New()
 		if _, err := io.Copy(h, tr); err != nil {
 			t.Fatalf("partial archive %s: %s: %v", path, hdr.Name, err)
@@ -475,6 +481,9 @@ func verifyComplete(t *testing.T, path string) {
 	}
 	if manifest == "" {
 		t.Fatalf("archive %s has no checksums.sha256: it was published unfinished", path)
+	}
+	if !signed {
+		t.Fatalf("archive %s has no checksums.sha256.sig after its manifest: it was published unsigned", path)
 	}
 	sc := bufio.NewScanner(strings.NewReader(manifest))
 	n := 0

@@ -175,10 +175,11 @@ func TestRestoreAfterOriginalRemoved(t *testing.T) {
 }
 
 // TestMigrateToSecondAgent moves the counter to another agent with its own
-// root dir and port, ten times.
+// root dir (so its own signing key) and port, ten times. The destination
+// trusts the source's key.
 func TestMigrateToSecondAgent(t *testing.T) {
 	src := newAgent(t)
-	dst := newAgent(t)
+	dst := newAgent(t, withArgs("--restore-trusted-keys", src.publicKeyFile()))
 	src.addPod("counter", counterManifest("counter", nil))
 	src.waitRunning("counter", "counter")
 	tokenFile := filepath.Join(t.TempDir(), "token")

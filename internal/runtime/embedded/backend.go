@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 
+	"github.com/ckpt-dev/ckpt/internal/archive"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
@@ -18,9 +19,15 @@ var (
 )
 
 // RestoreStream is Restore with the target as a runtime.Ref.
-func (r *Runtime) RestoreStream(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
+func (r *Runtime) RestoreStream(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string, check runtime.ArchiveCheck) (runtime.Container, error) {
 	return r.Restore(ctx, tarStream, RestoreOptions{
 		Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, Source: source,
+		Verify: func(m *archive.Manifest) error {
+			if m == nil {
+				return check(nil, nil)
+			}
+			return check(m.Raw, m.Signature)
+		},
 	})
 }
 
