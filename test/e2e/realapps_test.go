@@ -476,7 +476,8 @@ func TestRealAppFileWriter(t *testing.T) {
 }
 
 // TestRealAppForeignArchives restores the containerd and Podman fixtures on
-// the embedded runtime. Without their image the error names it; with the
+// the embedded runtime, started with --restore-allow-unsigned (a default
+// node refuses them and says so). Without their image the error names it; with the
 // image (busybox from Debian, named as the archive records it) the counter
 // continues.
 func TestRealAppForeignArchives(t *testing.T) {
@@ -493,7 +494,14 @@ func TestRealAppForeignArchives(t *testing.T) {
 			if k < 1 {
 				t.Fatalf("fixture %s has no count in %s", c.fixture, c.log)
 			}
-			a := newAgent(t)
+			// An unsigned archive is refused unless the node allows them.
+			strict := newAgent(t)
+			if _, resp := strict.restoreUpload(fixture, "copy-"+c.name); resp.status == 201 || !strings.Contains(resp.body, "--restore-allow-unsigned") {
+				t.Errorf("unsigned %s on a default node: %d %q, want a refusal naming --restore-allow-unsigned", c.fixture, resp.status, resp.body)
+			}
+			strict.stop()
+
+			a := newAgent(t, withArgs("--restore-allow-unsigned"))
 			_, resp := a.restoreUpload(fixture, "copy-"+c.name)
 			if resp.status == 201 {
 				t.Fatalf("restore without the image %s succeeded", c.image)
