@@ -4,7 +4,7 @@ BIN       := bin
 IMAGES    := _output/images
 export PATH := /usr/local/go/bin:/usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: all build deps images image kube crio test unit demo bench soak fuzz clean
+.PHONY: all build deps images image kube crio test unit realapps demo bench soak fuzz clean
 
 all: build
 
@@ -44,6 +44,11 @@ test: deps build images image kube crio
 	CONTAINERD_VERSION=v2.3.7 CKPT_CONTAINERD_BIN=/opt/ckpt/containerd-2.3/bin \
 	CKPT_BIN=$(CURDIR)/$(BIN)/ckpt CKPT_IMAGES=$(CURDIR)/$(IMAGES) \
 		$(GO) test -count=1 -timeout 20m -run 'TestRestoreThroughCRI|TestRestoreFromCheckpointImageThroughCRI' ./test/e2e/cri/
+
+# The real-application suite alone (part of make test): redis, Python, a JVM,
+# foreign archives; images from Debian packages, cached in /opt/ckpt/debimage.
+realapps: deps build images
+	CKPT_BIN=$(CURDIR)/$(BIN)/ckpt CKPT_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -count=1 -timeout 30m -v -run 'TestRealApp' ./test/e2e/
 
 unit:
 	$(GO) test -count=1 -short ./...

@@ -17,10 +17,13 @@ log() { printf '==> %s\n' "$*"; }
 [ "$(id -u)" = 0 ] || { echo "install-deps: must run as root" >&2; exit 1; }
 
 need_apt=()
-for pair in runc:runc iptables-restore:iptables zstd:zstd tar:tar ip:iproute2 curl:curl; do
+for pair in runc:runc iptables-restore:iptables zstd:zstd tar:tar ip:iproute2 curl:curl nsenter:util-linux dpkg-deb:dpkg; do
 	cmd=${pair%%:*} pkg=${pair##*:}
 	command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# The real-application tests build their images from Debian packages
+# (internal/testutil/debimage) and check them against Debian's keyring.
+[ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need_apt+=(debian-archive-keyring)
 if [ ${#need_apt[@]} -gt 0 ]; then
 	log "installing ${need_apt[*]} from the distribution"
 	apt-get update -qq

@@ -35,6 +35,7 @@ type agent struct {
 	port      int
 	https     bool
 	extra     []string
+	images    []string // more image archives to import before start
 	cmd       *exec.Cmd
 	logPath   string
 	caPool    *x509.CertPool // the agent's self-signed certificate (HTTPS)
@@ -64,6 +65,9 @@ func newAgent(t *testing.T, opts ...agentOption) *agent {
 	a.extra = append(a.extra, "--token-auth-file", tokens)
 	for _, img := range []string{"counter", "pause", "busybox", "busybox-nobody"} {
 		a.ckpt("image", "import", filepath.Join(imagesDir, img+".tar"))
+	}
+	for _, img := range a.images {
+		a.ckpt("image", "import", img)
 	}
 	a.start()
 	t.Cleanup(func() {
