@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ckpt-dev/ckpt/internal/runtime/embedded"
 )
 
 func init() { register(newPsCommand) }
@@ -26,16 +28,30 @@ func newPsCommand(g *globalOptions) *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tSTATE\tPID\tCREATED")
+			fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tSTATE\tPID\tCREATED\tMEMORY")
 			for _, c := range list {
 				pid := "-"
 				if c.Pid > 0 && c.State == "running" {
 					pid = fmt.Sprint(c.Pid)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%.12s\t%s\t%s\t%s\t%s ago\n", c.Namespace, c.Pod, c.Name, c.ID, c.Image,
-					c.State, pid, time.Since(c.CreatedAt).Round(time.Second))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.12s\t%s\t%s\t%s\t%s ago\t%s\n", c.Namespace, c.Pod, c.Name, c.ID, c.Image,
+					c.State, pid, time.Since(c.CreatedAt).Round(time.Second), memoryColumn(rt.Memory(c.ID)))
 			}
 			return tw.Flush()
 		},
 	}
+}
+
+// memoryColumn describes a lazily restored container's memory: "-" for
+// any other container.
+func memoryColumn(m *embedded.MemoryState) string {
+	switch {
+	case m == nil:
+		return "-"
+	case m.State == embedded.MemoryComplete:
+		return fmt.Sprintf("complete (%s after restore)", m.Complete.Sub(m.Since).Round(time.Millisecond))
+	case m.State == embedded.MemoryFailed:
+		return "failed: " + m.Error
+	}
+	return fmt.Sprintf("loading (%d MiB served)", m.Bytes>>20)
 }

@@ -44,8 +44,9 @@ func newRestoreCommand(*globalOptions) *cobra.Command {
 	var client clientOptions
 	var target restoreTarget
 	var identity string
+	var lazy bool
 	cmd := &cobra.Command{
-		Use:   "restore ARCHIVE [--pod NS/NAME] [--name CTR]",
+		Use:   "restore ARCHIVE [--pod NS/NAME] [--name CTR] [--lazy]",
 		Short: "Restore a container from a checkpoint archive; it resumes where it was checkpointed",
 		Long: "ARCHIVE is the name of an archive on the server (see `ckpt checkpoints ls`) or a local file,\n" +
 			"which is streamed to the server. An encrypted local file is decrypted here with --identity;\n" +
@@ -76,6 +77,9 @@ func newRestoreCommand(*globalOptions) *cobra.Command {
 			} else {
 				query.Set("archive", args[0])
 			}
+			if lazy {
+				query.Set("lazy", "true")
+			}
 			stop := startTicker(os.Stderr, "restoring")
 			restored, err := runRestore(cmd.Context(), c, segs, query, body)
 			elapsed := stop()
@@ -91,6 +95,7 @@ func newRestoreCommand(*globalOptions) *cobra.Command {
 	cmd.Flags().StringVar(&target.pod, "pod", "", "restore into this NAMESPACE/POD (default: the archive's)")
 	cmd.Flags().StringVar(&target.name, "name", "", "container name (default: the archive's)")
 	cmd.Flags().StringVar(&identity, "identity", "", "age identity file to decrypt a local encrypted archive")
+	cmd.Flags().BoolVar(&lazy, "lazy", false, "run the container as soon as its non-memory state is restored; memory follows on demand (see `ckpt ps`)")
 	return cmd
 }
 

@@ -244,6 +244,13 @@ func (e embeddedRestorer) Restore(ctx context.Context, tarStream io.Reader, targ
 	})
 }
 
+// RestoreLazy restores with memory served on demand from the archive file.
+func (e embeddedRestorer) RestoreLazy(ctx context.Context, f *os.File, target runtime.Ref, source string) (runtime.Container, error) {
+	return e.rt.RestoreLazy(ctx, f, embedded.RestoreOptions{
+		Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, Source: source,
+	})
+}
+
 // criRestorer restores through CRI, which takes an archive file: the
 // stream is written to the staging directory first.
 type criRestorer struct {

@@ -26,5 +26,6 @@ func newShimCommand(*globalOptions) *cobra.Command {
 	f.StringVar(&o.Criu, "criu", "criu", "criu binary")
 	f.StringVar(&o.Restore, "restore", "", "restore from the CRIU images in this directory")
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections")
+	f.BoolVar(&o.Lazy, "lazy", false, "restore memory lazily from the archive on fd 4")
 	return cmd
 }

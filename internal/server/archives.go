@@ -3,10 +3,12 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path"
+	"strconv"
 	"time"
 
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
@@ -22,6 +24,13 @@ type Archives interface {
 	Restore(ctx context.Context, src io.Reader, target runtime.Ref, source string) (runtime.Container, error)
 	RestoreArchive(ctx context.Context, name string, target runtime.Ref) (runtime.Container, error)
 	StopContainer(ctx context.Context, ref runtime.Ref) error
+}
+
+// LazyArchives restores with memory served on demand (?lazy=true).
+// internal/checkpoint.Service implements it.
+type LazyArchives interface {
+	RestoreLazy(ctx context.Context, src io.Reader, target runtime.Ref, source string) (runtime.Container, error)
+	RestoreArchiveLazy(ctx context.Context, name string, target runtime.Ref) (runtime.Container, error)
 }
 
 // RestoredContainer is the answer to a restore.
@@ -95,10 +104,28 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 	// The server's read timeout bounds headers and small bodies; an
 	// uploaded archive may take longer.
 	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
+	lazy := false
+	if v := r.URL.Query()["lazy"]; len(v) > 0 {
+		if lazy, err = strconv.ParseBool(v[len(v)-1]); err != nil {
+			writeText(w, http.StatusBadRequest, fmt.Sprintf("lazy=%q: want true or false", v[len(v)-1]))
+			return
+		}
+	}
+	la, canLazy := s.a.(LazyArchives)
+	if lazy && !canLazy {
+		writeText(w, http.StatusBadRequest, "this agent cannot restore lazily")
+		return
+	}
 	var c runtime.Container
-	if names := r.URL.Query()["archive"]; len(names) > 0 {
+	names := r.URL.Query()["archive"]
+	switch {
+	case lazy && len(names) > 0:
+		c, err = la.RestoreArchiveLazy(ctx, names[len(names)-1], target)
+	case lazy:
+		c, err = la.RestoreLazy(ctx, r.Body, target, "upload")
+	case len(names) > 0:
 		c, err = s.a.RestoreArchive(ctx, names[len(names)-1], target)
-	} else {
+	default:
 		c, err = s.a.Restore(ctx, r.Body, target, "upload")
 	}
 	if err != nil {

@@ -39,6 +39,12 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 	if _, err := archive.Extract(tarStream, staging, archive.DefaultLimits(), nil); err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 	}
+	return r.restoreExtracted(ctx, staging, o, nil)
+}
+
+// restoreExtracted restores from an archive extracted into staging; lazy,
+// when set, serves the pages that were not extracted.
+func (r *Runtime) restoreExtracted(ctx context.Context, staging string, o RestoreOptions, lazy *lazyInput) (runtime.Container, error) {
 	var cfg lib.ContainerConfig
 	if err := readJSON(filepath.Join(staging, lib.ConfigDumpFile), &cfg); err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: read %s: %w", o.Source, lib.ConfigDumpFile, err)
@@ -69,7 +75,7 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 		return runtime.Container{}, fmt.Errorf("restore %s: the checkpoint's image %q is not on this node (import it with `ckpt image import`): %w", o.Source, rec.Image, err)
 	}
 	rec.ImageID = img.ID
-	in := &restoreInput{imagesDir: filepath.Join(staging, lib.CheckpointDirectory)}
+	in := &restoreInput{imagesDir: filepath.Join(staging, lib.CheckpointDirectory), lazy: lazy}
 	if _, err := os.Stat(filepath.Join(staging, lib.RootFsDiffTar)); err == nil {
 		in.rootfsDiff = filepath.Join(staging, lib.RootFsDiffTar)
 	}
@@ -126,9 +132,10 @@ func firstNonEmpty(s ...string) string {
 
 // restoreInput is what a restore needs from an extracted archive.
 type restoreInput struct {
-	imagesDir   string // CRIU images
-	rootfsDiff  string // path of rootfs-diff.tar, "" if none
-	deletedJSON []byte // deleted.files
+	imagesDir   string     // CRIU images
+	rootfsDiff  string     // path of rootfs-diff.tar, "" if none
+	deletedJSON []byte     // deleted.files
+	lazy        *lazyInput // set for a lazy restore
 }
 
 // prepareRootfs applies the archive's file system changes to a fresh rootfs.

@@ -32,6 +32,8 @@ type ShimOptions struct {
 	Restore string
 	// TCPEstablished restores established TCP connections.
 	TCPEstablished bool
+	// Lazy restores memory lazily from the archive on fd 4 (see lazy.go).
+	Lazy bool
 }
 
 // Args renders the options as the shim's command line.
@@ -42,6 +44,9 @@ func (o ShimOptions) Args() []string {
 	}
 	if o.TCPEstablished {
 		args = append(args, "--tcp-established")
+	}
+	if o.Lazy {
+		args = append(args, "--lazy")
 	}
 	return args
 }
@@ -77,6 +82,13 @@ func (r *Runtime) startShim(ctx context.Context, rec *record, restore *restoreIn
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = shimLog, shimLog
 	cmd.ExtraFiles = []*os.File{readyW}
+	if restore != nil && restore.lazy != nil {
+		if err := restore.lazy.prepare(dir, &opts, cmd); err != nil {
+			readyW.Close()
+			return fmt.Errorf("prepare lazy restore of container %s: %w", rec.ID, err)
+		}
+		cmd.Args = append([]string{r.cfg.Shim}, opts.Args()...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		readyW.Close()
@@ -150,11 +162,20 @@ func RunShim(o ShimOptions) error {
 	pidFile := filepath.Join(o.Dir, fileInitPid)
 	bundle := filepath.Join(o.Dir, dirBundle)
 	ctx := context.Background()
+	var lazy *lazyShim
 	if o.Restore != "" {
+		if o.Lazy {
+			if lazy, err = startLazy(o, rc); err != nil {
+				return fail(fmt.Errorf("lazy restore: %w", err))
+			}
+		}
 		_, err = rc.Restore(ctx, o.ID, bundle, &gorunc.RestoreOpts{
-			CheckpointOpts: gorunc.CheckpointOpts{ImagePath: o.Restore, WorkDir: filepath.Join(o.Dir, "restore-work"), FileLocks: true, AllowOpenTCP: o.TCPEstablished},
+			CheckpointOpts: gorunc.CheckpointOpts{ImagePath: o.Restore, WorkDir: filepath.Join(o.Dir, "restore-work"), FileLocks: true, AllowOpenTCP: o.TCPEstablished, LazyPages: o.Lazy},
 			IO:             pio, Detach: true, PidFile: pidFile,
 		})
+		if err != nil && lazy != nil {
+			lazy.abort()
+		}
 	} else {
 		if err = rc.Create(ctx, o.ID, bundle, &gorunc.CreateOpts{IO: pio, PidFile: pidFile}); err == nil {
 			err = rc.Start(ctx, o.ID)
@@ -182,6 +203,9 @@ func RunShim(o ShimOptions) error {
 			lw.copy(stream, r)
 		}()
 	}
+	if lazy != nil {
+		go lazy.run()
+	}
 	fmt.Fprintf(report, "ok %d\n", initPid)
 	report.Close()
 	report = nil
@@ -207,6 +231,7 @@ func waitForPid(pid int) exitStatus {
 			return exitStatus{Code: -1, FinishedAt: time.Now().UTC()}
 		}
 		if got != pid {
+			reaped(got, ws)
 			continue
 		}
 		st := exitStatus{Code: ws.ExitStatus(), FinishedAt: time.Now().UTC()}
