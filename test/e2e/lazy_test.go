@@ -1,0 +1,222 @@
+package e2e
+
+import (
+	"archive/tar"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// lazyMiB is the memory the counter holds in the lazy tests: enough that
+// most of its pages are lazy.
+const lazyMiB = 64
+
+// memsums returns the "memsum" lines a counter printed, in order.
+func memsums(t *testing.T, logPath string) []string {
+	t.Helper()
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if _, sum, ok := strings.Cut(line, " stdout F memsum "); ok {
+			out = append(out, strings.TrimSpace(sum))
+		}
+	}
+	return out
+}
+
+// waitMemsum waits for the n-th memsum line of a log.
+func waitMemsum(t *testing.T, logPath string, n int) string {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if s := memsums(t, logPath); len(s) >= n {
+			return s[n-1]
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("no memsum line %d in %s", n, logPath)
+	return ""
+}
+
+// psField returns the MEMORY column (everything after CREATED's "ago") of
+// a container's `ckpt ps` line.
+func (a *agent) memoryColumn(pod, ctr string) string {
+	line := a.psLine(pod, ctr)
+	_, mem, _ := strings.Cut(line, " ago")
+	return strings.TrimSpace(mem)
+}
+
+func (a *agent) pidOf(pod, ctr string) int {
+	a.t.Helper()
+	f := strings.Fields(a.psLine(pod, ctr))
+	if len(f) < 7 {
+		a.t.Fatalf("no ps line for %s/%s", pod, ctr)
+	}
+	pid, err := strconv.Atoi(f[6])
+	if err != nil {
+		a.t.Fatalf("pid of %s/%s: %q", pod, ctr, f[6])
+	}
+	return pid
+}
+
+func (a *agent) restoreLazy(name, ns, pod, ctr string) (restored, response) {
+	a.t.Helper()
+	resp, err := a.do("POST", fmt.Sprintf("/restore/%s/%s/%s?archive=%s&lazy=true", ns, pod, ctr, name), testToken)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	var r restored
+	if resp.status == 201 {
+		r = decodeRestored(a.t, resp.body)
+	}
+	return r, resp
+}
+
+// TestLazyRestore restores lazily, asks the restored counter for the
+// checksum of its memory at once (every lazy page faults in on demand),
+// removes the archive while pages are still being served, and checks the
+// counter continues with no gap and the same memory.
+func TestLazyRestore(t *testing.T) {
+	a := newAgent(t)
+	a.addPod("counter", counterManifest("counter", map[string]string{"COUNTER_MEM_MIB": strconv.Itoa(lazyMiB)}))
+	orig := a.waitRunning("counter", "counter")
+	want := waitMemsum(t, a.containerLog(orig), 1)
+	if m := a.memoryColumn("counter", "counter"); m != "-" {
+		t.Fatalf("a container that was not restored lazily shows memory %q, want -", m)
+	}
+	for i := 0; i < 3; i++ {
+		path, resp := a.checkpoint("default/counter/counter", "")
+		if path == "" {
+			t.Fatalf("run %d: checkpoint: %d %s", i, resp.status, resp.body)
+		}
+		k := archivedCount(t, path)
+		// The copy of the archive is served by the restored container's
+		// shim; the restore must not depend on the name staying.
+		copyName := "checkpoint-copy-" + strings.TrimPrefix(filepath.Base(path), "checkpoint-")
+		copyFile(t, path, filepath.Join(filepath.Dir(path), copyName))
+		r, resp := a.restoreLazy(copyName, "default", "counter-lazy", "counter")
+		if resp.status != 201 || r.State != "running" {
+			log, _ := os.ReadFile(a.logPath)
+			t.Fatalf("run %d: lazy restore: %d %s\n%s", i, resp.status, resp.body, log)
+		}
+		if err := os.Remove(filepath.Join(filepath.Dir(path), copyName)); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Kill(a.pidOf("counter-lazy", "counter"), syscall.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
+		log := a.containerLog(r.ID[:12])
+		resumesAt(t, log, k)
+		if got := waitMemsum(t, log, 1); got != want {
+			t.Fatalf("run %d: restored memory checksum %s, want %s", i, got, want)
+		}
+		a.waitFor(func() bool { return strings.HasPrefix(a.memoryColumn("counter-lazy", "counter"), "complete") },
+			"memory of the lazily restored container complete")
+		keepsCounting(t, log)
+		a.rmContainer(r.ID)
+	}
+}
+
+// TestLazyRestoreCorruptPages corrupts the page image of an archive inside
+// the tar (so its checksum no longer matches) and restores it lazily: the
+// container must end up stopped, with the cause in `ckpt ps`, never left
+// running on bad memory.
+func TestLazyRestoreCorruptPages(t *testing.T) {
+	a := newAgent(t)
+	a.addPod("counter", counterManifest("counter", map[string]string{"COUNTER_MEM_MIB": strconv.Itoa(lazyMiB)}))
+	a.waitRunning("counter", "counter")
+	path, resp := a.checkpoint("default/counter/counter", "")
+	if path == "" {
+		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
+	}
+	bad := filepath.Join(filepath.Dir(path), "checkpoint-bad-"+strings.TrimPrefix(filepath.Base(path), "checkpoint-"))
+	copyFile(t, path, bad)
+	off, size := memberSpan(t, bad, "checkpoint/pages-1.img")
+	f, err := os.OpenFile(bad, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Flip one byte in the last page: ballast, a lazy page.
+	var b [1]byte
+	f.ReadAt(b[:], off+size-100)
+	b[0] ^= 0xff
+	f.WriteAt(b[:], off+size-100)
+	f.Close()
+	r, resp := a.restoreLazy(filepath.Base(bad), "default", "counter-bad", "counter")
+	if resp.status != 201 {
+		// Failing before the container runs is a clean stop too.
+		if !strings.Contains(resp.body, "checksum") {
+			t.Fatalf("restore of a corrupt archive: %d %s, want a checksum error", resp.status, resp.body)
+		}
+		return
+	}
+	a.waitFor(func() bool { return strings.HasPrefix(a.memoryColumn("counter-bad", "counter"), "failed:") },
+		"lazy restore of a corrupt archive failed")
+	mem := a.memoryColumn("counter-bad", "counter")
+	t.Logf("memory of the corrupt restore: %s", mem)
+	if !strings.Contains(mem, "checksum") {
+		t.Fatalf("memory of the corrupt restore: %q, want the checksum mismatch", mem)
+	}
+	a.waitFor(func() bool { return !strings.Contains(a.psLine("counter-bad", "counter"), " running ") },
+		"the container on corrupt memory stopped")
+	a.rmContainer(r.ID)
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	in, err := os.Open(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// memberSpan returns where a member's content lies in a tar file.
+func memberSpan(t *testing.T, path, name string) (int64, int64) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		hdr, err := tr.Next()
+		if err != nil {
+			t.Fatalf("%s has no %s: %v", path, name, err)
+		}
+		if strings.TrimPrefix(hdr.Name, "./") == name {
+			off, _ := f.Seek(0, io.SeekCurrent)
+			return off, hdr.Size
+		}
+	}
+}
+
+func decodeRestored(t *testing.T, body string) restored {
+	t.Helper()
+	var r restored
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		t.Fatalf("restore answer %q: %v", body, err)
+	}
+	return r
+}
