@@ -91,9 +91,16 @@ tok=$work/token; echo "$token" >"$tok"
 "$CKPT" --root-dir "$root" ps
 k=$(tar xOf "$archive" container.log | sed -n 's/.* stdout F count //p' | tail -1)
 echo "last count in the archive: $k"
-sleep 2
-rlog=$(grep -l . "$root"/ckpt/containers/*/container.log | while read -r f; do [ "$f" != "$log" ] && echo "$f"; done | head -1)
-first=$(sed -n 's/.* stdout F count //p' "$rlog" | head -1)
+first=
+for _ in $(seq 100); do
+	for f in "$root"/ckpt/containers/*/container.log; do
+		[ "$f" != "$log" ] || continue
+		first=$(sed -n 's/.* stdout F count //p' "$f" | head -1)
+		[ -n "$first" ] && break
+	done
+	[ -n "$first" ] && break
+	sleep 0.2
+done
 echo "first count of the restored container: $first"
 [ "$first" = $((k + 1)) ] && echo "the restored counter resumed exactly where it was checkpointed"
 

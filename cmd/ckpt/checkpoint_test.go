@@ -161,28 +161,15 @@ func TestCheckpointCommandUsage(t *testing.T) {
 	}
 }
 
-func TestTimeoutSeconds(t *testing.T) {
-	for _, c := range []struct {
-		d    time.Duration
-		want string
-	}{
-		{0, "0"}, {time.Second, "1"}, {500 * time.Millisecond, "1"}, {90 * time.Second, "90"}, {1500 * time.Millisecond, "2"},
-	} {
-		if got, err := timeoutSeconds(c.d); err != nil || got != c.want {
-			t.Errorf("timeoutSeconds(%v) = %q, %v; want %q", c.d, got, err, c.want)
-		}
+// TestMain keeps a user's client config and root dir out of the tests.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ckpt-cmd-test-")
+	if err != nil {
+		panic(err)
 	}
-	if _, err := timeoutSeconds(-time.Second); err == nil {
-		t.Error("negative timeout accepted")
-	}
-}
-
-func TestStatusErrorBounded(t *testing.T) {
-	rec := httptest.NewRecorder()
-	rec.WriteHeader(500)
-	rec.Body.WriteString(strings.Repeat("x", maxErrorBody*2))
-	err := statusError(rec.Result())
-	if len(err.Error()) > maxErrorBody+100 {
-		t.Errorf("error message of %d bytes", len(err.Error()))
-	}
+	os.Setenv("CKPT_CONFIG", filepath.Join(dir, "config.yaml"))
+	os.Setenv("CKPT_ROOT_DIR", filepath.Join(dir, "root"))
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }

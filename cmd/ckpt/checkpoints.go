@@ -1,68 +1,74 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/ckpt-dev/ckpt/internal/checkpoint"
-	"github.com/ckpt-dev/ckpt/internal/inspect"
+	"github.com/ckpt-dev/ckpt/pkg/client"
 )
 
 func init() { register(newCheckpointsCommand) }
 
-func newCheckpointsCommand(*globalOptions) *cobra.Command {
-	var client clientOptions
+func newCheckpointsCommand(g *globalOptions) *cobra.Command {
+	var co clientOptions
 	cmd := &cobra.Command{
 		Use:   "checkpoints",
 		Short: "List, download and delete the archives of a ckpt server",
+		Args:  cobra.NoArgs,
 	}
-	client.addFlags(cmd.PersistentFlags())
+	co.addFlags(g, cmd.PersistentFlags())
 
+	var format outputFormat
 	var jsonOut bool
 	ls := &cobra.Command{
 		Use:   "ls",
 		Short: "List archives (name, container, size, age, sha256)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := client.newClient()
+			c, err := co.newClient()
 			if err != nil {
 				return err
 			}
-			resp, err := c.do(cmd.Context(), http.MethodGet, []string{"checkpoints"}, nil)
+			list, err := c.Archives(cmd.Context())
 			if err != nil {
 				return err
-			}
-			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return statusError(resp)
-			}
-			var body struct{ Items []checkpoint.ArchiveInfo }
-			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-				return fmt.Errorf("decode archive list: %w", err)
 			}
 			if jsonOut {
-				enc := json.NewEncoder(os.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(body.Items)
+				format = "json"
 			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tNAMESPACE\tPOD\tCONTAINER\tSIZE\tAGE\tSHA256")
-			for _, a := range body.Items {
+			if list == nil {
+				list = []client.Archive{}
+			}
+			w := cmd.OutOrStdout()
+			if done, err := format.structured(w, list); done {
+				return err
+			}
+			tw := table(w)
+			if format == "wide" {
+				fmt.Fprintln(tw, "NAME\tNAMESPACE\tPOD\tCONTAINER\tSIZE\tCREATED\tSHA256\tPATH")
+			} else {
+				fmt.Fprintln(tw, "NAME\tNAMESPACE\tPOD\tCONTAINER\tSIZE\tAGE\tSHA256")
+			}
+			for _, a := range list {
+				if format == "wide" {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", a.Name, a.Namespace, a.Pod, a.Container,
+						a.Size, a.Created.UTC().Format(time.RFC3339), a.SHA256, a.Path)
+					continue
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.12s\n", a.Name, a.Namespace, a.Pod, a.Container,
-					inspect.HumanBytes(a.Size), time.Since(a.Created).Round(time.Second), a.SHA256)
+					humanBytes(a.Size), ago(a.Created), a.SHA256)
 			}
 			return tw.Flush()
 		},
 	}
-	ls.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
+	ls.Flags().VarP(&format, "output", "o", "output format: json, yaml or wide")
+	ls.Flags().BoolVar(&jsonOut, "json", false, "print JSON (same as -o json)")
+	_ = ls.Flags().MarkDeprecated("json", "use -o json")
 
 	var out string
 	get := &cobra.Command{
@@ -70,26 +76,32 @@ func newCheckpointsCommand(*globalOptions) *cobra.Command {
 		Short: "Download an archive (to NAME in the current directory, or -o FILE; - for stdout)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := client.newClient()
+			c, err := co.newClient()
 			if err != nil {
-				return err
-			}
-			resp, err := c.do(cmd.Context(), http.MethodGet, []string{"checkpoints", args[0]}, nil)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return statusError(resp)
-			}
-			if out == "-" {
-				_, err := io.Copy(os.Stdout, resp.Body)
 				return err
 			}
 			if out == "" {
 				out = filepath.Base(args[0])
 			}
-			return downloadTo(out, resp.Body, resp.ContentLength)
+			p := newProgress(cmd.ErrOrStderr(), "downloading "+args[0], -1)
+			d, err := c.Get(cmd.Context(), args[0], client.GetOptions{Progress: p.set})
+			if err != nil {
+				p.finish()
+				return err
+			}
+			defer d.Close()
+			if out == "-" {
+				_, err := io.Copy(cmd.OutOrStdout(), d)
+				p.finish()
+				return err
+			}
+			n, err := downloadTo(out, d, d.Size)
+			elapsed := p.finish()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s (%s in %s)\n", out, humanBytes(n), elapsed.Round(time.Millisecond))
+			return nil
 		},
 	}
 	get.Flags().StringVarP(&out, "output", "o", "", "file to write")
@@ -99,21 +111,15 @@ func newCheckpointsCommand(*globalOptions) *cobra.Command {
 		Short: "Delete archives",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := client.newClient()
+			c, err := co.newClient()
 			if err != nil {
 				return err
 			}
 			for _, name := range args {
-				resp, err := c.do(cmd.Context(), http.MethodDelete, []string{"checkpoints", name}, nil)
-				if err != nil {
+				if err := c.Delete(cmd.Context(), name); err != nil {
 					return err
 				}
-				if resp.StatusCode != http.StatusOK {
-					defer resp.Body.Close()
-					return statusError(resp)
-				}
-				resp.Body.Close()
-				fmt.Println("deleted", name)
+				fmt.Fprintln(cmd.OutOrStdout(), "deleted", name)
 			}
 			return nil
 		},
@@ -122,12 +128,12 @@ func newCheckpointsCommand(*globalOptions) *cobra.Command {
 	return cmd
 }
 
-// downloadTo writes r to path (0600, never replacing a file) with progress
-// on a terminal; a partial file is removed on failure.
-func downloadTo(path string, r io.Reader, size int64) (err error) {
+// downloadTo writes r to path (0600, never replacing a file); a partial
+// file is removed on failure.
+func downloadTo(path string, r io.Reader, size int64) (n int64, err error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer func() {
 		if cerr := f.Close(); err == nil {
@@ -137,15 +143,12 @@ func downloadTo(path string, r io.Reader, size int64) (err error) {
 			os.Remove(path)
 		}
 	}()
-	stop := startTicker(os.Stderr, "downloading "+filepath.Base(path))
-	n, err := io.Copy(f, r)
-	elapsed := stop()
+	n, err = io.Copy(f, r)
 	if err != nil {
-		return fmt.Errorf("download %s: %w", path, err)
+		return n, fmt.Errorf("download %s: %w", path, err)
 	}
 	if size >= 0 && n != size {
-		return fmt.Errorf("download %s: got %d of %d bytes", path, n, size)
+		return n, fmt.Errorf("download %s: got %d of %d bytes", path, n, size)
 	}
-	fmt.Fprintf(os.Stderr, "wrote %s (%s in %s)\n", path, inspect.HumanBytes(n), elapsed.Round(time.Millisecond))
-	return f.Sync()
+	return n, f.Sync()
 }

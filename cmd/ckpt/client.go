@@ -1,36 +1,46 @@
 package main
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/pflag"
+
+	"github.com/ckpt-dev/ckpt/pkg/client"
 )
 
-// clientOptions are the flags of every command that talks to a ckpt server
-// (checkpoint now; checkpoints ls|get|rm and restore later).
+// clientOptions are the flags of every command that talks to a ckpt server.
+// Which server: --server, else --context (or the config's current
+// context), else the local socket <root-dir>/ckpt.sock when it exists,
+// else defaultServer.
 type clientOptions struct {
+	g         *globalOptions
 	server    string
+	context   string
 	token     string
 	tokenFile string
 	caFile    string
 	certFile  string
 	keyFile   string
 	insecure  bool
+	fs        *pflag.FlagSet
 }
 
 const defaultServer = "https://127.0.0.1:10250"
 
-func (o *clientOptions) addFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.server, "server", defaultServer, "URL of the ckpt (or kubelet) server")
+// socketName is the agent's local socket in its root dir.
+const socketName = "ckpt.sock"
+
+func (o *clientOptions) addFlags(g *globalOptions, fs *pflag.FlagSet) {
+	o.g, o.fs = g, fs
+	fs.StringVar(&o.server, "server", "", "URL of the ckpt (or kubelet) server (default: the config's context, else the local socket <root-dir>/"+socketName+" as root on the node, else "+defaultServer+")")
+	fs.StringVar(&o.context, "context", "", "context of the client config ($CKPT_CONFIG or ~/.config/ckpt/config.yaml) to use")
 	fs.StringVar(&o.token, "token", "", "bearer token (visible in the process list; prefer --token-file)")
 	fs.StringVar(&o.tokenFile, "token-file", "", "file holding the bearer token")
 	fs.StringVar(&o.caFile, "cacert", "", "PEM CA bundle to verify the server (for a self-signed server: its <cert-dir>/ckpt.crt)")
@@ -39,45 +49,68 @@ func (o *clientOptions) addFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.insecure, "insecure-skip-tls-verify", false, "do not verify the server's certificate (unsafe)")
 }
 
-// apiClient sends requests to a ckpt server.
-type apiClient struct {
-	base  *url.URL
-	http  *http.Client
-	token string
+// tcpFlagsGiven reports whether a flag that only makes sense over TCP was
+// given: then the local socket is not used.
+func (o *clientOptions) tcpFlagsGiven() bool {
+	return o.token != "" || o.tokenFile != "" || o.caFile != "" || o.certFile != "" || o.keyFile != "" || o.insecure
 }
 
-func (o *clientOptions) newClient() (*apiClient, error) {
-	base, err := url.Parse(o.server)
-	if err != nil {
-		return nil, fmt.Errorf("--server %q: %w", o.server, err)
+// socketPath is the local agent socket for this root dir.
+func (g *globalOptions) socketPath() string { return filepath.Join(g.rootDir, socketName) }
+
+// newClient resolves which server to talk to and how.
+func (o *clientOptions) newClient() (*client.Client, error) {
+	c := *o // flags given win over the context's values
+	if c.server == "" {
+		ctxName := c.context
+		cfg, err := loadConfig()
+		if err != nil {
+			return nil, err
+		}
+		if ctxName == "" {
+			ctxName = cfg.CurrentContext
+		}
+		switch {
+		case ctxName != "":
+			k, ok := cfg.find(ctxName)
+			if !ok {
+				return nil, fmt.Errorf("--context %q: no such context in %s", ctxName, configPath())
+			}
+			c.fillFrom(k)
+		case !c.tcpFlagsGiven() && c.g != nil && socketExists(c.g.socketPath()):
+			return client.New(client.Config{Socket: c.g.socketPath()})
+		default:
+			c.server = defaultServer
+		}
 	}
-	if (base.Scheme != "https" && base.Scheme != "http") || base.Host == "" {
-		return nil, fmt.Errorf("--server %q: want http(s)://host:port", o.server)
+	if strings.HasPrefix(c.server, "unix://") {
+		return client.New(client.Config{Socket: strings.TrimPrefix(c.server, "unix://")})
 	}
-	if base.User != nil || base.RawQuery != "" || base.Fragment != "" {
-		return nil, fmt.Errorf("--server %q: no user, query or fragment allowed", o.server)
-	}
-	token, err := o.readToken()
+	token, err := c.readToken()
 	if err != nil {
 		return nil, err
 	}
-	tlsCfg, err := o.tlsConfig()
+	tlsCfg, err := c.tlsConfig()
 	if err != nil {
 		return nil, err
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = tlsCfg
-	return &apiClient{
-		base:  base,
-		token: token,
-		http: &http.Client{
-			Transport: tr,
-			// No Timeout: a checkpoint takes as long as the server allows;
-			// callers bound requests with their context.
-			// Never follow redirects: a POST must reach what was asked.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
-	}, nil
+	return client.New(client.Config{Server: c.server, Token: token, TLS: tlsCfg})
+}
+
+// withServer returns a copy of the options aimed at another server.
+func (o clientOptions) withServer(url string) *clientOptions {
+	o.server = url
+	return &o
+}
+
+// socketExists reports whether path is a socket, or may be one that this
+// user may not reach (permission denied): then connecting says why.
+func socketExists(path string) bool {
+	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrPermission) {
+		return true
+	}
+	return err == nil && st.Mode().Type() == os.ModeSocket
 }
 
 func (o *clientOptions) readToken() (string, error) {
@@ -122,50 +155,4 @@ func (o *clientOptions) tlsConfig() (*tls.Config, error) {
 		cfg.Certificates = []tls.Certificate{cert}
 	}
 	return cfg, nil
-}
-
-// do sends method to the server's base URL joined with the path segments
-// (each escaped), with the query, and the bearer token if any.
-func (c *apiClient) do(ctx context.Context, method string, segments []string, query url.Values) (*http.Response, error) {
-	return c.send(ctx, method, segments, query, nil)
-}
-
-// send is do with a request body (streamed; nil for none).
-func (c *apiClient) send(ctx context.Context, method string, segments []string, query url.Values, body io.Reader) (*http.Response, error) {
-	escaped := make([]string, len(segments))
-	for i, s := range segments {
-		escaped[i] = url.PathEscape(s)
-	}
-	u := c.base.JoinPath(escaped...) // takes escaped elements
-	u.RawQuery = query.Encode()
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
-	if err != nil {
-		return nil, err
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		// err already names the method and URL.
-		var unknownCA x509.UnknownAuthorityError
-		if errors.As(err, &unknownCA) {
-			return nil, fmt.Errorf("%w (for a self-signed server, pass its <cert-dir>/ckpt.crt as --cacert)", err)
-		}
-		return nil, err
-	}
-	return resp, nil
-}
-
-// maxErrorBody bounds how much of an error answer is read and shown.
-const maxErrorBody = 64 << 10
-
-// statusError turns a non-2xx answer into an error with the server's message.
-func statusError(resp *http.Response) error {
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	msg := strings.TrimSpace(strings.ToValidUTF8(string(b), "?"))
-	if msg == "" {
-		return fmt.Errorf("server answered %s", resp.Status)
-	}
-	return fmt.Errorf("server answered %s: %s", resp.Status, msg)
 }

@@ -29,15 +29,16 @@ func newDiffCommand(*globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			done := withProgress(&opts)
 			opts.Cmdline = true
 			var cs [2]*inspect.Checkpoint
 			for i, path := range args {
 				if cs[i], err = inspect.Open(path, opts); err != nil {
-					clearProgress(opts)
+					done()
 					return err
 				}
 			}
-			clearProgress(opts)
+			done()
 			if a, b := cs[0].Container, cs[1].Container; a.ID != b.ID {
 				fmt.Fprintf(os.Stderr, "warning: %s is container %.12s (%s), %s is %.12s (%s)\n", args[0], a.ID, a.Name, args[1], b.ID, b.Name)
 			}

@@ -1,14 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"os"
-	"sync"
-	"time"
 
 	"filippo.io/age"
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
+	"sigs.k8s.io/yaml"
 
 	"github.com/ckpt-dev/ckpt/internal/archive"
 	"github.com/ckpt-dev/ckpt/internal/inspect"
@@ -37,39 +36,18 @@ func (r *readFlags) options() (inspect.Options, error) {
 		ids = append(ids, got...)
 	}
 	opts := inspect.Options{Identities: ids, TempDir: r.tempDir}
-	if stderrTerminal() {
-		opts.Progress = newProgress()
-	}
 	return opts, nil
 }
 
-func stderrTerminal() bool {
-	_, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), unix.TCGETS)
-	return err == nil
-}
-
-// newProgress reports page images read on stderr, at most twice a second,
-// once the read has lasted a second.
-func newProgress() func(read, total int64) {
-	var mu sync.Mutex
-	start := time.Now()
-	var last time.Time
-	return func(read, total int64) {
-		mu.Lock()
-		defer mu.Unlock()
-		now := time.Now()
-		if now.Sub(start) < time.Second || now.Sub(last) < 500*time.Millisecond {
-			return
-		}
-		last = now
-		fmt.Fprintf(os.Stderr, "\r\033[Kread %s of memory pages (%s listed so far)", inspect.HumanBytes(read), inspect.HumanBytes(total))
+// withProgress shows the memory pages read of a long read on stderr (a
+// terminal only) until the returned func is called.
+func withProgress(opts *inspect.Options) (done func()) {
+	p := newProgress(os.Stderr, "reading memory pages", -1)
+	if p.bar == nil {
+		return func() {}
 	}
-}
-
-func clearProgress(opts inspect.Options) {
-	if opts.Progress != nil {
-		fmt.Fprint(os.Stderr, "\r\033[K")
-	}
+	opts.Progress = p.set
+	return func() { p.finish() }
 }
 
 func newInspectCommand(*globalOptions) *cobra.Command {
@@ -78,6 +56,7 @@ func newInspectCommand(*globalOptions) *cobra.Command {
 		v      inspect.View
 		all    bool
 		format string
+		out    outputFormat
 	)
 	cmd := &cobra.Command{
 		Use:   "inspect ARCHIVE...",
@@ -89,8 +68,11 @@ func newInspectCommand(*globalOptions) *cobra.Command {
 			"The json format is documented in docs/inspect.md.",
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if all {
+			if all || out == "wide" {
 				v = inspect.All()
+			}
+			if out == "json" || out == "yaml" {
+				format = "json"
 			}
 			switch format {
 			case "tree", "json", "table":
@@ -104,14 +86,27 @@ func newInspectCommand(*globalOptions) *cobra.Command {
 			opts.Cmdline, opts.Env = v.Cmdline, v.Env
 			var cs []*inspect.Checkpoint
 			for _, path := range args {
+				done := withProgress(&opts)
 				c, err := inspect.Open(path, opts)
-				clearProgress(opts)
+				done()
 				if err != nil {
 					return err
 				}
 				cs = append(cs, c)
 			}
-			return inspect.Render(cmd.OutOrStdout(), cs, v, format)
+			if out != "yaml" {
+				return inspect.Render(cmd.OutOrStdout(), cs, v, format)
+			}
+			var buf bytes.Buffer
+			if err := inspect.Render(&buf, cs, v, "json"); err != nil {
+				return err
+			}
+			y, err := yaml.JSONToYAML(buf.Bytes())
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(y)
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -125,6 +120,7 @@ func newInspectCommand(*globalOptions) *cobra.Command {
 	f.BoolVar(&v.Memory, "memory", false, "show the memory size of each process")
 	f.BoolVar(&all, "all", false, "show everything")
 	f.StringVar(&format, "format", "tree", "output format: tree, json or table")
+	f.VarP(&out, "output", "o", "json, yaml, or wide (everything, as a tree); overrides --format")
 	rf.add(cmd)
 	return cmd
 }

@@ -53,8 +53,9 @@ func newMemsearchCommand(*globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			done := withProgress(&opts)
 			_, res, err := inspect.Search(args[0], opts, so)
-			clearProgress(opts)
+			done()
 			if err != nil {
 				return err
 			}
@@ -87,7 +88,7 @@ func newMemsearchCommand(*globalOptions) *cobra.Command {
 
 func printMatches(w io.Writer, res *inspect.SearchResult) {
 	if len(res.Matches) == 0 {
-		fmt.Fprintf(w, "no match in %s of memory\n", inspect.HumanBytes(res.Searched))
+		fmt.Fprintf(w, "no match in %s of memory\n", humanBytes(res.Searched))
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -123,6 +124,7 @@ func newMemdumpCommand(*globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			done := withProgress(&opts)
 			var w io.Writer = cmd.OutOrStdout()
 			if output != "-" {
 				f, err := os.OpenFile(output, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -140,7 +142,7 @@ func newMemdumpCommand(*globalOptions) *cobra.Command {
 				w = f
 			}
 			_, regions, err := inspect.Dump(args[0], opts, pid, inspect.DumpFormat(format), w)
-			clearProgress(opts)
+			done()
 			if err != nil {
 				return err
 			}
@@ -151,7 +153,7 @@ func newMemdumpCommand(*globalOptions) *cobra.Command {
 			for _, r := range regions {
 				total += r.Size
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s of memory of PID %d to %s\n", inspect.HumanBytes(total), pid, output)
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s of memory of PID %d to %s\n", humanBytes(total), pid, output)
 			if format == string(inspect.DumpRaw) {
 				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "ADDRESS\tSIZE\tOFFSET")

@@ -1,24 +1,23 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"net/http"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ckpt-dev/ckpt/pkg/client"
 )
 
 func init() { register(newMigrateCommand) }
 
 // newMigrateCommand checkpoints a container on one agent and restores it on
 // another, streaming the archive between them without a local copy.
-func newMigrateCommand(*globalOptions) *cobra.Command {
-	var client clientOptions
+func newMigrateCommand(g *globalOptions) *cobra.Command {
+	var co clientOptions
 	var from, to string
-	var timeout time.Duration
+	var copts client.CheckpointOptions
 	var target restoreTarget
 	var stopSource bool
 	cmd := &cobra.Command{
@@ -31,91 +30,74 @@ func newMigrateCommand(*globalOptions) *cobra.Command {
 			"stays on the source. Both agents take the same credentials; --cacert may hold both CAs.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ref, err := splitRef(args[0])
+			ref, err := client.ParseRef(args[0])
 			if err != nil {
 				return err
 			}
 			if from == "" || to == "" {
 				return fmt.Errorf("--from and --to are required")
 			}
-			src, err := client.withServer(from).newClient()
+			src, err := co.withServer(from).newClient()
 			if err != nil {
 				return err
 			}
-			dst, err := client.withServer(to).newClient()
+			dst, err := co.withServer(to).newClient()
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
+			stderr := cmd.ErrOrStderr()
 			start := time.Now()
-			paths, err := runCheckpoint(ctx, src, ref, timeout, false, os.Stderr)
+			path, err := runCheckpoint(ctx, src, ref, copts, stderr)
 			if err != nil {
 				return err
 			}
-			name := filepath.Base(paths[0])
-			fmt.Fprintf(os.Stderr, "checkpointed on %s: %s\n", from, name)
-			resp, err := src.do(ctx, http.MethodGet, []string{"checkpoints", name}, nil)
+			name := filepath.Base(path)
+			fmt.Fprintf(stderr, "checkpointed on %s: %s\n", from, name)
+			p := newProgress(stderr, "copying to "+to, -1)
+			d, err := src.Get(ctx, name, client.GetOptions{Progress: p.set})
 			if err != nil {
+				p.finish()
 				return err
 			}
-			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return fmt.Errorf("download %s from %s: %w", name, from, statusError(resp))
-			}
+			defer d.Close()
 			if target.pod == "" {
-				target.pod = ref[0] + "/" + ref[1]
+				target.pod = ref.Namespace + "/" + ref.Pod
 			}
 			if target.name == "" {
-				target.name = ref[2]
+				target.name = ref.Container
 			}
-			segs, err := target.segments()
+			into, err := target.ref()
 			if err != nil {
+				p.finish()
 				return err
 			}
-			stop := startTicker(os.Stderr, "restoring on "+to)
-			restored, err := runRestore(ctx, dst, segs, nil, resp.Body)
-			stop()
+			restored, err := dst.Restore(ctx, into, client.RestoreSource{Body: d, Size: d.Size})
+			p.finish()
 			if err != nil {
 				return fmt.Errorf("restore on %s: %w", to, err)
 			}
-			fmt.Printf("migrated %s to %s as %s/%s/%s (%.12s) in %s\n", args[0], to, restored.Namespace, restored.Pod,
+			fmt.Fprintf(cmd.OutOrStdout(), "migrated %s to %s as %s/%s/%s (%.12s) in %s\n", args[0], to, restored.Namespace, restored.Pod,
 				restored.Container, restored.ID, time.Since(start).Round(time.Millisecond))
 			if !stopSource {
 				return nil
 			}
-			if err := stopContainer(ctx, src, ref); err != nil {
+			if err := src.Stop(ctx, ref); err != nil {
 				return fmt.Errorf("the copy runs on %s, but stopping the source failed: %w", to, err)
 			}
-			fmt.Printf("stopped %s on %s\n", args[0], from)
+			fmt.Fprintf(cmd.OutOrStdout(), "stopped %s on %s\n", args[0], from)
 			return nil
 		},
 	}
-	client.addFlags(cmd.Flags())
+	co.addFlags(g, cmd.Flags())
 	cmd.Flags().Lookup("server").Hidden = true
+	cmd.Flags().Lookup("context").Hidden = true
 	cmd.Flags().StringVar(&from, "from", "", "URL of the agent that runs the container")
 	cmd.Flags().StringVar(&to, "to", "", "URL of the agent to restore on")
-	cmd.Flags().DurationVar(&timeout, "timeout", 0, "checkpoint timeout (0 = the source's default)")
+	cmd.Flags().DurationVar(&copts.Timeout, "timeout", 0, "checkpoint timeout (0 = the source's default)")
+	cmd.Flags().BoolVar(&copts.TCPEstablished, "tcp-established", false, "checkpoint established TCP connections too")
 	cmd.Flags().StringVar(&target.pod, "pod", "", "restore into this NAMESPACE/POD (default: the same)")
 	cmd.Flags().StringVar(&target.name, "name", "", "container name on the destination (default: the same)")
 	cmd.Flags().BoolVar(&stopSource, "stop-source", false, "stop the source container once the copy runs (default: leave it running)")
 	return cmd
-}
-
-// withServer returns a copy of the options aimed at another server.
-func (o clientOptions) withServer(url string) *clientOptions {
-	o.server = url
-	return &o
-}
-
-// stopContainer asks an agent to stop a container.
-func stopContainer(ctx context.Context, c *apiClient, ref [3]string) error {
-	resp, err := c.do(ctx, http.MethodPost, []string{"stop", ref[0], ref[1], ref[2]}, nil)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return statusError(resp)
-	}
-	return nil
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,8 +11,24 @@ import (
 
 func init() { register(newPsCommand) }
 
+// psEntry is one container as `ps -o json|yaml` prints it.
+type psEntry struct {
+	ID        string    `json:"id"`
+	Namespace string    `json:"namespace"`
+	Pod       string    `json:"pod"`
+	Container string    `json:"container"`
+	Image     string    `json:"image"`
+	ImageID   string    `json:"imageID,omitempty"`
+	State     string    `json:"state"`
+	Pid       int       `json:"pid,omitempty"`
+	Created   time.Time `json:"created"`
+	// Memory is the memory of a lazily restored container.
+	Memory *embedded.MemoryState `json:"memory,omitempty"`
+}
+
 func newPsCommand(g *globalOptions) *cobra.Command {
-	return &cobra.Command{
+	var out outputFormat
+	cmd := &cobra.Command{
 		Use:   "ps",
 		Short: "List the pods and containers of the embedded runtime",
 		Args:  cobra.NoArgs,
@@ -27,19 +41,44 @@ func newPsCommand(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tSTATE\tPID\tCREATED\tMEMORY")
+			entries := make([]psEntry, 0, len(list))
 			for _, c := range list {
-				pid := "-"
+				e := psEntry{ID: c.ID, Namespace: c.Namespace, Pod: c.Pod, Container: c.Name, Image: c.Image,
+					ImageID: c.ImageID, State: string(c.State), Created: c.CreatedAt, Memory: rt.Memory(c.ID)}
 				if c.Pid > 0 && c.State == "running" {
-					pid = fmt.Sprint(c.Pid)
+					e.Pid = c.Pid
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%.12s\t%s\t%s\t%s\t%s ago\t%s\n", c.Namespace, c.Pod, c.Name, c.ID, c.Image,
-					c.State, pid, time.Since(c.CreatedAt).Round(time.Second), memoryColumn(rt.Memory(c.ID)))
+				entries = append(entries, e)
+			}
+			w := cmd.OutOrStdout()
+			if done, err := out.structured(w, entries); done {
+				return err
+			}
+			tw := table(w)
+			wide := out == "wide"
+			if wide {
+				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tIMAGE ID\tSTATE\tPID\tCREATED\tMEMORY")
+			} else {
+				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tSTATE\tPID\tCREATED\tMEMORY")
+			}
+			for _, e := range entries {
+				pid := "-"
+				if e.Pid > 0 {
+					pid = fmt.Sprint(e.Pid)
+				}
+				if wide {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
+						e.ImageID, e.State, pid, e.Created.UTC().Format(time.RFC3339), memoryColumn(e.Memory))
+					continue
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.12s\t%s\t%s\t%s\t%s ago\t%s\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
+					e.State, pid, ago(e.Created), memoryColumn(e.Memory))
 			}
 			return tw.Flush()
 		},
 	}
+	cmd.Flags().VarP(&out, "output", "o", "output format: json, yaml or wide")
+	return cmd
 }
 
 // memoryColumn describes a lazily restored container's memory: "-" for

@@ -1,12 +1,22 @@
 package main
 
 import (
+	"os"
+
 	"github.com/spf13/cobra"
 )
 
 // globalOptions are shared by every subcommand.
 type globalOptions struct {
 	rootDir string
+}
+
+// defaultRootDir is the kubelet's root dir, or $CKPT_ROOT_DIR.
+func defaultRootDir() string {
+	if d := os.Getenv("CKPT_ROOT_DIR"); d != "" {
+		return d
+	}
+	return "/var/lib/kubelet"
 }
 
 func newRootCommand() *cobra.Command {
@@ -17,7 +27,8 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().StringVar(&g.rootDir, "root-dir", "/var/lib/kubelet", "directory for ckpt's state; archives go to <root-dir>/checkpoints")
+	root.PersistentFlags().StringVar(&g.rootDir, "root-dir", defaultRootDir(),
+		"directory for ckpt's state ($CKPT_ROOT_DIR); archives go to <root-dir>/checkpoints, the agent's local socket is <root-dir>/ckpt.sock")
 	for _, add := range subcommands {
 		root.AddCommand(add(g))
 	}

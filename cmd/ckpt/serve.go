@@ -213,10 +213,21 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 		}
 		srv = server.NewHTTPServer(addr, handler, tlsCfg)
 	}
+	// The local socket: the same API for root on the node, authenticated
+	// by the peer's process credentials instead of tokens or certificates.
+	local, err := server.ListenUnix(g.socketPath())
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	localSrv := server.NewHTTPServer("", server.NewWithArchives(server.Options{
+		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Registry: reg,
+	}, svc, svc, auth.NewLocal(node), rt), nil)
+	localSrv.ConnContext = auth.ConnContext
 	log.Info("serving the checkpoint API", "url", fmt.Sprintf("%s://%s", scheme, ln.Addr()), "node", node,
-		"checkpoints", svc.Dir(), "ContainerCheckpoint", checkpointEnabled)
+		"socket", g.socketPath(), "checkpoints", svc.Dir(), "ContainerCheckpoint", checkpointEnabled)
 
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() {
 		if o.plainHTTP {
 			errc <- srv.Serve(ln)
@@ -224,15 +235,20 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 			errc <- srv.ServeTLS(ln, "", "")
 		}
 	}()
+	go func() { errc <- localSrv.Serve(local) }()
+	var serveErr error
 	select {
-	case err := <-errc:
-		return err
+	case serveErr = <-errc:
 	case <-ctx.Done():
+		log.Info("shutting down; containers keep running")
 	}
-	log.Info("shutting down; containers keep running")
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return srv.Shutdown(shutdownCtx)
+	err = errors.Join(srv.Shutdown(shutdownCtx), localSrv.Shutdown(shutdownCtx))
+	if serveErr != nil {
+		return serveErr
+	}
+	return err
 }
 
 // embeddedRestorer adapts the embedded runtime to the service.

@@ -103,6 +103,9 @@ type Auth struct {
 	authz     authorizer.Authorizer
 	nodeName  string
 	clientCAs *x509.CertPool
+	// explainDenials appends the authorizer's reason to a 403 (the local
+	// socket; the kubelet's own 403 has no reason).
+	explainDenials bool
 }
 
 // New builds the authenticators and the authorizer that c selects.
@@ -279,13 +282,17 @@ func (a *Auth) Wrap(verb, subresource string, next http.Handler) http.Handler {
 			ResourceRequest: true,
 			Path:            r.URL.Path,
 		}
-		decision, _, err := a.authz.Authorize(r.Context(), attrs)
+		decision, reason, err := a.authz.Authorize(r.Context(), attrs)
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, describe("Authorization error", attrs))
 			return
 		}
 		if decision != authorizer.DecisionAllow {
-			writeError(w, http.StatusForbidden, describe("Forbidden", attrs))
+			msg := describe("Forbidden", attrs)
+			if a.explainDenials && reason != "" {
+				msg += ": " + reason
+			}
+			writeError(w, http.StatusForbidden, msg)
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(withUser(r.Context(), resp.User)))

@@ -3,6 +3,7 @@ package inspect
 import (
 	"encoding/json"
 	"fmt"
+	units "github.com/docker/go-units"
 	"io"
 	"strings"
 	"text/tabwriter"
@@ -315,17 +316,6 @@ func micros(us uint32) string {
 	return (time.Duration(us) * time.Microsecond).String()
 }
 
-// HumanBytes formats a size with binary units ("1.5 MiB").
-func HumanBytes(n int64) string {
-	if n < 1024 {
-		return fmt.Sprintf("%d B", n)
-	}
-	f := float64(n)
-	for _, u := range []string{"KiB", "MiB", "GiB", "TiB", "PiB"} {
-		f /= 1024
-		if f < 1024 || u == "PiB" {
-			return fmt.Sprintf("%.1f %s", f, u)
-		}
-	}
-	return ""
-}
+// HumanBytes formats a size with binary units ("1.5MiB"): go-units, the
+// one byte formatter of ckpt's output.
+func HumanBytes(n int64) string { return units.BytesSize(float64(n)) }
