@@ -267,6 +267,13 @@ func (e embeddedRestorer) RestoreLazy(ctx context.Context, f *os.File, target ru
 	})
 }
 
+// RestoreInPlace restores fully with the pages served from the archive file.
+func (e embeddedRestorer) RestoreInPlace(ctx context.Context, f *os.File, target runtime.Ref, source string) (runtime.Container, error) {
+	return e.rt.RestoreInPlace(ctx, f, embedded.RestoreOptions{
+		Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, Source: source,
+	})
+}
+
 // criRestorer restores through CRI, which takes an archive file: the
 // stream is written to the staging directory first.
 type criRestorer struct {

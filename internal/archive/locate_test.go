@@ -15,10 +15,10 @@ import (
 // back at its offset; the manifest's digests match the located content.
 func TestLocate(t *testing.T) {
 	members := map[string][]byte{
-		"config.dump":              []byte(`{"id":"x"}`),
-		"checkpoint/pages-1.img":   bytes.Repeat([]byte{7}, 3*4096+5),
-		"checkpoint/pagemap-1.img": []byte("pm"),
-		"checkpoint/empty.img":     {},
+		"config.dump":                                 []byte(`{"id":"x"}`),
+		"checkpoint/pages-1.img":                      bytes.Repeat([]byte{7}, 3*4096+5),
+		"checkpoint/pagemap-1.img":                    []byte("pm"),
+		"checkpoint/empty.img":                        {},
 		"a/long/" + strings.Repeat("n", 120) + ".img": []byte("pax name"),
 	}
 	path := filepath.Join(t.TempDir(), "a.tar")

@@ -16,6 +16,31 @@ type LazyRestorer interface {
 	RestoreLazy(ctx context.Context, archiveFile *os.File, target runtime.Ref, source string) (runtime.Container, error)
 }
 
+// InPlaceRestorer restores a container fully from a plain tar archive
+// file without extracting its page images.
+type InPlaceRestorer interface {
+	RestoreInPlace(ctx context.Context, archiveFile *os.File, target runtime.Ref, source string) (runtime.Container, error)
+}
+
+// restoreInPlace restores from a published plain archive file without
+// extracting its pages, when the restorer can; ok is false when it cannot
+// (compressed or encrypted archives are restored by extraction, which
+// decodes, hashes and writes them in one pass).
+func (s *Service) restoreInPlace(ctx context.Context, f *os.File, target runtime.Ref, source string) (c runtime.Container, ok bool, err error) {
+	ir, can := s.restorer.(InPlaceRestorer)
+	if !can || s.NoInPlace {
+		return c, false, nil
+	}
+	if _, format, err := archive.Decode(io.NewSectionReader(f, 0, 1<<20), nil); err != nil || format != archive.FormatTar {
+		return c, false, nil
+	}
+	c, err = ir.RestoreInPlace(ctx, f, target, source)
+	if err != nil {
+		return c, true, invalidArchive(err)
+	}
+	return c, true, nil
+}
+
 // RestoreLazy restores from an archive stream (plain, zstd or age) with
 // lazy memory. A plain archive file is served in place; anything else
 // (compressed or encrypted archives cannot be read at an offset, an upload

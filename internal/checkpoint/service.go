@@ -60,6 +60,9 @@ type Service struct {
 	retentionMu sync.Mutex
 	restorer    Restorer
 	identities  []age.Identity
+	// NoInPlace restores published plain archives by extraction even when
+	// the restorer can serve their pages in place (see lazy.go).
+	NoInPlace bool
 }
 
 // stagingDir holds archives being written; it is emptied on start.

@@ -3,7 +3,9 @@ package embedded
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,9 +15,11 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	lib "github.com/checkpoint-restore/checkpointctl/lib"
 	gorunc "github.com/containerd/go-runc"
@@ -68,6 +72,10 @@ type lazyConfig struct {
 type lazyInput struct {
 	archive *os.File
 	cfg     lazyConfig
+	// inPlace holds the restored tasks stopped (CRIU's pre-resume hook)
+	// until every page has moved and the digests match: a full restore
+	// without the extraction copy.
+	inPlace bool
 }
 
 // MemoryState is the memory of a lazily restored container.
@@ -102,6 +110,19 @@ var pagesImage = regexp.MustCompile(`^` + lib.CheckpointDirectory + `/pages-([0-
 // serves pages from it: the shim holds it open, so removing its name is
 // harmless. Only small members are extracted.
 func (r *Runtime) RestoreLazy(ctx context.Context, f *os.File, o RestoreOptions) (runtime.Container, error) {
+	return r.restoreFromFile(ctx, f, o, false)
+}
+
+// RestoreInPlace restores a container fully from a plain tar archive file
+// without extracting its page images: the pages move from the archive into
+// the restored process through the lazy-pages machinery while its tasks are
+// still stopped, and they resume only when every page is in and the
+// digests match. A mismatch kills them before they ever run.
+func (r *Runtime) RestoreInPlace(ctx context.Context, f *os.File, o RestoreOptions) (runtime.Container, error) {
+	return r.restoreFromFile(ctx, f, o, true)
+}
+
+func (r *Runtime) restoreFromFile(ctx context.Context, f *os.File, o RestoreOptions, inPlace bool) (runtime.Container, error) {
 	members, manifest, err := archive.Locate(f, archive.DefaultLimits())
 	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s lazily: %w", o.Source, err)
@@ -117,7 +138,7 @@ func (r *Runtime) RestoreLazy(ctx context.Context, f *os.File, o RestoreOptions)
 	if _, err := archive.Extract(f, staging, archive.DefaultLimits(), func(name string) bool { return !pagesImage.MatchString(name) }); err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 	}
-	in := &lazyInput{archive: f, cfg: lazyConfig{Pages: map[uint32]lazyPages{}}}
+	in := &lazyInput{archive: f, cfg: lazyConfig{Pages: map[uint32]lazyPages{}}, inPlace: inPlace}
 	for name, m := range members {
 		sub := pagesImage.FindStringSubmatch(name)
 		if sub == nil {
@@ -201,6 +222,20 @@ func (in *lazyInput) prepare(dir string, opts *ShimOptions, cmd *exec.Cmd) error
 	if err := writeJSONAtomic(filepath.Join(dir, fileLazy), in.cfg); err != nil {
 		return err
 	}
+	if in.inPlace {
+		// CRIU runs the hook once every page has been asked of the daemon
+		// and before the tasks resume; it returns when memory is complete,
+		// and kills the tasks if it failed.
+		hook := filepath.Join(dir, "memory-hook.sh")
+		script := "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = pre-resume ] || exit 0\nexec " +
+			shellQuote(cmd.Path) + " memory-wait --dir " + shellQuote(dir) + " --id " + shellQuote(filepath.Base(dir)) + "\n"
+		if err := os.WriteFile(hook, []byte(script), 0o700); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, fileCriuConf), []byte("action-script "+hook+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
 	if err := writeJSONAtomic(filepath.Join(dir, fileMemory), MemoryState{State: MemoryLoading, Since: time.Now().UTC()}); err != nil {
 		return err
 	}
@@ -220,13 +255,13 @@ type lazyShim struct {
 
 	once   sync.Once
 	failed chan struct{}
-	exited chan unix.WaitStatus // the daemon's exit, from the shim's reaper
+	exited chan daemonExit
 }
 
 // startLazy starts the page server and `criu lazy-pages`, and waits until
 // the daemon listens for the restore.
 func startLazy(o ShimOptions, rc *gorunc.Runc) (*lazyShim, error) {
-	l := &lazyShim{o: o, rc: rc, failed: make(chan struct{}), exited: make(chan unix.WaitStatus, 1)}
+	l := &lazyShim{o: o, rc: rc, failed: make(chan struct{}), exited: make(chan daemonExit, 1)}
 	if err := readJSON(filepath.Join(o.Dir, fileLazy), &l.cfg); err != nil {
 		return nil, err
 	}
@@ -275,7 +310,17 @@ func startLazy(o ShimOptions, rc *gorunc.Runc) (*lazyShim, error) {
 		return nil, fmt.Errorf("start criu lazy-pages: %w", err)
 	}
 	statusW.Close()
-	watchChild(l.daemon.Process.Pid, l.exited)
+	go func() {
+		// Wait without reaping: the shim's reaper collects it later.
+		var info unix.Siginfo
+		for {
+			err := unix.Waitid(unix.P_PID, l.daemon.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+			if err != unix.EINTR {
+				break
+			}
+		}
+		l.exited <- siginfoStatus(&info)
+	}()
 	ready := make(chan error, 1)
 	go func() {
 		var b [1]byte
@@ -302,11 +347,17 @@ func startLazy(o ShimOptions, rc *gorunc.Runc) (*lazyShim, error) {
 	return l, nil
 }
 
-// abort ends a lazy restore whose runc restore failed.
-func (l *lazyShim) abort() {
+// abort ends a lazy restore whose runc restore failed; it returns why
+// memory failed, when that is what failed the restore.
+func (l *lazyShim) abort() error {
 	l.once.Do(func() { close(l.failed) })
 	l.daemon.Process.Kill()
 	l.conn.Close()
+	var m MemoryState
+	if readJSON(filepath.Join(l.o.Dir, fileMemory), &m) == nil && m.State == MemoryFailed {
+		return errors.New(m.Error)
+	}
+	return nil
 }
 
 // fail stops the container for good: frozen first, so that no thread runs
@@ -315,10 +366,13 @@ func (l *lazyShim) fail(err error) {
 	l.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		l.rc.Pause(ctx, l.o.ID)
+		// The cgroup, not runc: during an in-place restore runc has no
+		// state yet, and CRIU, which may sit in the cgroup, must not die
+		// before its tasks (its tracees would run on).
+		freezeCgroup(l.o.ID)
 		l.rc.Kill(ctx, l.o.ID, int(syscall.SIGKILL), &gorunc.KillOpts{All: true})
+		killCgroupProcs(l.o.ID)
 		thawCgroup(l.o.ID)
-		l.rc.Resume(ctx, l.o.ID)
 		l.daemon.Process.Kill()
 		m := l.memory()
 		m.State, m.Error = MemoryFailed, "lazy restore stopped the container: "+err.Error()
@@ -353,9 +407,9 @@ func (l *lazyShim) run() {
 				return
 			}
 			hashDone = true
-		case ws := <-l.exited:
-			if !ws.Exited() || ws.ExitStatus() != 0 {
-				l.fail(fmt.Errorf("criu lazy-pages ended with %s before every page moved; %s", describeWait(ws), tailErrors(filepath.Join(l.o.Dir, "restore-work", fileLazyLog), 3)))
+		case ex := <-l.exited:
+			if ex.code != 0 || ex.signal != "" {
+				l.fail(fmt.Errorf("criu lazy-pages ended with %s before every page moved; %s", ex, tailErrors(filepath.Join(l.o.Dir, "restore-work", fileLazyLog), 3)))
 				return
 			}
 			daemonDone = true
@@ -394,33 +448,120 @@ func (l *lazyShim) verify() error {
 	return nil
 }
 
-func describeWait(ws unix.WaitStatus) string {
-	if ws.Signaled() {
-		return "signal " + ws.Signal().String()
-	}
-	return fmt.Sprintf("exit status %d", ws.ExitStatus())
+// daemonExit is how the lazy-pages daemon ended.
+type daemonExit struct {
+	code   int
+	signal string
 }
 
-// The shim reaps every child (it is a subreaper); watchChild asks for the
-// status of one of them.
-var (
-	watchMu  sync.Mutex
-	watching = map[int]chan unix.WaitStatus{}
-)
-
-func watchChild(pid int, ch chan unix.WaitStatus) {
-	watchMu.Lock()
-	watching[pid] = ch
-	watchMu.Unlock()
+func (d daemonExit) String() string {
+	if d.signal != "" {
+		return "signal " + d.signal
+	}
+	return fmt.Sprintf("exit status %d", d.code)
 }
 
-// reaped hands the status of a reaped child to its watcher.
-func reaped(pid int, ws unix.WaitStatus) {
-	watchMu.Lock()
-	ch := watching[pid]
-	delete(watching, pid)
-	watchMu.Unlock()
-	if ch != nil {
-		ch <- ws
+// siginfoStatus reads waitid's answer (siginfo_t: si_code at 8, si_status
+// at 24 on Linux x86-64 and arm64).
+func siginfoStatus(info *unix.Siginfo) daemonExit {
+	b := (*[128]byte)(unsafe.Pointer(info))
+	code := int32(binary.NativeEndian.Uint32(b[8:]))
+	status := int(int32(binary.NativeEndian.Uint32(b[24:])))
+	const cldExited = 1
+	if code == cldExited {
+		return daemonExit{code: status}
 	}
+	return daemonExit{code: -1, signal: syscall.Signal(status).String()}
+}
+
+// MemoryWait is the body of `ckpt memory-wait`, CRIU's pre-resume hook of
+// an in-place restore: it returns nil once the container's memory is
+// complete; if it failed, it kills the restored tasks (still stopped by
+// CRIU) so that they never run, and returns the cause.
+func MemoryWait(dir, id string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var m MemoryState
+		if err := readJSON(filepath.Join(dir, fileMemory), &m); err == nil {
+			switch m.State {
+			case MemoryComplete:
+				return nil
+			case MemoryFailed:
+				killCgroupProcs(id)
+				return errors.New(m.Error)
+			}
+		}
+		if time.Now().After(deadline) {
+			killCgroupProcs(id)
+			return fmt.Errorf("memory of container %s not complete after %s", id, timeout)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// killCgroupProcs SIGKILLs the container's processes: those in its cgroup
+// and in another pid namespace than ours. During a restore CRIU sits in
+// the cgroup too, in our namespace; it must live to clean up its mounts,
+// and it fails the restore once its tasks die.
+func killCgroupProcs(id string) {
+	self, _ := os.Readlink("/proc/self/ns/pid")
+	skip := map[int]bool{}
+	for pid := os.Getpid(); pid > 1 && !skip[pid]; pid = parentOf(pid) {
+		skip[pid] = true
+	}
+	cg := filepath.Join(defaultContainerCgroup, id)
+	for _, f := range []string{filepath.Join("/sys/fs/cgroup/freezer", cg, "cgroup.procs"), filepath.Join("/sys/fs/cgroup", cg, "cgroup.procs")} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Fields(string(data)) {
+			pid, err := strconv.Atoi(line)
+			if err != nil || pid <= 1 || skip[pid] {
+				continue
+			}
+			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err == nil && ns != self {
+				unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+	}
+}
+
+// freezeCgroup freezes a container's cgroup and waits (briefly) until it
+// is frozen.
+func freezeCgroup(id string) {
+	cg := filepath.Join(defaultContainerCgroup, id)
+	v1 := filepath.Join("/sys/fs/cgroup/freezer", cg, "freezer.state")
+	v2 := filepath.Join("/sys/fs/cgroup", cg, "cgroup.freeze")
+	if os.WriteFile(v1, []byte("FROZEN"), 0) != nil && os.WriteFile(v2, []byte("1"), 0) != nil {
+		return
+	}
+	for i := 0; i < 200; i++ {
+		if b, err := os.ReadFile(v1); err == nil && strings.TrimSpace(string(b)) == "FROZEN" {
+			return
+		}
+		if b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", cg, "cgroup.events")); err == nil && strings.Contains(string(b), "frozen 1") {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// parentOf reads a process's parent from /proc/PID/stat (0 if unknown).
+func parentOf(pid int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
 }

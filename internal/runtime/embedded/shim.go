@@ -168,13 +168,16 @@ func RunShim(o ShimOptions) error {
 			if lazy, err = startLazy(o, rc); err != nil {
 				return fail(fmt.Errorf("lazy restore: %w", err))
 			}
+			go lazy.run()
 		}
 		_, err = rc.Restore(ctx, o.ID, bundle, &gorunc.RestoreOpts{
 			CheckpointOpts: gorunc.CheckpointOpts{ImagePath: o.Restore, WorkDir: filepath.Join(o.Dir, "restore-work"), FileLocks: true, AllowOpenTCP: o.TCPEstablished, LazyPages: o.Lazy},
 			IO:             pio, Detach: true, PidFile: pidFile,
 		})
 		if err != nil && lazy != nil {
-			lazy.abort()
+			if cause := lazy.abort(); cause != nil {
+				err = fmt.Errorf("%v: %w", cause, err)
+			}
 		}
 	} else {
 		if err = rc.Create(ctx, o.ID, bundle, &gorunc.CreateOpts{IO: pio, PidFile: pidFile}); err == nil {
@@ -203,9 +206,6 @@ func RunShim(o ShimOptions) error {
 			lw.copy(stream, r)
 		}()
 	}
-	if lazy != nil {
-		go lazy.run()
-	}
 	fmt.Fprintf(report, "ok %d\n", initPid)
 	report.Close()
 	report = nil
@@ -231,7 +231,6 @@ func waitForPid(pid int) exitStatus {
 			return exitStatus{Code: -1, FinishedAt: time.Now().UTC()}
 		}
 		if got != pid {
-			reaped(got, ws)
 			continue
 		}
 		st := exitStatus{Code: ws.ExitStatus(), FinishedAt: time.Now().UTC()}
