@@ -103,7 +103,7 @@ func TestLazyRestore(t *testing.T) {
 		// The copy of the archive is served by the restored container's
 		// shim; the restore must not depend on the name staying.
 		copyName := "checkpoint-copy-" + strings.TrimPrefix(filepath.Base(path), "checkpoint-")
-		copyFile(t, path, filepath.Join(filepath.Dir(path), copyName))
+		copyFile(t, path, filepath.Join(filepath.Dir(path), copyName), 0o600)
 		r, resp := a.restoreLazy(copyName, "default", "counter-lazy", "counter")
 		if resp.status != 201 || r.State != "running" {
 			log, _ := os.ReadFile(a.logPath)
@@ -140,7 +140,7 @@ func TestLazyRestoreCorruptPages(t *testing.T) {
 		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
 	}
 	bad := filepath.Join(filepath.Dir(path), "checkpoint-bad-"+strings.TrimPrefix(filepath.Base(path), "checkpoint-"))
-	copyFile(t, path, bad)
+	copyFile(t, path, bad, 0o600)
 	off, size := memberSpan(t, bad, "checkpoint/pages-1.img")
 	f, err := os.OpenFile(bad, os.O_RDWR, 0)
 	if err != nil {
@@ -170,25 +170,6 @@ func TestLazyRestoreCorruptPages(t *testing.T) {
 	a.waitFor(func() bool { return !strings.Contains(a.psLine("counter-bad", "counter"), " running ") },
 		"the container on corrupt memory stopped")
 	a.rmContainer(r.ID)
-}
-
-func copyFile(t *testing.T, from, to string) {
-	t.Helper()
-	in, err := os.Open(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(to, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // memberSpan returns where a member's content lies in a tar file.
