@@ -64,7 +64,17 @@ func (a *agent) pidOf(pod, ctr string) int {
 	}
 	pid, err := strconv.Atoi(f[6])
 	if err != nil {
-		a.t.Fatalf("pid of %s/%s: %q", pod, ctr, f[6])
+		out, _ := a.ckptErr("ps")
+		logs, _ := filepath.Glob(filepath.Join(a.rootDir, "ckpt", "containers", f[3]+"*", "*.log"))
+		var tails strings.Builder
+		for _, l := range logs {
+			b, _ := os.ReadFile(l)
+			if len(b) > 2000 {
+				b = b[len(b)-2000:]
+			}
+			fmt.Fprintf(&tails, "--- %s\n%s\n", l, b)
+		}
+		a.t.Fatalf("pid of %s/%s: %q\n%s\n%s", pod, ctr, f[6], out, tails.String())
 	}
 	return pid
 }
@@ -127,11 +137,11 @@ func TestLazyRestore(t *testing.T) {
 	}
 }
 
-// TestLazyRestoreCorruptPages corrupts the page image of an archive inside
-// the tar (so its checksum no longer matches) and restores it lazily: the
-// container must end up stopped, with the cause in `ckpt ps`, never left
-// running on bad memory.
-func TestLazyRestoreCorruptPages(t *testing.T) {
+// TestRestoreCorruptPages corrupts the page image of an archive inside
+// the tar (so its checksum no longer matches) and restores it lazily and
+// in place (a plain restore of a published archive): the container must
+// end up stopped with the cause named, never left running on bad memory.
+func TestRestoreCorruptPages(t *testing.T) {
 	a := newAgent(t)
 	a.addPod("counter", counterManifest("counter", map[string]string{"COUNTER_MEM_MIB": strconv.Itoa(lazyMiB)}))
 	a.waitRunning("counter", "counter")
@@ -152,24 +162,43 @@ func TestLazyRestoreCorruptPages(t *testing.T) {
 	b[0] ^= 0xff
 	f.WriteAt(b[:], off+size-100)
 	f.Close()
-	r, resp := a.restoreLazy(filepath.Base(bad), "default", "counter-bad", "counter")
-	if resp.status != 201 {
-		// Failing before the container runs is a clean stop too.
-		if !strings.Contains(resp.body, "checksum") {
-			t.Fatalf("restore of a corrupt archive: %d %s, want a checksum error", resp.status, resp.body)
-		}
-		return
+	for _, tc := range []struct {
+		name, pod, query string
+	}{
+		{"lazy", "counter-lazy", "&lazy=true"},
+		{"in place", "counter-inplace", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := a.do("POST", fmt.Sprintf("/restore/default/%s/counter?archive=%s%s", tc.pod, filepath.Base(bad), tc.query), testToken)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.status != 201 {
+				// Failing before the container runs is a clean stop too.
+				if !strings.Contains(resp.body, "checksum") {
+					t.Fatalf("restore of a corrupt archive: %d %s, want a checksum error", resp.status, resp.body)
+				}
+				if line := a.psLine(tc.pod, "counter"); strings.Contains(line, " running ") {
+					t.Fatalf("failed restore left a container running: %s", line)
+				}
+				return
+			}
+			if tc.query == "" {
+				t.Fatalf("in-place restore of a corrupt archive succeeded: %s", resp.body)
+			}
+			r := decodeRestored(t, resp.body)
+			a.waitFor(func() bool { return strings.HasPrefix(a.memoryColumn(tc.pod, "counter"), "failed:") },
+				"lazy restore of a corrupt archive failed")
+			mem := a.memoryColumn(tc.pod, "counter")
+			t.Logf("memory of the corrupt restore: %s", mem)
+			if !strings.Contains(mem, "checksum") {
+				t.Fatalf("memory of the corrupt restore: %q, want the checksum mismatch", mem)
+			}
+			a.waitFor(func() bool { return !strings.Contains(a.psLine(tc.pod, "counter"), " running ") },
+				"the container on corrupt memory stopped")
+			a.rmContainer(r.ID)
+		})
 	}
-	a.waitFor(func() bool { return strings.HasPrefix(a.memoryColumn("counter-bad", "counter"), "failed:") },
-		"lazy restore of a corrupt archive failed")
-	mem := a.memoryColumn("counter-bad", "counter")
-	t.Logf("memory of the corrupt restore: %s", mem)
-	if !strings.Contains(mem, "checksum") {
-		t.Fatalf("memory of the corrupt restore: %q, want the checksum mismatch", mem)
-	}
-	a.waitFor(func() bool { return !strings.Contains(a.psLine("counter-bad", "counter"), " running ") },
-		"the container on corrupt memory stopped")
-	a.rmContainer(r.ID)
 }
 
 // memberSpan returns where a member's content lies in a tar file.

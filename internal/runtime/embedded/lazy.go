@@ -255,13 +255,17 @@ type lazyShim struct {
 
 	once   sync.Once
 	failed chan struct{}
-	exited chan daemonExit
+
+	mu        sync.Mutex
+	running   bool // runc restore returned
+	hasFailed bool
+	exited    chan daemonExit
 }
 
 // startLazy starts the page server and `criu lazy-pages`, and waits until
 // the daemon listens for the restore.
 func startLazy(o ShimOptions, rc *gorunc.Runc) (*lazyShim, error) {
-	l := &lazyShim{o: o, rc: rc, failed: make(chan struct{}), exited: make(chan daemonExit, 1)}
+	l := &lazyShim{o: o, rc: rc, failed: make(chan struct{}), exited: make(chan daemonExit, 2)}
 	if err := readJSON(filepath.Join(o.Dir, fileLazy), &l.cfg); err != nil {
 		return nil, err
 	}
@@ -310,16 +314,22 @@ func startLazy(o ShimOptions, rc *gorunc.Runc) (*lazyShim, error) {
 		return nil, fmt.Errorf("start criu lazy-pages: %w", err)
 	}
 	statusW.Close()
+	// The shim reaps every child once the container runs (waitForPid);
+	// until then the daemon's end is seen without reaping it. Whichever
+	// sees it first tells.
+	watchChild(l.daemon.Process.Pid, l.exited)
 	go func() {
-		// Wait without reaping: the shim's reaper collects it later.
 		var info unix.Siginfo
 		for {
 			err := unix.Waitid(unix.P_PID, l.daemon.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
-			if err != unix.EINTR {
-				break
+			if err == unix.EINTR {
+				continue
 			}
+			if err == nil {
+				l.exited <- siginfoStatus(&info)
+			}
+			return // reaped by waitForPid, which tells through watchChild
 		}
-		l.exited <- siginfoStatus(&info)
 	}()
 	ready := make(chan error, 1)
 	go func() {
@@ -360,26 +370,50 @@ func (l *lazyShim) abort() error {
 	return nil
 }
 
-// fail stops the container for good: frozen first, so that no thread runs
-// on once the daemon lets go, then killed and thawed so the kill lands.
+// fail ends a lazy restore that cannot complete. While CRIU restores, the
+// tasks are left to CRIU (killing them under it hangs it): the daemon is
+// killed, so CRIU fails the restore at its next step with lazy-pages, and
+// an in-place restore's pre-resume hook kills the tasks before they run.
+// Once the container runs, it is frozen and killed before the daemon goes,
+// so no thread runs on with pages the kernel would fill with zeros.
 func (l *lazyShim) fail(err error) {
 	l.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		// The cgroup, not runc: during an in-place restore runc has no
-		// state yet, and CRIU, which may sit in the cgroup, must not die
-		// before its tasks (its tracees would run on).
-		freezeCgroup(l.o.ID)
-		l.rc.Kill(ctx, l.o.ID, int(syscall.SIGKILL), &gorunc.KillOpts{All: true})
-		killCgroupProcs(l.o.ID)
-		thawCgroup(l.o.ID)
-		l.daemon.Process.Kill()
 		m := l.memory()
 		m.State, m.Error = MemoryFailed, "lazy restore stopped the container: "+err.Error()
 		writeJSONAtomic(filepath.Join(l.o.Dir, fileMemory), m)
-		fmt.Fprintf(os.Stderr, "lazy restore of %s failed, container killed: %v\n", l.o.ID, err)
+		fmt.Fprintf(os.Stderr, "lazy restore of %s failed: %v\n", l.o.ID, err)
+		l.mu.Lock()
+		l.hasFailed = true
+		running := l.running
+		l.mu.Unlock()
+		if running {
+			l.stop()
+		}
+		l.daemon.Process.Kill()
 		close(l.failed)
 	})
+}
+
+// started tells that runc restore returned and the container runs; if
+// memory failed meanwhile, it is stopped now.
+func (l *lazyShim) started() {
+	l.mu.Lock()
+	l.running = true
+	failed := l.hasFailed
+	l.mu.Unlock()
+	if failed {
+		l.stop()
+	}
+}
+
+// stop freezes and kills the container.
+func (l *lazyShim) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	freezeCgroup(l.o.ID)
+	l.rc.Kill(ctx, l.o.ID, int(syscall.SIGKILL), &gorunc.KillOpts{All: true})
+	killCgroupProcs(l.o.ID)
+	thawCgroup(l.o.ID)
 }
 
 func (l *lazyShim) memory() MemoryState {
@@ -564,4 +598,36 @@ func parentOf(pid int) int {
 	}
 	ppid, _ := strconv.Atoi(f[1])
 	return ppid
+}
+
+// The shim's reaper (waitForPid) reaps every child; watchChild asks it for
+// the exit of one of them.
+var (
+	watchMu  sync.Mutex
+	watching = map[int]chan daemonExit{}
+)
+
+func watchChild(pid int, ch chan daemonExit) {
+	watchMu.Lock()
+	watching[pid] = ch
+	watchMu.Unlock()
+}
+
+// reaped tells the watcher of a reaped child how it ended.
+func reaped(pid int, ws unix.WaitStatus) {
+	watchMu.Lock()
+	ch := watching[pid]
+	delete(watching, pid)
+	watchMu.Unlock()
+	if ch == nil {
+		return
+	}
+	ex := daemonExit{code: ws.ExitStatus()}
+	if ws.Signaled() {
+		ex = daemonExit{code: -1, signal: ws.Signal().String()}
+	}
+	select {
+	case ch <- ex:
+	default:
+	}
 }

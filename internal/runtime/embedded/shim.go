@@ -178,6 +178,8 @@ func RunShim(o ShimOptions) error {
 			if cause := lazy.abort(); cause != nil {
 				err = fmt.Errorf("%v: %w", cause, err)
 			}
+		} else if lazy != nil {
+			lazy.started()
 		}
 	} else {
 		if err = rc.Create(ctx, o.ID, bundle, &gorunc.CreateOpts{IO: pio, PidFile: pidFile}); err == nil {
@@ -231,6 +233,7 @@ func waitForPid(pid int) exitStatus {
 			return exitStatus{Code: -1, FinishedAt: time.Now().UTC()}
 		}
 		if got != pid {
+			reaped(got, ws)
 			continue
 		}
 		st := exitStatus{Code: ws.ExitStatus(), FinishedAt: time.Now().UTC()}
