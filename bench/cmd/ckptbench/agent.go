@@ -133,7 +133,12 @@ func (a *agent) checkpoint(ctx context.Context, ns, pod, ctr string) (string, er
 
 // restore POSTs a restore of an archive kept by the agent.
 func (a *agent) restore(ctx context.Context, ns, pod, ctr, archiveName string) error {
-	st, body, err := a.do(ctx, "POST", fmt.Sprintf("/restore/%s/%s/%s?archive=%s", ns, pod, ctr, archiveName))
+	return a.restoreQuery(ctx, ns, pod, ctr, archiveName, "")
+}
+
+// restoreQuery is restore with more query parameters ("&lazy=true").
+func (a *agent) restoreQuery(ctx context.Context, ns, pod, ctr, archiveName, query string) error {
+	st, body, err := a.do(ctx, "POST", fmt.Sprintf("/restore/%s/%s/%s?archive=%s%s", ns, pod, ctr, archiveName, query))
 	if err != nil {
 		return err
 	}

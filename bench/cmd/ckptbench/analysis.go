@@ -1,5 +1,10 @@
 package main
 
+import (
+	"fmt"
+	"strings"
+)
+
 // analysis is appended to docs/benchmarks.md: why the numbers are what they
 // are, and by how much and why a target is missed. Update it with the run.
 const analysis = `**One pass.** ckpt (row c) writes the memory pages once. Before the dump,
@@ -63,3 +68,49 @@ run, and memory handed back by the VM is slow on first touch (DESIGN.md), so the
 floor itself is 2 × slower than DESIGN.md's numbers at 1 and 4 GiB. The rows take
 turns within each size after a discarded warm-up, so load falls on all of them alike.
 `
+
+// restoreAnalysis describes the restore rows from the measured medians.
+func restoreAnalysis(sums []summary) string {
+	get := func(row string, mib int) (summary, bool) {
+		for _, s := range sums {
+			if s.Row == row && s.MiB == mib {
+				return s, true
+			}
+		}
+		return summary{}, false
+	}
+	var sizes []int
+	seen := map[int]bool{}
+	for _, s := range sums {
+		if !seen[s.MiB] {
+			seen[s.MiB] = true
+			sizes = append(sizes, s.MiB)
+		}
+	}
+	var b strings.Builder
+	b.WriteString("**Restore (from this run).** A published plain archive (rc) restores without the extraction\n" +
+		"copy: ckpt extracts the small CRIU images, writes the few pages CRIU restores itself (stacks, private\n" +
+		"file mappings) into a sparse page image, and serves every other page straight from the archive file\n" +
+		"to `criu lazy-pages` through its page-server protocol while CRIU holds the restored tasks at\n" +
+		"pre-resume; they resume once every page is in and the page images' digests (hashed in parallel)\n" +
+		"match. The lazy restore (rl) answers as soon as the non-memory state is restored; rm is when its\n" +
+		"memory was complete (every page moved and the digests checked).\n\n")
+	b.WriteString("| MiB | runc restore (ra) | ckpt restore (rc) | rc / ra | lazy: running (rl) | lazy: memory complete (rm) | podman (rf) |\n|---:|---:|---:|---:|---:|---:|---:|\n")
+	cell := func(row string, mib int) string {
+		if s, ok := get(row, mib); ok {
+			return fmt.Sprintf("%.3f s", s.Latency)
+		}
+		return "–"
+	}
+	for _, mib := range sizes {
+		r := "–"
+		rc, ok1 := get("rc", mib)
+		ra, ok2 := get("ra", mib)
+		if ok1 && ok2 && ra.Latency > 0 {
+			r = fmt.Sprintf("%.2f ×", rc.Latency/ra.Latency)
+		}
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s |\n", mib, cell("ra", mib), cell("rc", mib), r, cell("rl", mib), cell("rm", mib), cell("rf", mib))
+	}
+	b.WriteString("\n")
+	return b.String()
+}
