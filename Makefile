@@ -18,9 +18,15 @@ deps:
 images: build
 	./hack/build-images.sh $(IMAGES)
 
+# The CRI restore tests run again on containerd 2.3.7: 2.1-2.3 restore
+# through CRI CreateContainer (2.4 removed it), from archives and from
+# checkpoint images.
 test: deps build images
 	$(GO) vet ./...
 	CKPT_BIN=$(CURDIR)/$(BIN)/ckpt CKPT_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -count=1 -timeout 40m ./...
+	CONTAINERD_VERSION=v2.3.7 CKPT_CONTAINERD_BIN=/opt/ckpt/containerd-2.3/bin \
+	CKPT_BIN=$(CURDIR)/$(BIN)/ckpt CKPT_IMAGES=$(CURDIR)/$(IMAGES) \
+		$(GO) test -count=1 -timeout 20m -run 'TestRestoreThroughCRI|TestRestoreFromCheckpointImageThroughCRI' ./test/e2e/cri/
 
 unit:
 	$(GO) test -count=1 -short ./...

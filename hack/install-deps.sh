@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ckpt needs on a Debian 12 host: runc, iptables, zstd, curl, a CRIU
-# >= 4.2 proven by a real socket dump on this kernel, and (for tests) checkpointctl and crictl.
+# >= 4.2 proven by a real socket dump on this kernel, and (for tests) checkpointctl, crictl
+# and a registry (hack/install-registry.sh).
 # Idempotent; run as root. It never changes which versions apt picks for the
 # rest of the system: Debian sid's CRIU goes into a private prefix.
 set -euo pipefail
@@ -101,5 +102,7 @@ if [ "${CKPT_TEST_TOOLS:-1}" = 1 ]; then
 		log "installing checkpointctl v1.6.0"
 		GOBIN=$GOBIN go install github.com/checkpoint-restore/checkpointctl@v1.6.0
 	fi
+	# A registry on loopback for the checkpoint image tests.
+	./hack/install-registry.sh
 fi
 log "dependencies ready"

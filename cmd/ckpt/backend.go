@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 
 	"github.com/ckpt-dev/ckpt/internal/image"
+	"github.com/ckpt-dev/ckpt/internal/inspect"
 	"github.com/ckpt-dev/ckpt/internal/runtime/embedded"
 )
 
@@ -34,13 +35,18 @@ func (r imageResolver) Resolve(ref string) (embedded.Image, error) {
 	}, nil
 }
 
+// checkImages is the CRIU image check of every embedded restore.
+func checkImages(imagesDir, rootfs string, caps []string) error {
+	return inspect.ValidateCRIUImages(imagesDir, inspect.ImageRules{Root: rootfs, Capabilities: caps})
+}
+
 // embeddedRuntime opens the built-in runtime on this root dir.
 func (g *globalOptions) embeddedRuntime() (*embedded.Runtime, error) {
 	store, err := g.imageStore()
 	if err != nil {
 		return nil, err
 	}
-	return embedded.New(embedded.Config{StateDir: g.stateDir()}, imageResolver{store})
+	return embedded.New(embedded.Config{StateDir: g.stateDir(), CheckImages: checkImages}, imageResolver{store})
 }
 
 // imagesInUse maps image IDs to the containers whose root filesystems

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -30,7 +29,7 @@ name from the list, prints that log. The newest 5 per container are kept.`,
 			}
 			out := cmd.OutOrStdout()
 			if len(args) == 0 {
-				tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+				tw := table(out)
 				fmt.Fprintln(tw, "CONTAINER\tTIME\tSIZE\tFILE")
 				for _, l := range logs {
 					fmt.Fprintf(tw, "%.12s\t%s\t%d\t%s\n", l.Container, l.Time.UTC().Format("2006-01-02T15:04:05Z"), l.Size, filepath.Base(l.Path))

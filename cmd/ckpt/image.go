@@ -1,14 +1,15 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/ckpt-dev/ckpt/internal/ckptimage"
 	"github.com/ckpt-dev/ckpt/internal/image"
 )
 
@@ -24,11 +25,12 @@ func newImageCommand(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "image",
 		Short: "Manage the local images that the embedded runtime runs",
-		Long: "There is no registry: images are imported from files (`docker save` tarballs,\n" +
-			"OCI archives, OCI image layout directories) and kept unpacked under\n" +
-			"<root-dir>/ckpt/images.",
+		Long: "Images to run are imported from files (`docker save` tarballs, OCI archives, OCI image\n" +
+			"layout directories) and kept unpacked under <root-dir>/ckpt/images. Checkpoint images\n" +
+			"(from-checkpoint, push, pull, save) are kept as an OCI layout beside them.",
 	}
 	cmd.AddCommand(newImageImportCommand(g), newImageLsCommand(g), newImageRmCommand(g))
+	cmd.AddCommand(checkpointImageCommands(g)...)
 	return cmd
 }
 
@@ -37,7 +39,9 @@ func newImageImportCommand(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "import FILE...",
 		Short: "Import images from docker save tarballs, OCI archives or OCI layout directories",
-		Args:  cobra.MinimumNArgs(1),
+		Long: "An OCI archive of a checkpoint image (`ckpt image save`) goes to the checkpoint images;\n" +
+			"everything else is unpacked for the embedded runtime to run.",
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.imageStore()
 			if err != nil {
@@ -47,6 +51,12 @@ func newImageImportCommand(g *globalOptions) *cobra.Command {
 				s.Progress = imageProgress(cmd.ErrOrStderr())
 			}
 			for _, f := range args {
+				if done, err := importCheckpointImages(g, cmd.OutOrStdout(), f); done || err != nil {
+					if err != nil {
+						return err
+					}
+					continue
+				}
 				imgs, err := s.Import(cmd.Context(), f)
 				for _, img := range imgs {
 					names := "<none>"
@@ -75,15 +85,26 @@ func imageProgress(w io.Writer) func(image.Progress) {
 		}
 		if !p.Done {
 			start = time.Now()
-			fmt.Fprintf(w, "%s: unpacking layer %d/%d (%s compressed)\n", p.Image, p.Layer, p.Layers, humanSize(p.Size))
+			fmt.Fprintf(w, "%s: unpacking layer %d/%d (%s compressed)\n", p.Image, p.Layer, p.Layers, humanBytes(p.Size))
 			return
 		}
 		fmt.Fprintf(w, "%s: layer %d/%d done in %s\n", p.Image, p.Layer, p.Layers, time.Since(start).Round(time.Millisecond))
 	}
 }
 
+// imageEntry is one image as `image ls -o json|yaml` prints it.
+type imageEntry struct {
+	ID      string    `json:"id"`
+	Names   []string  `json:"names"`
+	Size    int64     `json:"size"`
+	Created time.Time `json:"created"`
+	// Checkpoint names the checkpointed container of a checkpoint image.
+	Checkpoint string `json:"checkpoint,omitempty"`
+}
+
 func newImageLsCommand(g *globalOptions) *cobra.Command {
 	var quiet, noTrunc bool
+	var format outputFormat
 	cmd := &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
@@ -98,36 +119,77 @@ func newImageLsCommand(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			ckpts, err := listCheckpointImages(g)
+			if err != nil {
+				return err
+			}
 			out := cmd.OutOrStdout()
+			entries := make([]imageEntry, 0, len(imgs))
+			for _, img := range imgs {
+				entries = append(entries, imageEntry{ID: img.ID, Names: img.Names, Size: img.Size, Created: img.Created})
+			}
+			for _, e := range ckpts {
+				entries = append(entries, imageEntry{ID: e.Digest, Names: []string{e.Name}, Size: e.Size, Created: e.Created, Checkpoint: e.Container})
+			}
+			if done, err := format.structured(out, entries); done {
+				return err
+			}
+			wide := format == "wide"
 			id := func(img image.Image) string {
-				if noTrunc {
+				if noTrunc || wide {
 					return img.ID
 				}
 				return shortImageID(img.ID)
+			}
+			ckptID := func(e ckptimage.Entry) string {
+				if noTrunc || wide {
+					return e.Digest
+				}
+				return shortImageID(e.Digest)
 			}
 			if quiet {
 				for _, img := range imgs {
 					fmt.Fprintln(out, id(img))
 				}
+				for _, e := range ckpts {
+					fmt.Fprintln(out, ckptID(e))
+				}
 				return nil
 			}
-			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			tw := table(out)
 			fmt.Fprintln(tw, "NAME\tID\tSIZE\tCREATED")
-			now := time.Now()
 			for _, img := range imgs {
 				names := img.Names
 				if len(names) == 0 {
 					names = []string{"<none>"}
 				}
-				for _, n := range names {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n, id(img), humanSize(img.Size), imageCreated(img.Created, now))
+				created := "unknown"
+				if !img.Created.IsZero() && img.Created.Unix() != 0 {
+					created = ago(img.Created) + " ago"
+					if wide {
+						created = img.Created.UTC().Format(time.RFC3339)
+					}
 				}
+				for _, n := range names {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n, id(img), humanBytes(img.Size), created)
+				}
+			}
+			for _, e := range ckpts {
+				created := "unknown"
+				if !e.Created.IsZero() {
+					created = ago(e.Created) + " ago"
+					if wide {
+						created = e.Created.UTC().Format(time.RFC3339)
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Name+" (checkpoint of "+e.Container+")", ckptID(e), humanBytes(e.Size), created)
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print IDs only")
 	cmd.Flags().BoolVar(&noTrunc, "no-trunc", false, "print full IDs")
+	cmd.Flags().VarP(&format, "output", "o", "output format: json, yaml or wide")
 	return cmd
 }
 
@@ -148,6 +210,17 @@ func newImageRmCommand(g *globalOptions) *cobra.Command {
 			}
 			for _, ref := range args {
 				img, err := s.Resolve(ref)
+				var nf *image.NotFoundError
+				if errors.As(err, &nf) {
+					e, found, cerr := removeCheckpointImage(g, ref)
+					if cerr != nil {
+						return cerr
+					}
+					if found {
+						fmt.Fprintf(cmd.OutOrStdout(), "Removed %s %s\n", e.Name, e.Digest)
+						continue
+					}
+				}
 				if err != nil {
 					return err
 				}
@@ -171,46 +244,4 @@ func shortImageID(id string) string {
 		id = id[:12]
 	}
 	return id
-}
-
-// humanSize prints bytes in decimal units, as docker does.
-func humanSize(n int64) string {
-	const unit = 1000
-	if n < unit {
-		return fmt.Sprintf("%dB", n)
-	}
-	f, i := float64(n), 0
-	units := []string{"kB", "MB", "GB", "TB", "PB", "EB"}
-	for f /= unit; f >= unit && i < len(units)-1; i++ {
-		f /= unit
-	}
-	return fmt.Sprintf("%.3g%s", f, units[i])
-}
-
-// imageCreated prints how long ago t was, or the date when long ago.
-func imageCreated(t, now time.Time) string {
-	if t.IsZero() || t.Unix() == 0 {
-		return "unknown"
-	}
-	d := now.Sub(t)
-	switch {
-	case d < 0:
-		return t.UTC().Format(time.DateTime)
-	case d < time.Minute:
-		return "less than a minute ago"
-	case d < time.Hour:
-		return imageAgo(int(d.Minutes()), "minute")
-	case d < 48*time.Hour:
-		return imageAgo(int(d.Hours()), "hour")
-	case d < 30*24*time.Hour:
-		return imageAgo(int(d.Hours()/24), "day")
-	}
-	return t.UTC().Format(time.DateOnly)
-}
-
-func imageAgo(n int, unit string) string {
-	if n == 1 {
-		return "1 " + unit + " ago"
-	}
-	return fmt.Sprintf("%d %ss ago", n, unit)
 }

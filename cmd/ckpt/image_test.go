@@ -2,10 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -49,6 +49,18 @@ func TestImageCommands(t *testing.T) {
 		!strings.HasPrefix(lines[1], "localhost/rand:1") || !strings.Contains(lines[1], id.Hex[:12]+" ") {
 		t.Fatalf("ls:\n%s", out)
 	}
+	out, err = runCkpt(t, "--root-dir", root, "image", "ls", "-o", "json")
+	var entries []imageEntry
+	if err != nil || json.Unmarshal([]byte(out), &entries) != nil || len(entries) != 1 || entries[0].ID != id.String() ||
+		len(entries[0].Names) != 1 || entries[0].Names[0] != "localhost/rand:1" || entries[0].Size <= 0 {
+		t.Fatalf("ls -o json: %v\n%s", err, out)
+	}
+	if out, err = runCkpt(t, "--root-dir", root, "image", "ls", "-o", "yaml"); err != nil || !strings.Contains(out, "- localhost/rand:1") {
+		t.Fatalf("ls -o yaml: %v\n%s", err, out)
+	}
+	if out, err = runCkpt(t, "--root-dir", root, "image", "ls", "-o", "wide"); err != nil || !strings.Contains(out, id.String()) {
+		t.Fatalf("ls -o wide: %v\n%s", err, out)
+	}
 	if out, err := runCkpt(t, "--root-dir", root, "image", "rm", "rand:1"); err != nil || !strings.Contains(out, id.String()) {
 		t.Fatalf("rm: %v\n%s", err, out)
 	}
@@ -57,37 +69,5 @@ func TestImageCommands(t *testing.T) {
 	}
 	if _, err := runCkpt(t, "--root-dir", root, "image", "import", filepath.Join(dir, "missing.tar")); err == nil || !strings.Contains(err.Error(), "missing.tar") {
 		t.Fatalf("import of a missing file: %v", err)
-	}
-}
-
-func TestHumanSize(t *testing.T) {
-	for _, tc := range []struct {
-		n    int64
-		want string
-	}{
-		{0, "0B"}, {999, "999B"}, {1000, "1kB"}, {1710000, "1.71MB"}, {5 << 30, "5.37GB"}, {1 << 62, "4.61EB"},
-	} {
-		if got := humanSize(tc.n); got != tc.want {
-			t.Errorf("humanSize(%d) = %q, want %q", tc.n, got, tc.want)
-		}
-	}
-}
-
-func TestImageCreated(t *testing.T) {
-	now := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
-	for _, tc := range []struct {
-		t    time.Time
-		want string
-	}{
-		{time.Time{}, "unknown"},
-		{now.Add(-30 * time.Second), "less than a minute ago"},
-		{now.Add(-time.Minute), "1 minute ago"},
-		{now.Add(-3 * time.Hour), "3 hours ago"},
-		{now.Add(-72 * time.Hour), "3 days ago"},
-		{time.Date(2024, 1, 2, 0, 0, 0, 0, time.UTC), "2024-01-02"},
-	} {
-		if got := imageCreated(tc.t, now); got != tc.want {
-			t.Errorf("imageCreated(%v) = %q, want %q", tc.t, got, tc.want)
-		}
 	}
 }

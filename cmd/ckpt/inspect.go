@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"filippo.io/age"
 	"github.com/spf13/cobra"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/ckpt-dev/ckpt/internal/archive"
 	"github.com/ckpt-dev/ckpt/internal/inspect"
+	"github.com/ckpt-dev/ckpt/internal/trust"
 )
 
 func init() { register(newInspectCommand) }
@@ -50,18 +53,19 @@ func withProgress(opts *inspect.Options) (done func()) {
 	return func() { p.finish() }
 }
 
-func newInspectCommand(*globalOptions) *cobra.Command {
+func newInspectCommand(g *globalOptions) *cobra.Command {
 	var (
-		rf     readFlags
-		v      inspect.View
-		all    bool
-		format string
-		out    outputFormat
+		rf          readFlags
+		v           inspect.View
+		all         bool
+		format      string
+		out         outputFormat
+		trustedKeys string
 	)
 	cmd := &cobra.Command{
-		Use:   "inspect ARCHIVE...",
+		Use:   "inspect ARCHIVE|IMAGE...",
 		Short: "Show what checkpoint archives hold",
-		Long: "Show the container, sizes and CRIU statistics of checkpoint archives written by ckpt,\n" +
+		Long: "Show the container, sizes, CRIU statistics and signature of checkpoint archives written by ckpt,\n" +
 			"containerd, CRI-O or Podman (.tar, .tar.zst, .tar.age, .tar.zst.age), and on request\n" +
 			"the process tree, command lines, environment, open files, sockets, mounts and memory.\n" +
 			"Archives are streamed once; nothing is extracted outside a private temporary directory.\n" +
@@ -84,11 +88,21 @@ func newInspectCommand(*globalOptions) *cobra.Command {
 				return err
 			}
 			opts.Cmdline, opts.Env = v.Cmdline, v.Env
+			if trustedKeys != "" {
+				if opts.TrustedKeys, err = inspectKeyring(g, trustedKeys); err != nil {
+					return err
+				}
+			}
 			var cs []*inspect.Checkpoint
-			for _, path := range args {
+			for _, arg := range args {
+				path, cleanup, err := archivePath(cmd.Context(), g, arg, rf.tempDir)
+				if err != nil {
+					return err
+				}
 				done := withProgress(&opts)
 				c, err := inspect.Open(path, opts)
 				done()
+				cleanup()
 				if err != nil {
 					return err
 				}
@@ -121,6 +135,23 @@ func newInspectCommand(*globalOptions) *cobra.Command {
 	f.BoolVar(&all, "all", false, "show everything")
 	f.StringVar(&format, "format", "tree", "output format: tree, json or table")
 	f.VarP(&out, "output", "o", "json, yaml, or wide (everything, as a tree); overrides --format")
+	f.StringVar(&trustedKeys, "trusted-keys", "", "say whether the signing key is one of these (authorized_keys format, as serve's --restore-trusted-keys); this node's key counts as trusted")
 	rf.add(cmd)
 	return cmd
+}
+
+// inspectKeyring is what a restore on this node would trust: the keys of
+// path and the node's own public key, if it has one.
+func inspectKeyring(g *globalOptions, path string) (*trust.Keyring, error) {
+	keys := trust.NewKeyring()
+	if err := keys.ReadKeysFile(path); err != nil {
+		return nil, err
+	}
+	own, err := trust.ReadPublicKeyFile(filepath.Join(g.rootDir, "pki", trust.PubKeyFile))
+	if err == nil {
+		keys.Add(own)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	return keys, nil
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"regexp"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -19,7 +18,7 @@ func init() {
 	register(newMemdumpCommand)
 }
 
-func newMemsearchCommand(*globalOptions) *cobra.Command {
+func newMemsearchCommand(g *globalOptions) *cobra.Command {
 	var (
 		rf       readFlags
 		literal  string
@@ -31,7 +30,7 @@ func newMemsearchCommand(*globalOptions) *cobra.Command {
 		errFound = errors.New("no match")
 	)
 	cmd := &cobra.Command{
-		Use:   "memsearch ARCHIVE (--search STR | --search-regex RE) [--context N] [--pid P]",
+		Use:   "memsearch ARCHIVE|IMAGE (--search STR | --search-regex RE) [--context N] [--pid P]",
 		Short: "Search the memory pages of a checkpoint",
 		Long: "Search the dumped memory of every process (or one) while the archive streams by, and\n" +
 			"print the process, the virtual address and the bytes around each hit. Bytes that are\n" +
@@ -54,7 +53,12 @@ func newMemsearchCommand(*globalOptions) *cobra.Command {
 				return err
 			}
 			done := withProgress(&opts)
-			_, res, err := inspect.Search(args[0], opts, so)
+			path, cleanup, err := archivePath(cmd.Context(), g, args[0], rf.tempDir)
+			if err != nil {
+				return err
+			}
+			defer cleanup()
+			_, res, err := inspect.Search(path, opts, so)
 			done()
 			if err != nil {
 				return err
@@ -91,7 +95,7 @@ func printMatches(w io.Writer, res *inspect.SearchResult) {
 		fmt.Fprintf(w, "no match in %s of memory\n", humanBytes(res.Searched))
 		return
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := table(w)
 	fmt.Fprintln(tw, "PID\tCOMMAND\tADDRESS\tCONTEXT")
 	for _, m := range res.Matches {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s[%s]%s\n", m.PID, m.Command, m.Address, m.Before, m.Match, m.After)
@@ -102,7 +106,7 @@ func printMatches(w io.Writer, res *inspect.SearchResult) {
 	}
 }
 
-func newMemdumpCommand(*globalOptions) *cobra.Command {
+func newMemdumpCommand(g *globalOptions) *cobra.Command {
 	var (
 		rf     readFlags
 		pid    uint32
@@ -110,7 +114,7 @@ func newMemdumpCommand(*globalOptions) *cobra.Command {
 		format string
 	)
 	cmd := &cobra.Command{
-		Use:   "memdump ARCHIVE --pid P -o FILE",
+		Use:   "memdump ARCHIVE|IMAGE --pid P -o FILE",
 		Short: "Write out the dumped memory of one process",
 		Long: "Write the memory pages of one process as a hexdump with virtual addresses (--format hex)\n" +
 			"or as raw bytes in address order (--format raw; the regions and their offsets in FILE are\n" +
@@ -141,7 +145,12 @@ func newMemdumpCommand(*globalOptions) *cobra.Command {
 				}()
 				w = f
 			}
-			_, regions, err := inspect.Dump(args[0], opts, pid, inspect.DumpFormat(format), w)
+			path, cleanup, err := archivePath(cmd.Context(), g, args[0], rf.tempDir)
+			if err != nil {
+				return err
+			}
+			defer cleanup()
+			_, regions, err := inspect.Dump(path, opts, pid, inspect.DumpFormat(format), w)
 			done()
 			if err != nil {
 				return err
@@ -155,7 +164,7 @@ func newMemdumpCommand(*globalOptions) *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s of memory of PID %d to %s\n", humanBytes(total), pid, output)
 			if format == string(inspect.DumpRaw) {
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				tw := table(cmd.OutOrStdout())
 				fmt.Fprintln(tw, "ADDRESS\tSIZE\tOFFSET")
 				for _, r := range regions {
 					fmt.Fprintf(tw, "%s\t%d\t%d\n", r.Address, r.Size, r.Offset)

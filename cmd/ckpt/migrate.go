@@ -20,11 +20,14 @@ func newMigrateCommand(g *globalOptions) *cobra.Command {
 	var copts client.CheckpointOptions
 	var target restoreTarget
 	var stopSource bool
+	var via, identity string
 	cmd := &cobra.Command{
 		Use:   "migrate NAMESPACE/POD/CONTAINER --from URL --to URL",
 		Short: "Checkpoint a container on one node and restore it on another",
 		Long: "migrate checkpoints the container through the source agent's kubelet API, streams the\n" +
 			"archive from the source's GET /checkpoints/{name} into the destination's POST /restore,\n" +
+			"or, with --via REGISTRY/REPO, builds a checkpoint image of it here, pushes it, and has the\n" +
+			"destination pull and restore it (for nodes that cannot reach each other; the image stays),\n" +
 			"and prints where it runs now. By default the source container keeps running (a\n" +
 			"checkpoint never stops it); --stop-source stops it once the copy runs. The archive\n" +
 			"stays on the source. Both agents take the same credentials; --cacert may hold both CAs.",
@@ -72,7 +75,18 @@ func newMigrateCommand(g *globalOptions) *cobra.Command {
 				p.finish()
 				return err
 			}
-			restored, err := dst.Restore(ctx, into, client.RestoreSource{Body: d, Size: d.Size})
+			rsrc := client.RestoreSource{Body: d, Size: d.Size}
+			if via != "" {
+				p.finish()
+				pushed, err := pushArchive(ctx, d, via, name, identity)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(stderr, "pushed %s\n", pushed)
+				rsrc = client.RestoreSource{Image: pushed}
+				p = newProgress(stderr, "restoring on "+to, -1)
+			}
+			restored, err := dst.Restore(ctx, into, rsrc)
 			p.finish()
 			if err != nil {
 				return fmt.Errorf("restore on %s: %w", to, err)
@@ -98,6 +112,8 @@ func newMigrateCommand(g *globalOptions) *cobra.Command {
 	cmd.Flags().BoolVar(&copts.TCPEstablished, "tcp-established", false, "checkpoint established TCP connections too")
 	cmd.Flags().StringVar(&target.pod, "pod", "", "restore into this NAMESPACE/POD (default: the same)")
 	cmd.Flags().StringVar(&target.name, "name", "", "container name on the destination (default: the same)")
+	cmd.Flags().StringVar(&via, "via", "", "move the checkpoint as an image through REGISTRY/REPO[:TAG] (pushed from here, pulled by the destination)")
+	cmd.Flags().StringVar(&identity, "identity", "", "age identity file, for --via with a source that encrypts its archives")
 	cmd.Flags().BoolVar(&stopSource, "stop-source", false, "stop the source container once the copy runs (default: leave it running)")
 	return cmd
 }

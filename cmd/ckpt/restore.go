@@ -40,11 +40,13 @@ func newRestoreCommand(g *globalOptions) *cobra.Command {
 	var identity string
 	var lazy bool
 	cmd := &cobra.Command{
-		Use:   "restore ARCHIVE [--pod NS/NAME] [--name CTR] [--lazy]",
-		Short: "Restore a container from a checkpoint archive; it resumes where it was checkpointed",
+		Use:   "restore ARCHIVE|IMAGE [--pod NS/NAME] [--name CTR] [--lazy]",
+		Short: "Restore a container from a checkpoint archive or image; it resumes where it was checkpointed",
 		Long: "ARCHIVE is the name of an archive on the server (see `ckpt checkpoints ls`) or a local file,\n" +
 			"which is streamed to the server. An encrypted local file is decrypted here with --identity;\n" +
-			"the plain archive travels over the (TLS) connection and is never stored in clear.",
+			"the plain archive travels over the (TLS) connection and is never stored in clear.\n" +
+			"IMAGE is a checkpoint image reference: one in this machine's store (<root-dir>) is streamed\n" +
+			"like a file; any other is the server's to find in its store or pull from its registry.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := co.newClient()
@@ -72,8 +74,14 @@ func newRestoreCommand(g *globalOptions) *cobra.Command {
 					src.Size = st.Size() // sent as is: a bar with a total
 				}
 				label = "uploading " + args[0]
-			} else {
+			} else if isArchiveName(args[0]) {
 				src.Archive = args[0]
+			} else if rc := localImageArchive(cmd.Context(), g, args[0]); rc != nil {
+				defer rc.Close()
+				src.Body, src.Size = rc, -1
+				label = "uploading " + args[0]
+			} else {
+				src.Image = args[0]
 			}
 			p := newProgress(cmd.ErrOrStderr(), label, -1)
 			src.Progress = p.set

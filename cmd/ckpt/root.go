@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -32,7 +33,26 @@ func newRootCommand() *cobra.Command {
 	for _, add := range subcommands {
 		root.AddCommand(add(g))
 	}
+	strictGroups(root)
 	return root
+}
+
+// strictGroups makes a command group (`ckpt image`, `ckpt checkpoints`)
+// refuse an unknown subcommand with an error: cobra shows the help and
+// exits 0 for it otherwise.
+func strictGroups(cmd *cobra.Command) {
+	for _, c := range cmd.Commands() {
+		strictGroups(c)
+	}
+	if cmd.HasParent() && cmd.HasSubCommands() && !cmd.Runnable() {
+		cmd.Args = cobra.ArbitraryArgs
+		cmd.RunE = func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("unknown command %q for %q", args[0], cmd.CommandPath())
+			}
+			return cmd.Help()
+		}
+	}
 }
 
 // subcommands is filled by each subcommand's file in init, so that files can

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -23,12 +22,10 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/archive"
 	"github.com/ckpt-dev/ckpt/internal/auth"
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
-	"github.com/ckpt-dev/ckpt/internal/criuprobe"
 	"github.com/ckpt-dev/ckpt/internal/metrics"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
-	"github.com/ckpt-dev/ckpt/internal/runtime/cri"
-	"github.com/ckpt-dev/ckpt/internal/runtime/embedded"
 	"github.com/ckpt-dev/ckpt/internal/server"
+	"github.com/ckpt-dev/ckpt/internal/trust"
 )
 
 func init() { register(newServeCommand) }
@@ -50,6 +47,8 @@ type serveOptions struct {
 	compress         bool
 	recipientsFile   string
 	identityFile     string
+	trustedKeysFile  string
+	allowUnsigned    bool
 }
 
 func newServeCommand(g *globalOptions) *cobra.Command {
@@ -81,6 +80,8 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 	f.BoolVar(&o.compress, "checkpoint-compress", false, "compress archives with zstd (.tar.zst)")
 	f.StringVar(&o.recipientsFile, "checkpoint-encryption-recipients-file", "", "encrypt archives at rest to these age recipients (.tar.age)")
 	f.StringVar(&o.identityFile, "checkpoint-encryption-identity-file", "", "age identities the agent uses to restore encrypted archives")
+	f.StringVar(&o.trustedKeysFile, "restore-trusted-keys", "", "restore archives signed by these keys (authorized_keys format, e.g. other nodes' <root-dir>/pki/"+trust.PubKeyFile+"); this node's own key is always trusted")
+	f.BoolVar(&o.allowUnsigned, "restore-allow-unsigned", false, "also restore unsigned archives (written by containerd, CRI-O or Podman, or by hand); signed archives must still verify")
 	o.auth.AddFlags(f)
 	gate.AddFlag(f)
 	return cmd
@@ -95,12 +96,6 @@ func nodeName(override string) string {
 		return "localhost"
 	}
 	return strings.ToLower(h)
-}
-
-// backend is what serve needs of a runtime backend.
-type backend interface {
-	checkpoint.Runtime
-	Healthy(ctx context.Context) error
 }
 
 func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpointEnabled bool) error {
@@ -121,76 +116,54 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 		return err
 	}
 
-	var rt backend
-	var embeddedRT *embedded.Runtime
-	var criRT *cri.Runtime
-	if o.criEndpoint != "" {
-		if o.podManifestPath != "" {
-			return errors.New("--pod-manifest-path runs pods on the embedded runtime; it cannot be combined with --container-runtime-endpoint")
-		}
-		c, err := cri.New(ctx, o.criEndpoint)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		rt = c
-		criRT = c
-		log.Info("using CRI runtime", "endpoint", o.criEndpoint)
-	} else {
-		if embeddedRT, err = g.embeddedRuntime(); err != nil {
-			return err
-		}
-		rt = embeddedHealth{embeddedRT}
-		probeCtx, cancel := context.WithTimeout(ctx, time.Minute)
-		err := criuprobe.Probe(probeCtx, embeddedRT.CriuPath())
-		cancel()
-		if err != nil {
-			return fmt.Errorf("the embedded runtime needs a CRIU that dumps sockets (run hack/install-deps.sh, or use --container-runtime-endpoint): %w", err)
-		}
-		if err := embeddedRT.LockAgent(); err != nil {
-			return err
-		}
-		for _, what := range embeddedRT.RecoverInterruptedDumps() {
-			log.Warn("recovered from an interrupted checkpoint: " + what)
-		}
-		log.Info("using the embedded runtime (runc + CRIU)", "state", g.stateDir())
+	name, rt, closeBackend, err := openBackend(ctx, g, o, log)
+	if err != nil {
+		return err
 	}
+	defer closeBackend()
+	caps := runtime.Discover(rt)
+	log.Info("runtime backend", "name", name, "capabilities", caps.Names())
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
+	key, err := trust.LoadOrCreateNodeKey(filepath.Join(g.rootDir, "pki"))
+	if err != nil {
+		return err
+	}
+	keys := trust.NewKeyring(key.PublicKey())
+	if o.trustedKeysFile != "" {
+		if err := keys.ReadKeysFile(o.trustedKeysFile); err != nil {
+			return err
+		}
+	}
+	log.Info("archives are signed with the node key", "key", trust.Fingerprint(key.PublicKey()),
+		"trusted", strings.Join(keys.Fingerprints(), ","), "allowUnsigned", o.allowUnsigned)
 	copts := checkpoint.Options{RootDir: g.rootDir, DefaultTimeout: o.requestTimeout, Recorder: m,
-		Retention: o.retention, Compress: o.compress}
+		Retention: o.retention, Compress: o.compress,
+		RetentionError: func(err error) { log.Error("retention after a checkpoint", "error", err) },
+		Signer:         key, Trust: trust.Policy{Keys: keys, AllowUnsigned: o.allowUnsigned}}
 	if o.recipientsFile != "" {
 		if copts.Recipients, err = archive.ParseRecipientsFile(o.recipientsFile); err != nil {
 			return err
 		}
 	}
+	if copts.Identities, err = loadIdentities(o.identityFile); err != nil {
+		return err
+	}
 	svc, err := checkpoint.New(rt, copts)
 	if err != nil {
 		return err
 	}
-	if embeddedRT != nil {
-		ids, err := loadIdentities(o.identityFile)
-		if err != nil {
-			return err
-		}
-		svc.SetRestorer(embeddedRestorer{embeddedRT}, ids)
-	} else {
-		ids, err := loadIdentities(o.identityFile)
-		if err != nil {
-			return err
-		}
-		svc.SetRestorer(criRestorer{criRT, svc.StagingDir()}, ids)
+	images, err := g.checkpointImages()
+	if err != nil {
+		return err
 	}
 	handler := server.NewWithArchives(server.Options{
 		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Registry: reg,
-	}, svc, svc, guard, rt)
+		Images: imageArchives{images},
+	}, svc, svc, guard, caps.Health)
 	go retentionLoop(ctx, log, svc)
-
-	if embeddedRT != nil && o.podManifestPath != "" {
-		go syncPodsLoop(ctx, log, embeddedRT, o.podManifestPath, o.fileCheckFreq)
-	}
 
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -222,7 +195,7 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 	}
 	localSrv := server.NewHTTPServer("", server.NewWithArchives(server.Options{
 		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Registry: reg,
-	}, svc, svc, auth.NewLocal(node), rt), nil)
+	}, svc, svc, auth.NewLocal(node), caps.Health), nil)
 	localSrv.ConnContext = auth.ConnContext
 	log.Info("serving the checkpoint API", "url", fmt.Sprintf("%s://%s", scheme, ln.Addr()), "node", node,
 		"socket", g.socketPath(), "checkpoints", svc.Dir(), "ContainerCheckpoint", checkpointEnabled)
@@ -251,60 +224,6 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 	return err
 }
 
-// embeddedRestorer adapts the embedded runtime to the service.
-type embeddedRestorer struct{ rt *embedded.Runtime }
-
-func (e embeddedRestorer) Restore(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
-	return e.rt.Restore(ctx, tarStream, embedded.RestoreOptions{
-		Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, Source: source,
-	})
-}
-
-// RestoreLazy restores with memory served on demand from the archive file.
-func (e embeddedRestorer) RestoreLazy(ctx context.Context, f *os.File, target runtime.Ref, source string) (runtime.Container, error) {
-	return e.rt.RestoreLazy(ctx, f, embedded.RestoreOptions{
-		Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, Source: source,
-	})
-}
-
-// RestoreInPlace restores fully with the pages served from the archive file.
-func (e embeddedRestorer) RestoreInPlace(ctx context.Context, f *os.File, target runtime.Ref, source string) (runtime.Container, error) {
-	return e.rt.RestoreInPlace(ctx, f, embedded.RestoreOptions{
-		Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, Source: source,
-	})
-}
-
-// criRestorer restores through CRI, which takes an archive file: the
-// stream is written to the staging directory first.
-type criRestorer struct {
-	rt      *cri.Runtime
-	staging string
-}
-
-func (c criRestorer) Restore(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
-	if target.Namespace == "" || target.Pod == "" || target.Container == "" {
-		return runtime.Container{}, fmt.Errorf("restore %s through CRI: name the target namespace, pod and container: %w", source, runtime.ErrInvalid)
-	}
-	dir, err := os.MkdirTemp(c.staging, "restore-")
-	if err != nil {
-		return runtime.Container{}, err
-	}
-	defer os.RemoveAll(dir)
-	path := filepath.Join(dir, "archive.tar")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return runtime.Container{}, err
-	}
-	_, err = io.Copy(f, tarStream)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return runtime.Container{}, fmt.Errorf("restore %s: spool archive: %w", source, err)
-	}
-	return c.rt.Restore(ctx, path, target)
-}
-
 // retentionLoop applies the retention policy every minute, besides after
 // every checkpoint.
 func retentionLoop(ctx context.Context, log *slog.Logger, svc *checkpoint.Service) {
@@ -318,43 +237,6 @@ func retentionLoop(ctx context.Context, log *slog.Logger, svc *checkpoint.Servic
 		case <-ctx.Done():
 			return
 		case <-time.After(time.Minute):
-		}
-	}
-}
-
-// embeddedHealth gives the embedded runtime the health check serve needs.
-type embeddedHealth struct{ *embedded.Runtime }
-
-func (e embeddedHealth) Healthy(ctx context.Context) error {
-	_, err := e.List(ctx)
-	return err
-}
-
-// syncPodsLoop runs the static pods and re-reads their manifests.
-func syncPodsLoop(ctx context.Context, log *slog.Logger, rt *embedded.Runtime, dir string, every time.Duration) {
-	reported := map[string]string{}
-	lastFailing := map[string]bool{}
-	for {
-		pods, bad := embedded.LoadManifests(dir)
-		for _, e := range bad {
-			if reported[e.File] != e.Err.Error() {
-				log.Error("skipping pod manifest", "file", e.File, "error", e.Err)
-				reported[e.File] = e.Err.Error()
-			}
-		}
-		// Report each distinct failure once, not at every pass.
-		failing := map[string]bool{}
-		for _, err := range rt.SyncPods(ctx, pods) {
-			failing[err.Error()] = true
-			if !lastFailing[err.Error()] {
-				log.Error("pod sync", "error", err)
-			}
-		}
-		lastFailing = failing
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(every):
 		}
 	}
 }

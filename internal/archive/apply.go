@@ -16,6 +16,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
+
+	"github.com/ckpt-dev/ckpt/internal/safepath"
 )
 
 // maxDeletedFilesBytes bounds deleted.files.
@@ -88,7 +90,7 @@ func ApplyRootfsDiff(rootfs string, diff io.Reader, lim Limits) error {
 			}
 			dirs = append(dirs, dirTime{name, hdr.ModTime})
 		case tar.TypeReg:
-			if err := clearPath(root, name); err != nil {
+			if err := safepath.Clear(root, name); err != nil {
 				return diffErr(name, err)
 			}
 			f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
@@ -106,7 +108,7 @@ func ApplyRootfsDiff(rootfs string, diff io.Reader, lim Limits) error {
 			if err := checkSymlinkTarget(name, hdr.Linkname); err != nil {
 				return diffErr(name, err)
 			}
-			if err := clearPath(root, name); err != nil {
+			if err := safepath.Clear(root, name); err != nil {
 				return diffErr(name, err)
 			}
 			if err := root.Symlink(hdr.Linkname, name); err != nil {
@@ -124,7 +126,7 @@ func ApplyRootfsDiff(rootfs string, diff io.Reader, lim Limits) error {
 			if !fi.Mode().IsRegular() {
 				return diffErr(name, fmt.Errorf("hard link target %q: %w: not a regular file", hdr.Linkname, ErrType))
 			}
-			if err := clearPath(root, name); err != nil {
+			if err := safepath.Clear(root, name); err != nil {
 				return diffErr(name, err)
 			}
 			if err := root.Link(hdr.Linkname, name); err != nil {
@@ -216,47 +218,27 @@ func RemoveDeleted(rootfs string, deletedFilesJSON []byte) error {
 
 // cleanDeleted turns an in-container path into one relative to rootfs.
 func cleanDeleted(p string) (string, error) {
-	if p == "" || strings.IndexByte(p, 0) >= 0 || len(p) > maxNameLen {
-		return "", fmt.Errorf("%w: empty, too long or contains NUL", ErrBadName)
-	}
-	var out []string
-	for _, part := range strings.Split(p, "/") {
-		switch part {
-		case "", ".":
-			continue
-		case "..":
-			return "", errEscapeRootfs
-		}
-		out = append(out, part)
-	}
-	if len(out) == 0 {
+	rel, err := safepath.Rel(p)
+	switch {
+	case errors.Is(err, safepath.ErrEscape):
+		return "", errEscapeRootfs
+	case err != nil:
+		return "", fmt.Errorf("%w: %w", ErrBadName, err)
+	case p == "" || rel == ".":
 		return "", fmt.Errorf("%w: names the container root", ErrBadName)
 	}
-	return strings.Join(out, "/"), nil
+	return rel, nil
 }
 
-// checkParents fails when a parent of name is a symlink or not a directory.
-// A missing parent returns an error matching os.ErrNotExist.
+// checkParents fails when a parent of name is a symlink (ErrSymlink) or
+// not a directory. A missing parent returns an error matching
+// os.ErrNotExist.
 func checkParents(root *os.Root, name string) error {
-	parent := dirName(name)
-	if parent == "" {
-		return nil
+	err := safepath.Parents(root, name, false, 0)
+	if errors.Is(err, safepath.ErrSymlink) {
+		return fmt.Errorf("%w: %w", ErrSymlink, err)
 	}
-	cur := ""
-	for _, part := range strings.Split(parent, "/") {
-		cur = joinName(cur, part)
-		fi, err := root.Lstat(cur)
-		if err != nil {
-			return err
-		}
-		if fi.Mode()&os.ModeSymlink != 0 {
-			return fmt.Errorf("%w: %q is a symlink", ErrSymlink, cur)
-		}
-		if !fi.IsDir() {
-			return fmt.Errorf("%q is not a directory", cur)
-		}
-	}
-	return nil
+	return err
 }
 
 // checkSymlinkTarget refuses relative targets that climb above the root
@@ -273,23 +255,6 @@ func checkSymlinkTarget(name, target string) error {
 		return fmt.Errorf("symlink target %q: %w", target, errEscapeRootfs)
 	}
 	return nil
-}
-
-// clearPath removes a non-directory at name so that a new entry can take
-// its place without writing through it; a directory in the way is removed
-// with its contents (overlayfs semantics: the upper entry replaces it).
-func clearPath(root *os.Root, name string) error {
-	fi, err := root.Lstat(name)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if fi.IsDir() {
-		return root.RemoveAll(name)
-	}
-	return root.Remove(name)
 }
 
 // decompressDiff sniffs gzip (containerd gzips rootfs-diff.tar) and zstd.

@@ -27,6 +27,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/ckpt-dev/ckpt/internal/safepath"
 )
 
 // ManifestFile is the integrity manifest, in sha256sum format, written last.
@@ -121,23 +123,21 @@ func cleanName(name string) (string, error) {
 	switch {
 	case name == "":
 		return "", fmt.Errorf("%w: empty", ErrBadName)
-	case len(name) > maxNameLen:
-		return "", fmt.Errorf("%w: longer than %d bytes", ErrBadName, maxNameLen)
-	case strings.IndexByte(name, 0) >= 0:
-		return "", fmt.Errorf("%w: contains a NUL byte", ErrBadName)
 	case strings.HasPrefix(name, "/"):
 		return "", ErrAbsolute
 	}
-	parts := strings.Split(name, "/")
-	out := parts[:0]
-	for _, p := range parts {
-		switch p {
-		case "", ".":
-			continue
-		case "..":
-			return "", errEscapeArchive
-		}
-		out = append(out, p)
+	rel, err := safepath.Rel(name)
+	switch {
+	case errors.Is(err, safepath.ErrEscape):
+		return "", errEscapeArchive
+	case err != nil:
+		return "", fmt.Errorf("%w: %w", ErrBadName, err)
+	case rel == ".":
+		return "", nil
 	}
-	return strings.Join(out, "/"), nil
+	return rel, nil
 }
+
+// ErrRefusedImage: a CRIU image of the archive asks a restore for what it
+// will not do (internal/inspect.ValidateCRIUImages).
+var ErrRefusedImage = errors.New("refused by the CRIU image rules")

@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	goruntime "runtime"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -185,7 +184,7 @@ func (a *FileWriter) AddDir(name, dir string) error {
 }
 
 func (a *FileWriter) addReg(name string, mode, size int64, r io.Reader) error {
-	if name == ManifestFile {
+	if name == ManifestFile || name == SignatureFile {
 		return fmt.Errorf("archive member %q: %w: reserved for the integrity manifest", name, ErrBadName)
 	}
 	return a.addRegRaw(name, mode, size, r)
@@ -354,18 +353,9 @@ func spliceAll(pipe, f *os.File, off int64, written *atomic.Int64, progress chan
 // Close appends checksums.sha256 and the tar trailer; it leaves f open.
 func (a *FileWriter) Close() error {
 	a.mu.Lock()
-	names := make([]string, 0, len(a.sums))
-	for n := range a.sums {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	var b strings.Builder
-	for _, n := range names {
-		// sha256sum's format, as Writer writes it.
-		fmt.Fprintf(&b, "%s  %s\n", a.sums[n], n)
-	}
+	manifest := formatManifest(a.sums)
 	a.mu.Unlock()
-	if err := a.addRegRaw(ManifestFile, 0o600, int64(b.Len()), strings.NewReader(b.String())); err != nil {
+	if err := a.addRegRaw(ManifestFile, 0o600, int64(len(manifest)), strings.NewReader(manifest)); err != nil {
 		return err
 	}
 	a.mu.Lock()

@@ -37,6 +37,8 @@ func seedTars(f *testing.F) [][]byte {
 	w.AddBytes("checkpoint/pages-1.img", []byte("pages"))
 	w.Close()
 	seeds = append(seeds, buf.Bytes())
+	seeds = append(seeds, mkTar(f, reg("a", "a"), reg(ManifestFile, strings.Repeat("0", 64)+"  a\n"), reg(SignatureFile, "sig")))
+	seeds = append(seeds, mkTar(f, reg(SignatureFile, "sig"), reg("a", "a")))
 	// The fixtures' small rootfs-diff.tar; whole fixtures are too large for
 	// the mutator to be effective (they are covered by unit tests).
 	diff, err := os.ReadFile("testdata/podman-rootfs-diff.tar")
@@ -101,6 +103,28 @@ func FuzzExtract(f *testing.F) {
 					t.Fatalf("verified member %s missing: %v", name, err)
 				}
 			}
+		}
+	})
+}
+
+// FuzzCheck: what Extract accepts, Check accepts with the same manifest
+// and signature (Check writes nothing, so file-over-directory clashes are
+// Extract's alone).
+func FuzzCheck(f *testing.F) {
+	for _, s := range seedTars(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := Check(bytes.NewReader(data), fuzzLimits)
+		xm, xerr := Extract(bytes.NewReader(data), filepath.Join(t.TempDir(), "x"), fuzzLimits, nil)
+		if xerr != nil {
+			return
+		}
+		if err != nil {
+			t.Fatalf("Extract accepted what Check refuses: %v", err)
+		}
+		if (m == nil) != (xm == nil) || (m != nil && (!bytes.Equal(m.Raw, xm.Raw) || !bytes.Equal(m.Signature, xm.Signature))) {
+			t.Fatalf("Check and Extract disagree on the manifest: %+v %+v", m, xm)
 		}
 	})
 }

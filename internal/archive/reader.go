@@ -23,6 +23,10 @@ const maxManifestBytes = 16 << 20
 type Manifest struct {
 	// Sums maps a member name to its lowercase hex SHA-256.
 	Sums map[string]string
+	// Raw is the manifest exactly as read: what the signature covers.
+	Raw []byte
+	// Signature is checksums.sha256.sig, nil when the archive is unsigned.
+	Signature []byte
 }
 
 // Walk reads a tar stream and calls fn for every member, in order, with the
@@ -103,11 +107,15 @@ func Walk(r io.Reader, lim Limits, fn func(hdr *tar.Header, body io.Reader) erro
 //
 // When the archive has checksums.sha256, every extracted member must be
 // listed there with a matching digest, and every listed member that the
-// filter selects must be present; Extract then returns the parsed Manifest.
-// The manifest itself is not written to dest. Without one, Extract returns
-// a nil Manifest (archives written by CRI-O, containerd and Podman).
-// filter sees cleaned names ("checkpoint/pages-1.img"). Digests of members that the filter
-// skips are not checked. On error, what this call created is removed.
+// filter selects must be present; Extract then returns the parsed Manifest,
+// with the signature that follows it (checksums.sha256.sig) if any. Neither
+// is written to dest, and nothing may follow the signature. Whether the
+// signature is good is the caller's question (internal/trust): the returned
+// Manifest is exactly what the members were checked against. Without a
+// manifest, Extract returns nil (archives of CRI-O, containerd and Podman).
+// filter sees cleaned names ("checkpoint/pages-1.img"). Digests of members
+// that the filter skips are not checked. On error, what this call created is
+// removed.
 func Extract(r io.Reader, dest string, lim Limits, filter func(name string) bool) (_ *Manifest, retErr error) {
 	created, err := mkdirIfMissing(dest)
 	if err != nil {
@@ -149,23 +157,12 @@ func Extract(r io.Reader, dest string, lim Limits, filter func(name string) bool
 	}
 
 	got := make(map[string]string) // extracted member -> digest
-	var manifest *Manifest
+	var c collector
 	h := sha256.New()
 	bufs := [2][]byte{make([]byte, copyBufSize), make([]byte, copyBufSize)}
 	err = Walk(r, lim, func(hdr *tar.Header, body io.Reader) error {
-		if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeDir {
-			return memberErr(hdr.Name, fmt.Errorf("%w: %s in a checkpoint archive (only directories and regular files)", ErrType, typeName(hdr.Typeflag)))
-		}
-		if hdr.Name == ManifestFile && hdr.Typeflag == tar.TypeReg {
-			if manifest != nil {
-				return memberErr(hdr.Name, ErrDuplicate)
-			}
-			m, err := readManifest(body, hdr.Size)
-			if err != nil {
-				return memberErr(hdr.Name, err)
-			}
-			manifest = m
-			return nil
+		if done, err := c.member(hdr, body); done || err != nil {
+			return err
 		}
 		if filter != nil && !filter(hdr.Name) {
 			return nil
@@ -207,13 +204,13 @@ func Extract(r io.Reader, dest string, lim Limits, filter func(name string) bool
 	if err != nil {
 		return nil, err
 	}
-	if manifest == nil {
+	if c.manifest == nil {
 		return nil, nil
 	}
-	if err := manifest.verify(got, filter); err != nil {
+	if err := c.manifest.verify(got, filter); err != nil {
 		return nil, err
 	}
-	return manifest, nil
+	return c.manifest, nil
 }
 
 // verify compares extracted digests with the manifest.
@@ -275,14 +272,12 @@ func ParseManifest(data []byte) (*Manifest, error) {
 	if err := sc.Err(); err != nil {
 		return nil, err
 	}
+	m.Raw = data
 	return m, nil
 }
 
 func readManifest(body io.Reader, size int64) (*Manifest, error) {
-	if size > maxManifestBytes {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, size, maxManifestBytes)
-	}
-	data, err := io.ReadAll(io.LimitReader(body, maxManifestBytes))
+	data, err := readBounded(body, size, maxManifestBytes)
 	if err != nil {
 		return nil, err
 	}

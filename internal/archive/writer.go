@@ -10,8 +10,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"sort"
-	"strings"
 	"time"
 )
 
@@ -120,17 +118,7 @@ func (w *Writer) Close() error {
 	if w.err != nil {
 		return w.err
 	}
-	names := make([]string, 0, len(w.sums))
-	for n := range w.sums {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	var b strings.Builder
-	for _, n := range names {
-		// sha256sum's format: two spaces, or " *" for binary mode.
-		fmt.Fprintf(&b, "%s  %s\n", w.sums[n], n)
-	}
-	manifest := b.String()
+	manifest := formatManifest(w.sums)
 	hdr := w.header(ManifestFile, tar.TypeReg, 0o600)
 	hdr.Size = int64(len(manifest))
 	if err := w.tw.WriteHeader(hdr); err != nil {
@@ -165,7 +153,7 @@ func (w *Writer) addReg(name string, perm, size int64, r io.Reader) error {
 	if err == nil && n == "" {
 		err = fmt.Errorf("%w: names the archive root", ErrBadName)
 	}
-	if err == nil && n == ManifestFile {
+	if err == nil && (n == ManifestFile || n == SignatureFile) {
 		err = fmt.Errorf("%w: reserved for the integrity manifest", ErrBadName)
 	}
 	if err == nil && w.names[n] {

@@ -18,19 +18,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ckpt-dev/ckpt/internal/runtime"
+	"github.com/ckpt-dev/ckpt/pkg/api"
 )
 
-// ArchiveInfo describes one published archive.
-type ArchiveInfo struct {
-	Name      string    `json:"name"`
-	Path      string    `json:"path"`
-	Namespace string    `json:"namespace"`
-	Pod       string    `json:"pod"`
-	Container string    `json:"container"`
-	Size      int64     `json:"size"`
-	Created   time.Time `json:"created"`
-	SHA256    string    `json:"sha256"`
-}
+// ArchiveInfo describes one published archive, as the API lists it.
+type ArchiveInfo = api.Archive
 
 // Extended attributes that record who an archive belongs to (the name alone
 // is ambiguous: namespaces and container names both contain dashes) and a
@@ -183,10 +175,11 @@ func (s *Service) Open(name string) (f *os.File, info ArchiveInfo, release func(
 	if !ValidArchiveName(name) {
 		return nil, info, nil, fmt.Errorf("archive name %q: %w", name, runtime.ErrInvalid)
 	}
-	release = s.pins.pin(name)
+	// unpin is a local: the error returns below set release to nil.
+	unpin := s.pins.pin(name)
 	defer func() {
 		if err != nil {
-			release()
+			unpin()
 		}
 	}()
 	root, err := os.OpenRoot(s.dir)
@@ -205,7 +198,7 @@ func (s *Service) Open(name string) (f *os.File, info ArchiveInfo, release func(
 		f.Close()
 		return nil, info, nil, err
 	}
-	return f, info, release, nil
+	return f, info, unpin, nil
 }
 
 // ErrArchiveNotFound is returned for an archive name that does not exist.

@@ -10,57 +10,25 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
-// LazyRestorer restores a container whose memory is served on demand from
-// a plain tar archive file, which it keeps open as long as it needs.
-type LazyRestorer interface {
-	RestoreLazy(ctx context.Context, archiveFile *os.File, target runtime.Ref, source string) (runtime.Container, error)
-}
-
-// InPlaceRestorer restores a container fully from a plain tar archive
-// file without extracting its page images.
-type InPlaceRestorer interface {
-	RestoreInPlace(ctx context.Context, archiveFile *os.File, target runtime.Ref, source string) (runtime.Container, error)
-}
-
-// restoreInPlace restores from a published plain archive file without
-// extracting its pages, when the restorer can; ok is false when it cannot
-// (compressed or encrypted archives are restored by extraction, which
-// decodes, hashes and writes them in one pass).
-func (s *Service) restoreInPlace(ctx context.Context, f *os.File, target runtime.Ref, source string) (c runtime.Container, ok bool, err error) {
-	ir, can := s.restorer.(InPlaceRestorer)
-	if !can || s.NoInPlace {
-		return c, false, nil
-	}
-	if _, format, err := archive.Decode(io.NewSectionReader(f, 0, 1<<20), nil); err != nil || format != archive.FormatTar {
-		return c, false, nil
-	}
-	c, err = ir.RestoreInPlace(ctx, f, target, source)
-	if err != nil {
-		return c, true, invalidArchive(err)
-	}
-	return c, true, nil
-}
-
 // RestoreLazy restores from an archive stream (plain, zstd or age) with
 // lazy memory. A plain archive file is served in place; anything else
 // (compressed or encrypted archives cannot be read at an offset, an upload
 // has no file) is first decoded into an unlinked spool file in the staging
 // directory, which the restored container's shim then holds open.
 func (s *Service) RestoreLazy(ctx context.Context, src io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
-	lr, ok := s.restorer.(LazyRestorer)
-	if !ok {
+	lr := s.caps.LazyRestore
+	if lr == nil {
 		return runtime.Container{}, fmt.Errorf("restore %s lazily: %w: this runtime backend cannot restore lazily", source, runtime.ErrUnsupported)
 	}
-	f, isFile := src.(*os.File)
-	if isFile {
-		if _, format, err := archive.Decode(io.NewSectionReader(f, 0, 1<<20), s.identities); err == nil && format == archive.FormatTar {
-			return lr.RestoreLazy(ctx, f, target, source)
-		}
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return runtime.Container{}, err
-		}
+	if err := s.locks.lock(ctx, restoreLock); err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: waiting for another restore: %w", source, err)
 	}
-	tarStream, _, err := archive.Decode(src, s.identities)
+	defer s.locks.unlock(restoreLock)
+	if f, ok := src.(*os.File); ok && isPlainTar(f) {
+		c, err := lr.RestoreLazyFile(ctx, f, target, source, s.checkArchive)
+		return c, invalidArchive(err)
+	}
+	tarStream, _, err := archive.Decode(src, s.opts.Identities)
 	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", source, invalidArchive(err))
 	}
@@ -74,11 +42,8 @@ func (s *Service) RestoreLazy(ctx context.Context, src io.Reader, target runtime
 	if _, err := io.Copy(spool, tarStream); err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: decode into a spool file: %w", source, invalidArchive(err))
 	}
-	c, err := lr.RestoreLazy(ctx, spool, target, source)
-	if err != nil {
-		return c, invalidArchive(err)
-	}
-	return c, nil
+	c, err := lr.RestoreLazyFile(ctx, spool, target, source, s.checkArchive)
+	return c, invalidArchive(err)
 }
 
 // RestoreArchiveLazy restores lazily from a published archive.
@@ -90,4 +55,27 @@ func (s *Service) RestoreArchiveLazy(ctx context.Context, name string, target ru
 	defer release()
 	defer f.Close()
 	return s.RestoreLazy(ctx, f, target, name)
+}
+
+// restoreInPlace restores from a published plain archive file without
+// copying its pages out, when the backend can; ok is false when it cannot.
+// Compressed or encrypted archives are restored by extraction, which
+// decodes, hashes and writes them in one pass.
+func (s *Service) restoreInPlace(ctx context.Context, f *os.File, target runtime.Ref, source string) (c runtime.Container, ok bool, err error) {
+	ir := s.caps.InPlaceRestore
+	if ir == nil || !isPlainTar(f) {
+		return c, false, nil
+	}
+	if err := s.locks.lock(ctx, restoreLock); err != nil {
+		return c, true, fmt.Errorf("restore %s: waiting for another restore: %w", source, err)
+	}
+	defer s.locks.unlock(restoreLock)
+	c, err = ir.RestoreInPlaceFile(ctx, f, target, source, s.checkArchive)
+	return c, true, invalidArchive(err)
+}
+
+// isPlainTar reports whether f is an uncompressed, unencrypted tar.
+func isPlainTar(f *os.File) bool {
+	_, format, err := archive.Decode(io.NewSectionReader(f, 0, 1<<20), nil)
+	return err == nil && format == archive.FormatTar
 }

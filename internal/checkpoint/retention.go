@@ -1,7 +1,9 @@
 package checkpoint
 
 import (
-	"os"
+	"errors"
+	"fmt"
+	"io/fs"
 	"path/filepath"
 	"time"
 )
@@ -17,8 +19,9 @@ type Retention struct {
 func (r Retention) enabled() bool { return r.PerContainer > 0 || r.MaxBytes > 0 || r.MaxAge > 0 }
 
 // ApplyRetention deletes archives, oldest first, until the policy holds.
-// Archives being written (staging) or read (pinned) are never deleted.
-// It returns the names it deleted.
+// Archives being written (staging) or read (pinned) are never deleted, and
+// count against the byte budget while they stay. It returns the names it
+// deleted, and the deletions that failed.
 func (s *Service) ApplyRetention() ([]string, error) {
 	pol := s.opts.Retention
 	if !pol.enabled() {
@@ -53,9 +56,11 @@ func (s *Service) ApplyRetention() ([]string, error) {
 		}
 	}
 	if pol.MaxBytes > 0 {
+		// What stays: the archives not doomed, and the pinned ones,
+		// doomed or not, which cannot be deleted now.
 		var total int64
 		for _, a := range list {
-			if !doomed[a.Name] {
+			if !doomed[a.Name] || s.pins.pinned(a.Name) {
 				total += a.Size
 			}
 		}
@@ -70,13 +75,18 @@ func (s *Service) ApplyRetention() ([]string, error) {
 		}
 	}
 	var deleted []string
+	var errs []error
 	for _, a := range list {
 		if !doomed[a.Name] || s.pins.pinned(a.Name) {
 			continue
 		}
-		if err := os.Remove(filepath.Join(s.dir, a.Name)); err == nil {
+		switch err := s.remove(filepath.Join(s.dir, a.Name)); {
+		case err == nil:
 			deleted = append(deleted, a.Name)
+		case errors.Is(err, fs.ErrNotExist): // deleted meanwhile
+		default:
+			errs = append(errs, fmt.Errorf("retention: delete %s: %w", a.Name, err))
 		}
 	}
-	return deleted, nil
+	return deleted, errors.Join(errs...)
 }

@@ -22,13 +22,9 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
-// Runtime is what the service needs of a container runtime backend.
-type Runtime interface {
-	Lookup(ctx context.Context, ref runtime.Ref) (runtime.Container, error)
-	// Checkpoint writes an archive of a running container to archivePath,
-	// leaving the container running. The deadline comes from ctx.
-	Checkpoint(ctx context.Context, c runtime.Container, archivePath string, opts runtime.CheckpointOptions) (runtime.CheckpointResult, error)
-}
+// Runtime is what the service needs of a container runtime backend; its
+// optional capabilities (restore, stop) are found by runtime.Discover.
+type Runtime = runtime.Backend
 
 // Recorder observes checkpoints (Prometheus metrics in production).
 type Recorder interface {
@@ -46,6 +42,23 @@ type Options struct {
 	// Compress (zstd) and Recipients (age) encode archives at rest.
 	Compress   bool
 	Recipients []age.Recipient
+	// Identities decrypt encrypted archives to restore them.
+	Identities []age.Identity
+	// RetentionError is told when retention after a checkpoint fails to
+	// delete an archive (the checkpoint itself succeeded); nil ignores it.
+	RetentionError func(error)
+	// Signer signs every archive (the node key); nil leaves them unsigned.
+	Signer archive.Signer
+	// Trust decides which archives restore (trust.Policy); nil refuses
+	// every restore.
+	Trust Verifier
+}
+
+// Verifier decides whether an archive may be restored, from the manifest
+// its members were verified against (nil: it has none) and the signature
+// it carries.
+type Verifier interface {
+	Verify(m *archive.Manifest) error
 }
 
 // Service checkpoints containers into archives.
@@ -58,11 +71,8 @@ type Service struct {
 	now   func() time.Time
 
 	retentionMu sync.Mutex
-	restorer    Restorer
-	identities  []age.Identity
-	// NoInPlace restores published plain archives by extraction even when
-	// the restorer can serve their pages in place (see lazy.go).
-	NoInPlace bool
+	caps        runtime.Capabilities
+	remove      func(string) error // os.Remove; tests replace it
 }
 
 // stagingDir holds archives being written; it is emptied on start.
@@ -87,7 +97,8 @@ func New(rt Runtime, opts Options) (*Service, error) {
 	if err := os.Mkdir(filepath.Join(dir, stagingDir), 0o700); err != nil {
 		return nil, err
 	}
-	return &Service{rt: rt, opts: opts, dir: dir, locks: newKeyedMutex(), now: time.Now}, nil
+	return &Service{rt: rt, caps: runtime.Discover(rt), opts: opts, dir: dir, locks: newKeyedMutex(), now: time.Now,
+		remove: os.Remove}, nil
 }
 
 // Dir is the checkpoints directory.
@@ -139,6 +150,13 @@ func (s *Service) Checkpoint(ctx context.Context, ref runtime.Ref, opts runtime.
 		}
 		return "", err
 	}
+	if s.opts.Signer != nil {
+		// Signed before it is encoded: the signature is inside the tar,
+		// under zstd and age like every other member.
+		if err := archive.SealFile(tmp, s.opts.Signer, archive.DefaultLimits()); err != nil {
+			return "", fmt.Errorf("checkpoint %s: %w", ref, err)
+		}
+	}
 	if tmp, err = s.encode(tmp); err != nil {
 		return "", fmt.Errorf("checkpoint %s: encode archive: %w", ref, err)
 	}
@@ -148,7 +166,9 @@ func (s *Service) Checkpoint(ctx context.Context, ref runtime.Ref, opts runtime.
 	if path, err = s.publish(tmp, ref); err != nil {
 		return "", fmt.Errorf("checkpoint %s: publish archive: %w", ref, err)
 	}
-	s.ApplyRetention()
+	if _, err := s.ApplyRetention(); err != nil && s.opts.RetentionError != nil {
+		s.opts.RetentionError(err)
+	}
 	return path, nil
 }
 

@@ -246,6 +246,11 @@ func TestRetention(t *testing.T) {
 		{"max age 25h", Retention{MaxAge: 25 * time.Hour}, -1, []int{3, 4, 5}},
 		{"combined", Retention{PerContainer: 2, MaxAge: 35 * time.Hour, MaxBytes: 200}, -1, []int{4, 5}},
 		{"pinned survives", Retention{PerContainer: 1}, 0, []int{0, 4, 5}},
+		// The pinned archive stays, so it counts against the budget: one
+		// more goes instead.
+		{"pinned doomed counts against the budget", Retention{PerContainer: 1, MaxBytes: 200}, 0, []int{0, 5}},
+		{"pinned oldest counts against the budget", Retention{MaxBytes: 250}, 0, []int{0, 5}},
+		{"pinned newest", Retention{MaxBytes: 150}, 5, []int{5}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -341,5 +346,44 @@ func TestCheckpointMetrics(t *testing.T) {
 		if !strings.Contains(text, want+"\n") {
 			t.Errorf("metrics lack %q:\n%s", want, text)
 		}
+	}
+}
+
+func TestRetentionErrorsReported(t *testing.T) {
+	var reported []error
+	s := newService(t, &fakeRuntime{}, Options{Retention: Retention{PerContainer: 1},
+		RetentionError: func(err error) { reported = append(reported, err) }})
+	ref := runtime.Ref{Namespace: "default", Pod: "p", Container: "a"}
+	var names []string
+	for i := 0; i < 3; i++ {
+		name := ArchiveName(ref, time.Date(2026, 1, 1, i, 0, 0, 0, time.UTC), time.RFC3339)
+		p := filepath.Join(s.Dir(), name)
+		os.WriteFile(p, []byte("x"), 0o600)
+		setRef(p, ref)
+		names = append(names, name)
+	}
+	stuck := names[0]
+	s.remove = func(p string) error {
+		if filepath.Base(p) == stuck {
+			return fmt.Errorf("remove %s: %w", p, os.ErrPermission)
+		}
+		return os.Remove(p)
+	}
+	deleted, err := s.ApplyRetention()
+	if !errors.Is(err, os.ErrPermission) || !strings.Contains(err.Error(), stuck) {
+		t.Fatalf("error %v, want the failed deletion of %s", err, stuck)
+	}
+	if len(deleted) != 1 || deleted[0] != names[1] {
+		t.Fatalf("deleted %v, want %s (the other deletions go on)", deleted, names[1])
+	}
+
+	// After a checkpoint, the failure is reported, and the checkpoint
+	// still succeeds.
+	path, err := s.Checkpoint(context.Background(), ref, runtime.CheckpointOptions{})
+	if err != nil || path == "" {
+		t.Fatalf("checkpoint: %q %v", path, err)
+	}
+	if len(reported) != 1 || !errors.Is(reported[0], os.ErrPermission) {
+		t.Fatalf("reported %v", reported)
 	}
 }

@@ -7,19 +7,12 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 )
 
-// Stopper stops a container by ID. The embedded runtime implements it; on a
-// Kubernetes node the kubelet owns the containers, and ckpt does not stop
-// them.
-type Stopper interface {
-	Stop(ctx context.Context, id string) error
-}
-
 // StopContainer stops the running container ref names (SIGTERM, then
 // SIGKILL), after any checkpoint of it in progress. Its record stays, so
 // that a pod manifest does not start it again: it was moved away.
 func (s *Service) StopContainer(ctx context.Context, ref runtime.Ref) error {
-	st, ok := s.rt.(Stopper)
-	if !ok {
+	st := s.caps.Stop
+	if st == nil {
 		return fmt.Errorf("stop %s: %w: the container runtime's own tools stop its containers", ref, runtime.ErrUnsupported)
 	}
 	c, err := s.rt.Lookup(ctx, ref)

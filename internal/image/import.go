@@ -25,6 +25,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/ckpt-dev/ckpt/internal/runtime"
+	"github.com/ckpt-dev/ckpt/internal/safepath"
 )
 
 // Annotations that name an image in an OCI index.
@@ -208,7 +209,7 @@ func sniffTar(file string) (string, map[string]int64, error) {
 		if n > maxArchiveEntries {
 			return "", nil, errors.New("too many entries")
 		}
-		if hdr.Typeflag == tar.TypeReg && len(hdr.Name) <= maxPathLen {
+		if hdr.Typeflag == tar.TypeReg && len(hdr.Name) <= safepath.MaxLen {
 			sizes[strings.TrimPrefix(hdr.Name, "./")] = hdr.Size
 		}
 	}
@@ -399,7 +400,7 @@ func extractLayout(file, dir string, l Limits) error {
 		if n > maxArchiveEntries {
 			return errors.New("too many entries")
 		}
-		p, err := cleanPath(hdr.Name)
+		p, err := safepath.Rel(hdr.Name)
 		if err != nil {
 			return fmt.Errorf("entry %q: %w", hdr.Name, err)
 		}

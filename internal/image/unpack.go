@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ckpt-dev/ckpt/internal/safepath"
 )
 
 // OCI whiteout markers.
@@ -34,8 +36,6 @@ type Limits struct {
 
 // DefaultLimits are used by Open.
 var DefaultLimits = Limits{MaxSize: 16 << 30, MaxEntries: 2 << 20}
-
-const maxPathLen = 4096
 
 // unpacker applies layers, in order, to a rootfs opened as an os.Root.
 // Paths never leave the root, and symlinks already in the rootfs are never
@@ -109,29 +109,8 @@ func (u *unpacker) applyLayer(ctx context.Context, r io.Reader) error {
 	return u.finishDirs()
 }
 
-// cleanPath turns a tar name into a path relative to the rootfs. Leading
-// "/" and "./" are taken as the rootfs itself; ".." is refused.
-func cleanPath(name string) (string, error) {
-	if len(name) > maxPathLen {
-		return "", errors.New("path too long")
-	}
-	if strings.IndexByte(name, 0) >= 0 {
-		return "", errors.New("path has a NUL byte")
-	}
-	for _, c := range strings.Split(name, "/") {
-		if c == ".." {
-			return "", errors.New("path escapes the rootfs")
-		}
-	}
-	p := path.Clean("/" + name)
-	if p == "/" {
-		return ".", nil
-	}
-	return p[1:], nil
-}
-
 func (u *unpacker) apply(hdr *tar.Header, tr io.Reader) error {
-	p, err := cleanPath(hdr.Name)
+	p, err := safepath.Rel(hdr.Name)
 	if err != nil {
 		return err
 	}
@@ -150,7 +129,7 @@ func (u *unpacker) apply(hdr *tar.Header, tr io.Reader) error {
 		u.dirs[p] = hdr
 		return nil
 	}
-	if err := u.mkparents(dir); err != nil {
+	if err := safepath.Dir(u.root, dir, true, 0o755); err != nil {
 		return err
 	}
 
@@ -169,17 +148,17 @@ func (u *unpacker) apply(hdr *tar.Header, tr io.Reader) error {
 		}
 		u.dirs[p] = hdr
 	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
-		if err := u.replace(p); err != nil {
+		if err := safepath.Clear(u.root, p); err != nil {
 			return err
 		}
 		if err := u.writeFile(p, hdr, tr); err != nil {
 			return err
 		}
 	case tar.TypeSymlink:
-		if hdr.Linkname == "" || len(hdr.Linkname) > maxPathLen || strings.IndexByte(hdr.Linkname, 0) >= 0 {
+		if hdr.Linkname == "" || len(hdr.Linkname) > safepath.MaxLen || strings.IndexByte(hdr.Linkname, 0) >= 0 {
 			return errors.New("bad symlink target")
 		}
-		if err := u.replace(p); err != nil {
+		if err := safepath.Clear(u.root, p); err != nil {
 			return err
 		}
 		if err := u.root.Symlink(hdr.Linkname, p); err != nil {
@@ -189,7 +168,7 @@ func (u *unpacker) apply(hdr *tar.Header, tr io.Reader) error {
 			return err
 		}
 	case tar.TypeLink:
-		target, err := cleanPath(hdr.Linkname)
+		target, err := safepath.Rel(hdr.Linkname)
 		if err != nil {
 			return fmt.Errorf("hardlink target: %w", err)
 		}
@@ -199,7 +178,7 @@ func (u *unpacker) apply(hdr *tar.Header, tr io.Reader) error {
 		if target == "." {
 			return errors.New("hardlink to the rootfs")
 		}
-		if err := u.checkParents(path.Dir(target)); err != nil {
+		if err := safepath.Dir(u.root, path.Dir(target), false, 0); err != nil {
 			return fmt.Errorf("hardlink target: %w", err)
 		}
 		fi, err := u.root.Lstat(target)
@@ -209,14 +188,14 @@ func (u *unpacker) apply(hdr *tar.Header, tr io.Reader) error {
 		if fi.IsDir() {
 			return errors.New("hardlink to a directory")
 		}
-		if err := u.replace(p); err != nil {
+		if err := safepath.Clear(u.root, p); err != nil {
 			return err
 		}
 		if err := u.root.Link(target, p); err != nil {
 			return err
 		}
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		if err := u.replace(p); err != nil {
+		if err := safepath.Clear(u.root, p); err != nil {
 			return err
 		}
 		if err := u.mknod(dir, base, hdr); err != nil {
@@ -242,59 +221,6 @@ func (u *unpacker) markSeen(p string) {
 	for d := path.Dir(p); d != "." && !u.parents[d]; d = path.Dir(d) {
 		u.parents[d] = true
 	}
-}
-
-// checkParents makes sure every component of dir is a real directory.
-func (u *unpacker) checkParents(dir string) error {
-	return u.walkParents(dir, false)
-}
-
-// mkparents is checkParents that creates missing directories.
-func (u *unpacker) mkparents(dir string) error {
-	return u.walkParents(dir, true)
-}
-
-func (u *unpacker) walkParents(dir string, create bool) error {
-	if dir == "." {
-		return nil
-	}
-	cur := ""
-	for _, c := range strings.Split(dir, "/") {
-		if cur == "" {
-			cur = c
-		} else {
-			cur += "/" + c
-		}
-		fi, err := u.root.Lstat(cur)
-		switch {
-		case err == nil && fi.IsDir():
-			continue
-		case err == nil:
-			return fmt.Errorf("parent %q is not a directory", cur)
-		case errors.Is(err, fs.ErrNotExist) && create:
-			if err := u.root.Mkdir(cur, 0o755); err != nil {
-				return err
-			}
-		default:
-			return err
-		}
-	}
-	return nil
-}
-
-// replace removes whatever is at p so a new entry can take its place.
-func (u *unpacker) replace(p string) error {
-	fi, err := u.root.Lstat(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if fi.IsDir() {
-		return u.root.RemoveAll(p)
-	}
-	return u.root.Remove(p)
 }
 
 func (u *unpacker) writeFile(p string, hdr *tar.Header, r io.Reader) error {
@@ -385,7 +311,7 @@ func (u *unpacker) finishDirs() error {
 	sort.Sort(sort.Reverse(sort.StringSlice(paths)))
 	for _, p := range paths {
 		if p != "." {
-			if err := u.checkParents(path.Dir(p)); err != nil {
+			if err := safepath.Dir(u.root, path.Dir(p), false, 0); err != nil {
 				continue // replaced later in the layer
 			}
 		}
@@ -403,7 +329,7 @@ func (u *unpacker) finishDirs() error {
 // whiteout applies ".wh.NAME" (delete NAME from lower layers) and
 // ".wh..wh..opq" (hide everything lower layers put in dir).
 func (u *unpacker) whiteout(dir, base string) error {
-	if err := u.checkParents(dir); err != nil {
+	if err := safepath.Dir(u.root, dir, false, 0); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil // nothing below to hide
 		}

@@ -24,6 +24,25 @@ type Checkpoint struct {
 	// Processes are the roots of the process tree (normally one).
 	Processes []*Process `json:"processes,omitempty"`
 	Mounts    []Mount    `json:"mounts,omitempty"`
+	// Signature says who signed checksums.sha256 and whether it verifies.
+	Signature Signature `json:"signature"`
+}
+
+// Signature is the archive's checksums.sha256.sig.
+type Signature struct {
+	// Signed: the archive carries a signature (ckpt's archives do).
+	Signed bool `json:"signed"`
+	// Valid: the signature verifies over checksums.sha256 with its key.
+	Valid bool `json:"valid"`
+	// Key is the signing key's SHA256 fingerprint (ssh-keygen -l), and
+	// KeyType its type, when the signature could be parsed.
+	Key     string `json:"key,omitempty"`
+	KeyType string `json:"key_type,omitempty"`
+	// Trusted is whether Key is among the trusted keys; omitted when none
+	// were given.
+	Trusted *bool `json:"trusted,omitempty"`
+	// Error says why the signature is not valid.
+	Error string `json:"error,omitempty"`
 }
 
 // Container identifies the checkpointed container.

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ckpt-dev/ckpt/internal/archive"
+	"github.com/ckpt-dev/ckpt/internal/trust"
 )
 
 const (
@@ -54,6 +55,8 @@ type Options struct {
 	// Progress, if set, is called with the bytes of page images read so far
 	// and the total declared by the headers seen so far.
 	Progress func(read, total int64)
+	// TrustedKeys, if set, says whether the signing key is trusted.
+	TrustedKeys *trust.Keyring
 }
 
 // Open reads the archive at path in one pass and returns what it holds.
@@ -125,12 +128,34 @@ func read(path string, opts Options, sinks []pageSink) (_ *Checkpoint, err error
 	}
 	c.Archive = path
 	c.Format = string(format)
+	c.Signature = signature(p.manifest, opts.TrustedKeys)
 	for _, s := range p.sinks {
 		if a, ok := s.(*argSink); ok {
 			a.apply(c)
 		}
 	}
 	return c, nil
+}
+
+// maxSignatureBytes bounds checksums.sha256.sig.
+const maxSignatureBytes = 64 << 10
+
+// signature describes the archive's signature; it is checked over the
+// manifest that the members read were checked against.
+func signature(m *archive.Manifest, keys *trust.Keyring) Signature {
+	s := trust.Examine(m)
+	out := Signature{Signed: s.Signed, Valid: s.Signed && s.Err == nil}
+	if s.Key != nil {
+		out.Key, out.KeyType = s.Fingerprint(), s.Key.Type()
+		if keys != nil {
+			trusted := keys.Trusted(s.Key)
+			out.Trusted = &trusted
+		}
+	}
+	if s.Err != nil {
+		out.Error = s.Err.Error()
+	}
+	return out
 }
 
 // pagesID returns N for "checkpoint/pages-N.img".
@@ -198,6 +223,20 @@ func (p *pass) member(hdr *tar.Header, body io.Reader) error {
 			return fmt.Errorf("archive member %q: %w", name, err)
 		}
 		p.manifest = m
+		return nil
+	}
+	if name == archive.SignatureFile {
+		if p.manifest == nil || p.manifest.Signature != nil {
+			return fmt.Errorf("archive member %q: %w: must follow %s once", name, archive.ErrMisplaced, archive.ManifestFile)
+		}
+		if hdr.Size > maxSignatureBytes {
+			return fmt.Errorf("archive member %q: %w", name, archive.ErrTooLarge)
+		}
+		sig, err := io.ReadAll(io.LimitReader(body, maxSignatureBytes))
+		if err != nil {
+			return err
+		}
+		p.manifest.Signature = sig
 		return nil
 	}
 	if id, ok := pagesID(name); ok {

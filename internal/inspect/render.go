@@ -126,6 +126,7 @@ func renderTree(w io.Writer, c *Checkpoint, v View) {
 	size := root.add("Checkpoint size: %s", HumanBytes(c.Sizes.Checkpoint))
 	size.add("Memory pages size: %s", HumanBytes(c.Sizes.MemoryPages))
 	root.add("Root FS diff size: %s", HumanBytes(c.Sizes.RootfsDiff))
+	root.add("Signature: %s", signatureText(c.Signature))
 	if s := c.Statistics; s != nil {
 		st := root.add("CRIU dump statistics")
 		if v.Stats {
@@ -193,6 +194,40 @@ func renderTree(w io.Writer, c *Checkpoint, v View) {
 	root.print(w, "")
 }
 
+// signatureText is the tree's line: state, key and trust, or the reason.
+func signatureText(s Signature) string {
+	switch {
+	case !s.Signed:
+		return "none (unsigned: not written by a ckpt node)"
+	case !s.Valid:
+		return "NOT VALID: " + s.Error
+	}
+	text := "valid, " + s.KeyType + " key " + s.Key
+	if s.Trusted != nil {
+		if *s.Trusted {
+			text += " (trusted)"
+		} else {
+			text += " (NOT trusted)"
+		}
+	}
+	return text
+}
+
+// signatureWord is the table's column.
+func signatureWord(s Signature) string {
+	switch {
+	case !s.Signed:
+		return "unsigned"
+	case !s.Valid:
+		return "invalid"
+	case s.Trusted == nil:
+		return "valid " + s.Key
+	case *s.Trusted:
+		return "trusted " + s.Key
+	}
+	return "untrusted " + s.Key
+}
+
 func fdLabel(f File) string {
 	if f.FD == "cwd" || f.FD == "root" {
 		return f.FD
@@ -218,15 +253,16 @@ func socketText(s Socket) string {
 
 func renderTable(w io.Writer, cs []*Checkpoint, v View) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CONTAINER\tIMAGE\tID\tRUNTIME\tENGINE\tCREATED\tCHECKPOINTED\tCHKPT SIZE\tROOTFS DIFF\tFROZEN\tPAGES WRITTEN")
+	fmt.Fprintln(tw, "CONTAINER\tIMAGE\tID\tRUNTIME\tENGINE\tCREATED\tCHECKPOINTED\tCHKPT SIZE\tROOTFS DIFF\tFROZEN\tPAGES WRITTEN\tSIGNATURE")
 	for _, c := range cs {
 		k := c.Container
 		frozen, pages := "-", "-"
 		if s := c.Statistics; s != nil {
 			frozen, pages = micros(s.FrozenTimeUS), fmt.Sprint(s.PagesWritten)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.12s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.Image, k.ID, k.Runtime, k.Engine,
-			timeString(k.Created), timeString(k.Checkpointed), HumanBytes(c.Sizes.Checkpoint), HumanBytes(c.Sizes.RootfsDiff), frozen, pages)
+		fmt.Fprintf(tw, "%s\t%s\t%.12s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.Image, k.ID, k.Runtime, k.Engine,
+			timeString(k.Created), timeString(k.Checkpointed), HumanBytes(c.Sizes.Checkpoint), HumanBytes(c.Sizes.RootfsDiff), frozen, pages,
+			signatureWord(c.Signature))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
+	"github.com/ckpt-dev/ckpt/pkg/api"
 )
 
 // Archives manages published archives and restores from them.
@@ -33,15 +35,17 @@ type LazyArchives interface {
 	RestoreArchiveLazy(ctx context.Context, name string, target runtime.Ref) (runtime.Container, error)
 }
 
-// RestoredContainer is the answer to a restore.
-type RestoredContainer struct {
-	ID        string `json:"id"`
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
-	Container string `json:"container"`
-	State     string `json:"state"`
-	Pid       int    `json:"pid,omitempty"`
+// ImageArchives opens the archive a checkpoint image carries: its plain tar
+// stream, which restores through the same path as any archive. An unknown
+// image is an error matching ErrImageNotFound (404), one that is no
+// checkpoint image matches runtime.ErrInvalid (400).
+type ImageArchives interface {
+	OpenImageArchive(ctx context.Context, ref string) (io.ReadCloser, error)
 }
+
+// ErrImageNotFound: no checkpoint image by that reference, locally or in
+// its registry.
+var ErrImageNotFound = errors.New("checkpoint image not found")
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -58,7 +62,7 @@ func (s *server) listArchives(w http.ResponseWriter, r *http.Request) {
 	if list == nil {
 		list = []checkpoint.ArchiveInfo{}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"items": list})
+	writeJSON(w, http.StatusOK, api.ArchiveList{Items: list})
 }
 
 func (s *server) downloadArchive(w http.ResponseWriter, r *http.Request) {
@@ -91,7 +95,8 @@ func (s *server) deleteArchive(w http.ResponseWriter, r *http.Request) {
 }
 
 // restore restores into {ns}/{pod}/{ctr} from ?archive=NAME (a published
-// archive) or, without it, from the archive sent as the request body.
+// archive), ?image=REF (a checkpoint image) or, without either, from the
+// archive sent as the request body.
 func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 	target, err := parseRestoreTarget(r.PathValue("ns"), r.PathValue("pod"), r.PathValue("ctr"))
 	if err != nil {
@@ -117,8 +122,25 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var c runtime.Container
-	names := r.URL.Query()["archive"]
+	names, images := r.URL.Query()["archive"], r.URL.Query()["image"]
 	switch {
+	case len(names) > 0 && len(images) > 0:
+		writeText(w, http.StatusBadRequest, "give either archive or image, not both")
+		return
+	case len(images) > 0 && s.opts.Images == nil:
+		writeText(w, http.StatusBadRequest, "this agent does not restore from images")
+		return
+	case len(images) > 0:
+		ref := images[len(images)-1]
+		var rc io.ReadCloser
+		if rc, err = s.opts.Images.OpenImageArchive(ctx, ref); err == nil {
+			defer rc.Close()
+			if lazy {
+				c, err = la.RestoreLazy(ctx, rc, target, "image "+ref)
+			} else {
+				c, err = s.a.Restore(ctx, rc, target, "image "+ref)
+			}
+		}
 	case lazy && len(names) > 0:
 		c, err = la.RestoreArchiveLazy(ctx, names[len(names)-1], target)
 	case lazy:
@@ -132,7 +154,7 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 		writeArchiveError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, RestoredContainer{
+	writeJSON(w, http.StatusCreated, api.Restored{
 		ID: c.ID, Namespace: c.Namespace, Pod: c.Pod, Container: c.Name, State: string(c.State), Pid: c.Pid,
 	})
 }

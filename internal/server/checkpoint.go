@@ -16,6 +16,7 @@ import (
 
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
+	"github.com/ckpt-dev/ckpt/pkg/api"
 )
 
 // checkpoint serves POST /checkpoint/{ns}/{pod}/{ctr}?timeout=SECONDS.
@@ -52,9 +53,7 @@ func (s *server) checkpoint(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	body, err := json.Marshal(struct {
-		Items []string `json:"items"`
-	}{Items: []string{path}})
+	body, err := json.Marshal(api.CheckpointResponse{Items: []string{path}})
 	if err != nil { // cannot happen for a []string; kept for honesty
 		writeText(w, http.StatusInternalServerError, err.Error())
 		return
@@ -85,13 +84,17 @@ func errorResponse(ref runtime.Ref, err error) (status int, body string) {
 func writeArchiveError(w http.ResponseWriter, err error) {
 	status := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, checkpoint.ErrArchiveNotFound), errors.Is(err, runtime.ErrPodNotFound),
+	case errors.Is(err, checkpoint.ErrArchiveNotFound), errors.Is(err, ErrImageNotFound), errors.Is(err, runtime.ErrPodNotFound),
 		errors.Is(err, runtime.ErrContainerNotFound):
 		status = http.StatusNotFound
 	case errors.Is(err, runtime.ErrInvalid):
 		status = http.StatusBadRequest
 	case errors.Is(err, runtime.ErrExists), errors.Is(err, runtime.ErrBusy), errors.Is(err, runtime.ErrNotRunning):
 		status = http.StatusConflict
+	case errors.Is(err, runtime.ErrUnsupported):
+		// A capability the backend lacks (restore, stop): the message
+		// names it.
+		status = http.StatusNotImplemented
 	}
 	writeText(w, status, err.Error())
 }

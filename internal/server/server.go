@@ -46,6 +46,9 @@ type Options struct {
 	// Registry is served on /metrics; nil = prometheus.DefaultGatherer. The
 	// checkpoint service records the checkpoint metrics in it.
 	Registry prometheus.Gatherer
+	// Images, if set, lets POST /restore take ?image=REF: a checkpoint
+	// image in the local store, or pulled from its registry.
+	Images ImageArchives
 }
 
 // DefaultTimeout is the kubelet's default runtime request timeout.

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ckpt-dev/ckpt/pkg/api"
 )
 
 // Ref names a container: NAMESPACE/POD/CONTAINER.
@@ -37,34 +39,12 @@ func ParseRef(s string) (Ref, error) {
 	return Ref{parts[0], parts[1], parts[2]}, nil
 }
 
-// Archive is one published archive, as GET /checkpoints lists it.
-type Archive struct {
-	Name      string    `json:"name"`
-	Path      string    `json:"path"`
-	Namespace string    `json:"namespace"`
-	Pod       string    `json:"pod"`
-	Container string    `json:"container"`
-	Size      int64     `json:"size"`
-	Created   time.Time `json:"created"`
-	SHA256    string    `json:"sha256"`
-}
-
-// Restored is the answer to a container restore.
-type Restored struct {
-	ID        string `json:"id"`
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
-	Container string `json:"container"`
-	State     string `json:"state"`
-	Pid       int    `json:"pid,omitempty"`
-}
-
-// RestoredPod is the answer to a pod restore.
-type RestoredPod struct {
-	Namespace  string     `json:"namespace"`
-	Pod        string     `json:"pod"`
-	Containers []Restored `json:"containers"`
-}
+// The API's bodies (pkg/api), named here for the client's users.
+type (
+	Archive     = api.Archive
+	Restored    = api.Restored
+	RestoredPod = api.RestoredPod
+)
 
 // Progress is told how many bytes moved so far and the total (-1 when
 // unknown). It is called from the goroutine doing the transfer.
@@ -132,9 +112,7 @@ func (c *Client) checkpoint(ctx context.Context, op string, segs []string, o Che
 	if err != nil {
 		return "", err
 	}
-	var out struct {
-		Items []string `json:"items"`
-	}
+	var out api.CheckpointResponse
 	if err := decode(op, resp, &out); err != nil {
 		return "", err
 	}
@@ -151,9 +129,7 @@ func (c *Client) Archives(ctx context.Context) ([]Archive, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out struct {
-		Items []Archive `json:"items"`
-	}
+	var out api.ArchiveList
 	return out.Items, decode(op, resp, &out)
 }
 

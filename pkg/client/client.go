@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"syscall"
 )
 
@@ -36,6 +37,9 @@ type Config struct {
 	// TLS verifies the server and may hold a client certificate; nil
 	// means the system roots.
 	TLS *tls.Config
+	// MaxIdleConnsPerHost is how many idle connections are kept for
+	// reuse (0: net/http's default, 2); raise it for many concurrent calls.
+	MaxIdleConnsPerHost int
 }
 
 // Client sends requests to one ckpt server. It is safe for concurrent use.
@@ -49,6 +53,11 @@ type Client struct {
 // New returns a client for cfg.
 func New(cfg Config) (*Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	// HTTP/1.1: archives stream as plain request and response bodies,
+	// and the kubelet's API is HTTP/1.1 too.
+	tr.ForceAttemptHTTP2 = false
+	tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	tr.MaxIdleConnsPerHost = cfg.MaxIdleConnsPerHost
 	c := &Client{token: cfg.Token, socket: cfg.Socket}
 	if cfg.Socket != "" {
 		// The host is never resolved: every connection goes to the socket.
@@ -85,6 +94,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	return c, nil
 }
+
+// CloseIdleConnections closes the connections kept for reuse.
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
 
 // String names the server: its URL, or unix://PATH for the local socket.
 func (c *Client) String() string {
@@ -142,6 +154,8 @@ func (c *Client) explain(err error) error {
 		return fmt.Errorf("%w (the local socket %s is for root on the node; others use --server or --context with credentials)", err, c.socket)
 	case c.socket != "" && (errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)):
 		return fmt.Errorf("%w (is `ckpt serve` running with this --root-dir?)", err)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("%w (no agent listens at %s: give --server or --context, or run as root on the node, where the CLI uses the agent's local socket)", err, c.base.Host)
 	}
 	return err
 }
@@ -160,4 +174,30 @@ func (c *Client) call(ctx context.Context, op string, r request, ok ...int) (*ht
 	}
 	defer resp.Body.Close()
 	return nil, statusError(op, resp)
+}
+
+// Raw sends one request to pathAndQuery (already escaped, e.g.
+// "/checkpoint/default/web/app?timeout=5") with the client's transport and
+// credentials, and returns the answer whatever its status; the caller
+// closes its body. It is for tests of the HTTP layer itself (unknown
+// paths, wrong methods, malformed queries); everything else has a typed
+// call.
+func (c *Client) Raw(ctx context.Context, method, pathAndQuery string, body io.Reader) (*http.Response, error) {
+	if !strings.HasPrefix(pathAndQuery, "/") {
+		return nil, fmt.Errorf("raw request %q: want an absolute path", pathAndQuery)
+	}
+	// Joined as text, so that unclean paths ("//", "/../") go out as given.
+	base := strings.TrimSuffix(c.base.String(), "/")
+	req, err := http.NewRequestWithContext(ctx, method, base+pathAndQuery, body)
+	if err != nil {
+		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, c.explain(err)
+	}
+	return resp, nil
 }

@@ -225,6 +225,8 @@ func TestStatusesBecomeTypedErrors(t *testing.T) {
 		}, 409, client.ErrConflict, "exists"},
 		{"container not running", runtime.ErrNotRunning, func() error { return e.admin.Stop(ctx, ref) },
 			409, client.ErrConflict, "not running"},
+		{"capability missing", fmt.Errorf("stop default/web/app: %w: the container runtime's own tools stop its containers", runtime.ErrUnsupported),
+			func() error { return e.admin.Stop(ctx, ref) }, 501, client.ErrNotImplemented, "the container runtime's own tools stop its containers"},
 		{"runtime failure", errors.New("criu exploded"), func() error { _, err := e.admin.Checkpoint(ctx, ref, client.CheckpointOptions{}); return err },
 			500, client.ErrServer, "checkpointing of default/web/app failed (checkpoint default/web/app: criu exploded)"},
 	}

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ckpt-dev/ckpt/pkg/client"
 )
 
 const testToken = "e2e-token-0123456789"
@@ -32,7 +33,7 @@ type agent struct {
 	extra     []string
 	cmd       *exec.Cmd
 	logPath   string
-	client    *http.Client
+	caPool    *x509.CertPool // the agent's self-signed certificate (HTTPS)
 }
 
 type agentOption func(*agent)
@@ -96,13 +97,11 @@ func (a *agent) start() {
 	if err := a.cmd.Start(); err != nil {
 		a.t.Fatal(err)
 	}
-	a.client = &http.Client{Timeout: 5 * time.Minute}
 	if a.https {
 		a.waitFor(func() bool { _, err := os.Stat(filepath.Join(a.rootDir, "pki", "ckpt.crt")); return err == nil }, "self-signed certificate")
 		pem, _ := os.ReadFile(filepath.Join(a.rootDir, "pki", "ckpt.crt"))
-		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(pem)
-		a.client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+		a.caPool = x509.NewCertPool()
+		a.caPool.AppendCertsFromPEM(pem)
 	}
 	a.waitFor(func() bool {
 		resp, err := a.do("GET", "/healthz", testToken)
@@ -136,15 +135,40 @@ type response struct {
 	body   string
 }
 
-func (a *agent) do(method, path, token string) (response, error) {
-	req, err := http.NewRequest(method, a.url(path), nil)
+// api returns a client of this agent's API with token and cert (either may
+// be empty), trusting the agent's self-signed certificate.
+func (a *agent) api(token string, cert *tls.Certificate) *client.Client {
+	a.t.Helper()
+	cfg := client.Config{Server: a.url(""), Token: token}
+	if a.https {
+		cfg.TLS = &tls.Config{RootCAs: a.caPool}
+		if cert != nil {
+			cfg.TLS.Certificates = []tls.Certificate{*cert}
+		}
+	}
+	c, err := client.New(cfg)
 	if err != nil {
-		return response{}, err
+		a.t.Fatal(err)
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := a.client.Do(req)
+	return c
+}
+
+// do sends one request as it is (any path, any method) and returns the
+// answer, whatever its status.
+func (a *agent) do(method, path, token string) (response, error) {
+	return a.send(method, path, token, nil)
+}
+
+// send is do with a request body.
+func (a *agent) send(method, path, token string, body io.Reader) (response, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	return rawCall(ctx, a.api(token, nil), method, path, body)
+}
+
+// rawCall sends one request through c.Raw and reads the answer.
+func rawCall(ctx context.Context, c *client.Client, method, path string, body io.Reader) (response, error) {
+	resp, err := c.Raw(ctx, method, path, body)
 	if err != nil {
 		return response{}, err
 	}
@@ -153,7 +177,9 @@ func (a *agent) do(method, path, token string) (response, error) {
 	return response{resp.StatusCode, resp.Header.Get("Content-Type"), string(b)}, nil
 }
 
-// checkpoint POSTs a checkpoint and returns the archive path.
+// checkpoint POSTs a checkpoint and returns the archive path, or "" and
+// the answer. It goes through the client's raw call, because its callers
+// check the kubelet-compatible answer itself (status, type, body).
 func (a *agent) checkpoint(ref string, query string) (string, response) {
 	a.t.Helper()
 	resp, err := a.do("POST", "/checkpoint/"+ref+query, testToken)
@@ -168,6 +194,12 @@ func (a *agent) checkpoint(ref string, query string) (string, response) {
 		a.t.Fatalf("checkpoint answer %q: %v", resp.body, err)
 	}
 	return body.Items[0], resp
+}
+
+// publicKeyFile is the agent's archive signing key, for other agents'
+// --restore-trusted-keys.
+func (a *agent) publicKeyFile() string {
+	return filepath.Join(a.rootDir, "pki", "checkpoint-signing.pub")
 }
 
 // ckpt runs a ckpt CLI command against this agent's root dir.

@@ -1,17 +1,15 @@
 package e2e
 
 import (
+	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/ckpt-dev/ckpt/internal/auth/authtest"
+	"github.com/ckpt-dev/ckpt/pkg/client"
 )
 
 // endpoint is one route of the API, with what the kubelet-style authorizer
@@ -100,20 +98,20 @@ func TestAuthorizationMatrix(t *testing.T) {
 			}
 			victims[id.name] = filepath.Base(v)
 		}
-		client := tlsClient(t, a, id.cert)
+		c := a.api(id.token, id.cert)
 		for _, e := range endpoints {
 			t.Run(id.name+"/"+e.name, func(t *testing.T) {
 				ctrsBefore := len(a.containerDirs())
 				if id.status == -1 {
 					// VerifyClientCertIfGiven: a certificate from another
 					// CA ends the handshake before any HTTP.
-					_, _, err := callErr(client, e.method, a.url(e.path(id.name)), id.token)
+					_, err := rawCall(context.Background(), c, e.method, e.path(id.name), nil)
 					if err == nil || !strings.Contains(err.Error(), "unknown certificate authority") {
 						t.Fatalf("certificate of an unknown CA: %v, want the handshake refused", err)
 					}
 					return
 				}
-				status, body := call(t, client, e.method, a.url(e.path(id.name)), id.token)
+				status, body := call(t, c, e.method, e.path(id.name))
 				want := id.status
 				if want == 0 {
 					want = e.okStatus
@@ -150,13 +148,13 @@ func TestAuthorizationMatrix(t *testing.T) {
 	// valid credential still works.
 	for _, e := range endpoints {
 		t.Run("anonymous-disabled/"+e.name, func(t *testing.T) {
-			status, body := call(t, tlsClient(t, closed, nil), e.method, closed.url(e.path("x")), "")
+			status, body := call(t, closed.api("", nil), e.method, e.path("x"))
 			if status != 401 || body != "Unauthorized" {
 				t.Fatalf("%s %s without credentials: %d %q, want 401", e.method, e.path("x"), status, body)
 			}
 		})
 	}
-	if status, body := call(t, tlsClient(t, closed, &certUser), "GET", closed.url("/checkpoints"), ""); status != 200 {
+	if status, body := call(t, closed.api("", &certUser), "GET", "/checkpoints"); status != 200 {
 		t.Errorf("client certificate with anonymous auth off: %d %q", status, body)
 	}
 
@@ -174,47 +172,16 @@ func TestAuthorizationMatrix(t *testing.T) {
 	}
 }
 
-// tlsClient trusts a's self-signed certificate and presents cert if set.
-func tlsClient(t *testing.T, a *agent, cert *tls.Certificate) *http.Client {
+// call sends one request through c and returns the status and (at most
+// 200 bytes of a successful) body.
+func call(t *testing.T, c *client.Client, method, path string) (int, string) {
 	t.Helper()
-	pem, err := os.ReadFile(filepath.Join(a.rootDir, "pki", "ckpt.crt"))
+	resp, err := rawCall(context.Background(), c, method, path, nil)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s %s: %v", method, path, err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	cfg := &tls.Config{RootCAs: pool}
-	if cert != nil {
-		cfg.Certificates = []tls.Certificate{*cert}
+	if len(resp.body) > 200 && resp.status < 300 {
+		resp.body = resp.body[:200] // an archive or metrics
 	}
-	return &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: cfg}}
-}
-
-func call(t *testing.T, c *http.Client, method, url, token string) (int, string) {
-	t.Helper()
-	status, body, err := callErr(c, method, url, token)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	return status, body
-}
-
-func callErr(c *http.Client, method, url, token string) (int, string, error) {
-	req, err := http.NewRequest(method, url, nil)
-	if err != nil {
-		return 0, "", err
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if len(b) > 200 && resp.StatusCode < 300 {
-		b = b[:200] // an archive or metrics
-	}
-	return resp.StatusCode, string(b), nil
+	return resp.status, resp.body
 }

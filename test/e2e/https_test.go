@@ -12,8 +12,9 @@ import (
 // TestCurlOverHTTPS is issue 3's check as a user would run it: curl with the
 // agent's self-signed CA and a bearer token.
 func TestCurlOverHTTPS(t *testing.T) {
+	needE2E(t)
 	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("curl not installed")
+		t.Fatal("curl not installed: hack/install-deps.sh (make deps) installs it")
 	}
 	a := newAgent(t, withHTTPS())
 	a.addPod("counter", counterManifest("counter", nil))

@@ -2,10 +2,11 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ckpt-dev/ckpt/internal/auth/authtest"
+	"github.com/ckpt-dev/ckpt/pkg/client"
 )
 
 // loadDuration is how long the load runs: 15 s by default (CI),
@@ -155,8 +157,17 @@ func runLoad(t *testing.T, a *agent, classes []class, d time.Duration) round {
 	var r round
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	transport := &http.Transport{MaxIdleConnsPerHost: loadClients + 1}
-	client := &http.Client{Transport: transport, Timeout: 3 * time.Minute}
+	// One client per credential, each keeping a connection per worker.
+	clients := map[string]*client.Client{}
+	for _, c := range classes {
+		if clients[c.token] == nil {
+			cl, err := client.New(client.Config{Server: a.url(""), Token: c.token, MaxIdleConnsPerHost: loadClients + 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			clients[c.token] = cl
+		}
+	}
 	record := func(c class, status int, took time.Duration, err error) {
 		if err == nil && status != c.want {
 			err = fmt.Errorf("%s %s: %d, want %d", c.method, c.path, status, c.want)
@@ -175,7 +186,7 @@ func runLoad(t *testing.T, a *agent, classes []class, d time.Duration) round {
 			}
 			c := pick(i)
 			start := time.Now()
-			status, err := send(client, c.method, a.url(c.path), c.token)
+			status, err := send(clients[c.token], c.method, c.path)
 			record(c, status, time.Since(start), err)
 		}
 	}
@@ -193,7 +204,9 @@ func runLoad(t *testing.T, a *agent, classes []class, d time.Duration) round {
 	}
 	close(stop)
 	wg.Wait()
-	transport.CloseIdleConnections()
+	for _, cl := range clients {
+		cl.CloseIdleConnections()
+	}
 	// The slow clients were cut off by the server, not by us, and did not
 	// keep the others from being served meanwhile.
 	for i, err := range slow.wait() {
@@ -223,15 +236,10 @@ func (a *agent) settle(t *testing.T, ref map[string]float64) map[string]float64 
 	return prev
 }
 
-func send(c *http.Client, method, url, token string) (int, error) {
-	req, err := http.NewRequest(method, url, nil)
-	if err != nil {
-		return 0, err
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := c.Do(req)
+func send(c *client.Client, method, path string) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	resp, err := c.Raw(ctx, method, path, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -255,18 +263,16 @@ func percentiles(ds []time.Duration) (p50, p99 time.Duration) {
 // scrape reads the agent's /metrics and returns the unlabelled samples.
 func (a *agent) scrape(t *testing.T) map[string]float64 {
 	t.Helper()
-	req, _ := http.NewRequest("GET", a.url("/metrics"), nil)
-	req.Header.Set("Authorization", "Bearer "+testToken)
 	// A fresh connection each time, closed at once, so that the scrape
 	// itself holds no descriptor in the agent.
-	req.Close = true
-	resp, err := http.DefaultClient.Do(req)
+	c := a.api(testToken, nil)
+	defer c.CloseIdleConnections()
+	text, err := c.Metrics(context.Background())
 	if err != nil {
 		t.Fatalf("scrape: %v", err)
 	}
-	defer resp.Body.Close()
 	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(bytes.NewReader(text))
 	sc.Buffer(make([]byte, 1<<16), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()

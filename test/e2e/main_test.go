@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,6 +22,11 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	flag.Parse()
+	if testing.Short() {
+		skipWhy = "end-to-end tests start agents and containers; not with -short (make unit)"
+		return m.Run()
+	}
 	if os.Getuid() != 0 {
 		skipWhy = "end-to-end tests need root (they run containers with runc and CRIU)"
 		return m.Run()

@@ -63,14 +63,14 @@ func TestAgentKilledDuringCheckpoint(t *testing.T) {
 			a.do("POST", "/checkpoint/default/counter/counter", testToken) // cut short by the kill
 		}()
 		if trial%2 == 1 {
-			for freezerState(id) == "THAWED" && time.Since(start) < 2*span {
+			for !isFrozen(id) && time.Since(start) < 2*span {
 				time.Sleep(200 * time.Microsecond)
 			}
 			delay = time.Since(start)
 		} else {
 			time.Sleep(delay)
 		}
-		frozen := freezerState(id) != "THAWED"
+		frozen := isFrozen(id)
 		staged := len(stagingEntries(t, a)) > 0
 		a.stopWith(syscall.SIGKILL)
 		killed := time.Now()
@@ -110,6 +110,12 @@ func TestAgentKilledDuringCheckpoint(t *testing.T) {
 	published = len(finalArchives(t, a)) - 1
 	t.Logf("FIGURE agent-kill: trials=%d checkpoint-span=%v killed-while-frozen=%d killed-with-staging=%d archives-published-before-kill=%d trials-with-orphan-dump=%d max-frozen-after-kill=%v",
 		killTrials(), span.Round(time.Millisecond), frozenAtKill, stagingAtKill, published, orphanWaits, maxFrozenAfter.Round(time.Millisecond))
+
+	// The odd trials wait for the freeze before killing: if none landed
+	// while the container was frozen, the worst case was never tried.
+	if frozenAtKill == 0 {
+		t.Errorf("no kill of %d landed while the container was frozen", killTrials())
+	}
 
 	// And the agent still checkpoints.
 	if path, resp := a.checkpoint("default/counter/counter", ""); path == "" {
@@ -197,7 +203,7 @@ func TestRuntimeFailures(t *testing.T) {
 		var killed int
 		deadline := time.Now().Add(30 * time.Second)
 		for killed == 0 && time.Now().Before(deadline) {
-			if freezerState(id) != "THAWED" {
+			if isFrozen(id) {
 				if pid := lastCriu(pids); pid > 0 {
 					if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
 						killed = pid
@@ -343,7 +349,8 @@ func (a *agent) fullID(short string) string {
 }
 
 // freezerState reads the container's cgroup v1 freezer ("THAWED",
-// "FREEZING", "FROZEN"), or cgroup v2's cgroup.freeze as THAWED/FROZEN.
+// "FREEZING", "FROZEN"), or cgroup v2's cgroup.freeze as THAWED/FROZEN,
+// or "NONE" when neither file exists.
 func freezerState(id string) string {
 	if b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup/freezer/ckpt", id, "freezer.state")); err == nil {
 		return strings.TrimSpace(string(b))
@@ -354,7 +361,14 @@ func freezerState(id string) string {
 		}
 		return "THAWED"
 	}
-	return "THAWED" // no freezer: nothing can be frozen
+	return "NONE" // no freezer file: the container's cgroup is gone, or none was found
+}
+
+// isFrozen reports whether the container's freezer is FROZEN or FREEZING
+// (a missing freezer is not "thawed": it is no answer).
+func isFrozen(id string) bool {
+	s := freezerState(id)
+	return s == "FROZEN" || s == "FREEZING"
 }
 
 func waitThawed(t *testing.T, id string, within time.Duration) {
@@ -426,7 +440,8 @@ func finalArchives(t *testing.T, a *agent) []string {
 }
 
 // verifyComplete reads a published archive to its end and checks every
-// member against checksums.sha256, which the writer adds last.
+// member against checksums.sha256, which the writer adds last, followed by
+// the node's signature.
 func verifyComplete(t *testing.T, path string) {
 	t.Helper()
 	f, err := os.Open(path)
@@ -436,6 +451,7 @@ func verifyComplete(t *testing.T, path string) {
 	defer f.Close()
 	got := map[string]string{}
 	var manifest string
+	signed := false
 	tr := tar.NewReader(f)
 	for {
 		hdr, err := tr.Next()
@@ -453,6 +469,10 @@ func verifyComplete(t *testing.T, path string) {
 			manifest = string(b)
 			continue
 		}
+		if hdr.Name == "checksums.sha256.sig" {
+			signed = manifest != ""
+			continue
+		}
 		h := sha256.New()
 		if _, err := io.Copy(h, tr); err != nil {
 			t.Fatalf("partial archive %s: %s: %v", path, hdr.Name, err)
@@ -461,6 +481,9 @@ func verifyComplete(t *testing.T, path string) {
 	}
 	if manifest == "" {
 		t.Fatalf("archive %s has no checksums.sha256: it was published unfinished", path)
+	}
+	if !signed {
+		t.Fatalf("archive %s has no checksums.sha256.sig after its manifest: it was published unsigned", path)
 	}
 	sc := bufio.NewScanner(strings.NewReader(manifest))
 	n := 0

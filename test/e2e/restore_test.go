@@ -1,7 +1,7 @@
 package e2e
 
 import (
-	"encoding/json"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ckpt-dev/ckpt/pkg/client"
 )
 
 // restoreRuns is how many times each restore case runs.
@@ -38,23 +40,22 @@ func archivedCount(t *testing.T, archive string) int {
 }
 
 // restored is the API's answer to a restore.
-type restored struct {
-	ID, Namespace, Pod, Container, State string
-}
+type restored = client.Restored
 
+// restoreArchive restores a published archive; "_" keeps a recorded name.
 func (a *agent) restoreArchive(name, ns, pod, ctr string) restored {
 	a.t.Helper()
-	resp, err := a.do("POST", fmt.Sprintf("/restore/%s/%s/%s?archive=%s", ns, pod, ctr, name), testToken)
+	keep := func(s string) string {
+		if s == "_" {
+			return ""
+		}
+		return s
+	}
+	r, err := a.api(testToken, nil).Restore(context.Background(), client.Ref{Namespace: keep(ns), Pod: keep(pod), Container: keep(ctr)},
+		client.RestoreSource{Archive: name})
 	if err != nil {
-		a.t.Fatal(err)
-	}
-	if resp.status != 201 {
 		log, _ := os.ReadFile(a.logPath)
-		a.t.Fatalf("restore %s: %d %s\nagent log:\n%s", name, resp.status, resp.body, log)
-	}
-	var r restored
-	if err := json.Unmarshal([]byte(resp.body), &r); err != nil {
-		a.t.Fatal(err)
+		a.t.Fatalf("restore %s: %v\nagent log:\n%s", name, err, log)
 	}
 	return r
 }
@@ -174,10 +175,11 @@ func TestRestoreAfterOriginalRemoved(t *testing.T) {
 }
 
 // TestMigrateToSecondAgent moves the counter to another agent with its own
-// root dir and port, ten times.
+// root dir (so its own signing key) and port, ten times. The destination
+// trusts the source's key.
 func TestMigrateToSecondAgent(t *testing.T) {
 	src := newAgent(t)
-	dst := newAgent(t)
+	dst := newAgent(t, withArgs("--restore-trusted-keys", src.publicKeyFile()))
 	src.addPod("counter", counterManifest("counter", nil))
 	src.waitRunning("counter", "counter")
 	tokenFile := filepath.Join(t.TempDir(), "token")

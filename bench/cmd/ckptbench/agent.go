@@ -3,11 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ckpt-dev/ckpt/pkg/client"
 )
 
 const benchToken = "ckptbench-token"
@@ -24,14 +23,13 @@ type agent struct {
 	bin, root, manifests, logPath string
 	port                          int
 	cmd                           *exec.Cmd
-	client                        *http.Client
+	api                           *client.Client
 }
 
 // startAgent runs `ckpt serve` with its state under dir; extra are more
 // serve flags (e.g. --container-runtime-endpoint).
 func startAgent(ctx context.Context, bin, dir string, extra ...string) (*agent, error) {
-	a := &agent{bin: bin, root: filepath.Join(dir, "root"), logPath: filepath.Join(dir, "agent.log"),
-		client: &http.Client{Timeout: 10 * time.Minute}}
+	a := &agent{bin: bin, root: filepath.Join(dir, "root"), logPath: filepath.Join(dir, "agent.log")}
 	tokens := filepath.Join(dir, "tokens.csv")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -45,6 +43,9 @@ func startAgent(ctx context.Context, bin, dir string, extra ...string) (*agent, 
 	}
 	a.port = l.Addr().(*net.TCPAddr).Port
 	l.Close()
+	if a.api, err = client.New(client.Config{Server: fmt.Sprintf("http://127.0.0.1:%d", a.port), Token: benchToken}); err != nil {
+		return nil, err
+	}
 	args := []string{"--root-dir", a.root, "serve", "--address", "127.0.0.1", "--port", strconv.Itoa(a.port),
 		"--plain-http", "--token-auth-file", tokens}
 	args = append(args, extra...)
@@ -60,7 +61,7 @@ func startAgent(ctx context.Context, bin, dir string, extra ...string) (*agent, 
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		if st, _, err := a.do(ctx, "GET", "/healthz"); err == nil && st == 200 {
+		if a.api.Healthz(ctx) == nil {
 			return a, nil
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -98,54 +99,21 @@ func (a *agent) stop() {
 	a.cmd = nil
 }
 
-func (a *agent) do(ctx context.Context, method, path string) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, method, fmt.Sprintf("http://127.0.0.1:%d%s", a.port, path), nil)
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+benchToken)
-	resp, err := a.client.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return resp.StatusCode, b, err
-}
-
-// checkpoint POSTs a checkpoint and returns the archive's path.
+// checkpoint checkpoints a container and returns the archive's path.
 func (a *agent) checkpoint(ctx context.Context, ns, pod, ctr string) (string, error) {
-	st, body, err := a.do(ctx, "POST", fmt.Sprintf("/checkpoint/%s/%s/%s?timeout=600", ns, pod, ctr))
-	if err != nil {
-		return "", err
-	}
-	if st != 200 {
-		return "", fmt.Errorf("checkpoint %s/%s/%s: %d %s", ns, pod, ctr, st, strings.TrimSpace(string(body)))
-	}
-	var res struct {
-		Items []string `json:"items"`
-	}
-	if err := json.Unmarshal(body, &res); err != nil || len(res.Items) != 1 {
-		return "", fmt.Errorf("checkpoint answer %q: %v", body, err)
-	}
-	return res.Items[0], nil
+	return a.api.Checkpoint(ctx, client.Ref{Namespace: ns, Pod: pod, Container: ctr}, client.CheckpointOptions{Timeout: 10 * time.Minute})
 }
 
-// restore POSTs a restore of an archive kept by the agent.
+// restore restores an archive kept by the agent.
 func (a *agent) restore(ctx context.Context, ns, pod, ctr, archiveName string) error {
-	return a.restoreQuery(ctx, ns, pod, ctr, archiveName, "")
+	_, err := a.api.Restore(ctx, client.Ref{Namespace: ns, Pod: pod, Container: ctr}, client.RestoreSource{Archive: archiveName})
+	return err
 }
 
-// restoreQuery is restore with more query parameters ("&lazy=true").
-func (a *agent) restoreQuery(ctx context.Context, ns, pod, ctr, archiveName, query string) error {
-	st, body, err := a.do(ctx, "POST", fmt.Sprintf("/restore/%s/%s/%s?archive=%s%s", ns, pod, ctr, archiveName, query))
-	if err != nil {
-		return err
-	}
-	if st != 201 && st != 200 {
-		return fmt.Errorf("restore %s/%s/%s: %d %s", ns, pod, ctr, st, strings.TrimSpace(string(body)))
-	}
-	return nil
+// restoreLazy restores an archive kept by the agent with ?lazy=true.
+func (a *agent) restoreLazy(ctx context.Context, ns, pod, ctr, archiveName string) error {
+	_, err := a.api.Restore(ctx, client.Ref{Namespace: ns, Pod: pod, Container: ctr}, client.RestoreSource{Archive: archiveName, Lazy: true})
+	return err
 }
 
 // resetPeakRSS starts a new peak RSS window (clear_refs 5 resets VmHWM).

@@ -420,7 +420,7 @@ func (e *env) rowCkptLazyRestore(ctx context.Context, t target, run int) (sample
 	pod := fmt.Sprintf("lazy-%d-%d", t.mib, run)
 	e.emb.resetPeakRSS()
 	start := time.Now()
-	if err := e.emb.restoreQuery(ctx, ns, pod, "counter", filepath.Base(path), "&lazy=true"); err != nil {
+	if err := e.emb.restoreLazy(ctx, ns, pod, "counter", filepath.Base(path)); err != nil {
 		return sample{}, err
 	}
 	s := sample{Latency: time.Since(start)}

@@ -123,7 +123,7 @@ func (r *Runtime) RestoreInPlace(ctx context.Context, f *os.File, o RestoreOptio
 }
 
 func (r *Runtime) restoreFromFile(ctx context.Context, f *os.File, o RestoreOptions, inPlace bool) (runtime.Container, error) {
-	members, manifest, err := archive.Locate(f, archive.DefaultLimits())
+	members, _, err := archive.Locate(f, archive.DefaultLimits())
 	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s lazily: %w", o.Source, err)
 	}
@@ -135,8 +135,16 @@ func (r *Runtime) restoreFromFile(ctx context.Context, f *os.File, o RestoreOpti
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return runtime.Container{}, err
 	}
-	if _, err := archive.Extract(f, staging, archive.DefaultLimits(), func(name string) bool { return !pagesImage.MatchString(name) }); err != nil {
+	// The manifest (and its signature) are checked here with every small
+	// member; the page images are hashed against it in the background.
+	manifest, err := archive.Extract(f, staging, archive.DefaultLimits(), func(name string) bool { return !pagesImage.MatchString(name) })
+	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+	}
+	if o.Verify != nil {
+		if err := o.Verify(manifest); err != nil {
+			return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+		}
 	}
 	in := &lazyInput{archive: f, cfg: lazyConfig{Pages: map[uint32]lazyPages{}}, inPlace: inPlace}
 	for name, m := range members {
@@ -161,6 +169,35 @@ func (r *Runtime) restoreFromFile(ctx context.Context, f *os.File, o RestoreOpti
 		return runtime.Container{}, fmt.Errorf("restore %s lazily: %w", o.Source, err)
 	}
 	return r.restoreExtracted(ctx, staging, o, in)
+}
+
+// RestoreLazyFile is RestoreLazy as the checkpoint service calls it
+// (runtime.LazyRestorer).
+func (r *Runtime) RestoreLazyFile(ctx context.Context, f *os.File, target runtime.Ref, source string, check runtime.ArchiveCheck) (runtime.Container, error) {
+	return r.RestoreLazy(ctx, f, restoreOptions(target, source, check))
+}
+
+// RestoreInPlaceFile is RestoreInPlace as the checkpoint service calls it
+// (runtime.InPlaceRestorer).
+func (r *Runtime) RestoreInPlaceFile(ctx context.Context, f *os.File, target runtime.Ref, source string, check runtime.ArchiveCheck) (runtime.Container, error) {
+	return r.RestoreInPlace(ctx, f, restoreOptions(target, source, check))
+}
+
+var (
+	_ runtime.LazyRestorer    = (*Runtime)(nil)
+	_ runtime.InPlaceRestorer = (*Runtime)(nil)
+)
+
+func restoreOptions(target runtime.Ref, source string, check runtime.ArchiveCheck) RestoreOptions {
+	return RestoreOptions{
+		Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, Source: source,
+		Verify: func(m *archive.Manifest) error {
+			if m == nil {
+				return check(nil, nil)
+			}
+			return check(m.Raw, m.Signature)
+		},
+	}
 }
 
 // writeEagerPages writes, for every pagemap, a sparse page image that holds

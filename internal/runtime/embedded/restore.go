@@ -24,6 +24,10 @@ type RestoreOptions struct {
 	Name      string
 	// Source describes the archive in the container's record.
 	Source string
+	// Verify, when set, decides on the manifest the archive's members were
+	// checked against (nil: none) whether the archive may be used: the
+	// signature check (internal/trust). It runs before anything else.
+	Verify func(*archive.Manifest) error
 }
 
 // Restore rebuilds a container from a checkpoint archive (a plain tar
@@ -36,14 +40,20 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 	}
 	defer os.RemoveAll(staging)
-	if _, err := archive.Extract(tarStream, staging, archive.DefaultLimits(), nil); err != nil {
+	m, err := archive.Extract(tarStream, staging, archive.DefaultLimits(), nil)
+	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+	}
+	if o.Verify != nil {
+		if err := o.Verify(m); err != nil {
+			return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+		}
 	}
 	return r.restoreExtracted(ctx, staging, o, nil)
 }
 
-// restoreExtracted restores from an archive extracted into staging; lazy,
-// when set, serves the pages that were not extracted.
+// restoreExtracted restores from an archive extracted (and verified) into
+// staging; lazy, when set, serves the pages that were not extracted.
 func (r *Runtime) restoreExtracted(ctx context.Context, staging string, o RestoreOptions, lazy *lazyInput) (runtime.Container, error) {
 	var cfg lib.ContainerConfig
 	if err := readJSON(filepath.Join(staging, lib.ConfigDumpFile), &cfg); err != nil {
@@ -83,12 +93,31 @@ func (r *Runtime) restoreExtracted(ctx context.Context, staging string, o Restor
 		in.deletedJSON = data
 	}
 	c, err := r.create(ctx, rec, img, func(rootfs, criuConf string) ([]byte, error) {
-		return restoredSpec(spec, rec, rootfs, criuConf)
+		data, err := restoredSpec(spec, rec, rootfs, criuConf)
+		if err != nil {
+			return nil, err
+		}
+		if r.cfg.CheckImages == nil {
+			return data, nil
+		}
+		// CRIU runs as root on these images: check them against the
+		// prepared root and the spec the container gets.
+		return data, r.cfg.CheckImages(in.imagesDir, rootfs, boundingCaps(data))
 	}, in)
 	if err != nil {
 		return c, fmt.Errorf("restore %s as %s/%s/%s: %w", o.Source, rec.Namespace, rec.Pod, rec.Name, err)
 	}
 	return c, nil
+}
+
+// boundingCaps is the bounding set of a spec (none if it has none).
+func boundingCaps(specJSON []byte) []string {
+	var s specs.Spec
+	caps := []string{}
+	if json.Unmarshal(specJSON, &s) == nil && s.Process != nil && s.Process.Capabilities != nil {
+		caps = append(caps, s.Process.Capabilities.Bounding...)
+	}
+	return caps
 }
 
 // restoredSpec adapts the checkpointed spec to the new container.

@@ -49,6 +49,10 @@ type Config struct {
 	Shim string
 	// StopTimeout is how long a container gets between SIGTERM and SIGKILL.
 	StopTimeout time.Duration
+	// CheckImages, when set, checks a restore's CRIU images against the
+	// prepared root and the restored spec's bounding capabilities before
+	// CRIU runs (serve sets inspect.ValidateCRIUImages).
+	CheckImages func(imagesDir, rootfs string, capabilities []string) error
 }
 
 // Runtime runs and checkpoints containers with runc and CRIU.

@@ -30,6 +30,9 @@ func (d dirImages) Resolve(ref string) (Image, error) {
 
 func needRoot(t *testing.T) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts containers; not with -short (make unit)")
+	}
 	if os.Getuid() != 0 {
 		t.Skip("needs root to run containers")
 	}

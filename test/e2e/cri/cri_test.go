@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -22,8 +23,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/ckpt-dev/ckpt/internal/archive"
 	"github.com/ckpt-dev/ckpt/internal/runtime"
 	"github.com/ckpt-dev/ckpt/internal/runtime/cri"
+	"github.com/ckpt-dev/ckpt/internal/trust"
+	"github.com/ckpt-dev/ckpt/pkg/client"
 )
 
 // pod is a pod sandbox with one counter container, made over CRI the way the
@@ -185,6 +189,31 @@ func checkArchive(t *testing.T, archive string) {
 		if !strings.Contains(string(show), want) {
 			t.Errorf("checkpointctl show lacks %q:\n%s", want, show)
 		}
+	}
+}
+
+// checkSigned: the agent added checksums.sha256 (containerd writes none)
+// and signed it with its node key; every member matches.
+func checkSigned(t *testing.T, path, pubFile string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := archive.Check(f, archive.Limits{})
+	if err != nil {
+		t.Fatalf("archive %s: %v", path, err)
+	}
+	key, err := trust.ReadPublicKeyFile(pubFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (trust.Policy{Keys: trust.NewKeyring(key)}).Verify(m); err != nil {
+		t.Fatalf("archive %s: %v", path, err)
+	}
+	if len(m.Sums) < 3 {
+		t.Errorf("checksums.sha256 lists %d members", len(m.Sums))
 	}
 }
 
@@ -430,15 +459,14 @@ func TestServeCheckpointThroughCRI(t *testing.T) {
 			t.Logf("ckpt serve log:\n%s", b)
 		}
 	}()
-	waitHealthy(t, base+"/healthz", token)
+	api, err := client.New(client.Config{Server: base, Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHealthy(t, api)
 
 	post := func(path string) (int, []byte) {
-		req, err := http.NewRequest(http.MethodPost, base+path, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := api.Raw(context.Background(), http.MethodPost, path, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -476,7 +504,35 @@ func TestServeCheckpointThroughCRI(t *testing.T) {
 		}
 	}
 	checkArchive(t, archive)
+	checkSigned(t, archive, filepath.Join(rootDir, "pki", trust.PubKeyFile))
 	checkStillRunning(t, c, p)
+
+	// Restore through the CRI backend applies the node's signature rules
+	// before the runtime sees the archive: containerd's own (unsigned)
+	// archive is refused, the agent's passes them (and then meets what the
+	// runtime can do).
+	restore := func(query string, body io.Reader) (int, string) {
+		resp, err := api.Raw(context.Background(), http.MethodPost, "/restore/"+p.ns+"/"+p.name+"/again"+query, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	fixture, err := os.Open(filepath.Join(repoRoot, "internal/archive/testdata/containerd-2.4.2-cri-counter.tar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fixture.Close()
+	if code, msg := restore("", fixture); code != http.StatusBadRequest || !strings.Contains(msg, "archive is not signed") {
+		t.Errorf("restore of an unsigned archive through CRI: %d %q, want 400 archive is not signed", code, msg)
+	}
+	if code, msg := restore("?archive="+filepath.Base(archive), nil); strings.Contains(msg, "sign") {
+		t.Errorf("restore of the agent's own archive through CRI: %d %q: refused for its signature", code, msg)
+	} else {
+		t.Logf("own archive through CRI: %d %s", code, strings.TrimSpace(msg))
+	}
 
 	for _, tc := range []struct {
 		path string
@@ -503,21 +559,16 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func waitHealthy(t *testing.T, url, token string) {
+func waitHealthy(t *testing.T, api *client.Client) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
-		req, _ := http.NewRequest(http.MethodGet, url, nil)
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
+		err := api.Healthz(context.Background())
 		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("ckpt serve never became healthy at %s (last: %v)", url, err)
+			t.Fatalf("ckpt serve never became healthy at %s (last: %v)", api, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -1,0 +1,102 @@
+package runtime
+
+import (
+	"context"
+	"io"
+	"os"
+)
+
+// Backend is what every runtime backend implements: find a container and
+// checkpoint it. A backend is one folder under internal/runtime; what else
+// it can do, it says by implementing the capability interfaces below, and
+// Discover is the one place that asks.
+type Backend interface {
+	Lookup(ctx context.Context, ref Ref) (Container, error)
+	// Checkpoint writes an archive of a running container to archivePath,
+	// leaving the container running. The deadline comes from ctx.
+	Checkpoint(ctx context.Context, c Container, archivePath string, opts CheckpointOptions) (CheckpointResult, error)
+}
+
+// StreamRestorer restores a container from a plain tar stream of an
+// archive (the embedded runtime). Empty target fields keep the archive's
+// names; source describes the archive for the container's record. Once
+// the archive's members are verified, and before anything of it is used,
+// it calls check; check's error ends the restore.
+type StreamRestorer interface {
+	RestoreStream(ctx context.Context, tarStream io.Reader, target Ref, source string, check ArchiveCheck) (Container, error)
+}
+
+// ArchiveCheck is the node's trust decision on an archive: manifest is the
+// exact checksums.sha256 its members were verified against (nil: it has
+// none), signature the checksums.sha256.sig that followed (nil: none).
+type ArchiveCheck func(manifest, signature []byte) error
+
+// FileRestorer restores a container from a plain archive file (CRI, whose
+// runtimes read the archive themselves). The checkpoint service spools a
+// stream to a private file first.
+type FileRestorer interface {
+	Restore(ctx context.Context, archivePath string, target Ref) (Container, error)
+}
+
+// LazyRestorer restores a container from a plain tar archive file with its
+// memory served on demand from the file, which it keeps open as long as it
+// needs (the embedded runtime: ?lazy=true). check is as for StreamRestorer.
+type LazyRestorer interface {
+	RestoreLazyFile(ctx context.Context, archive *os.File, target Ref, source string, check ArchiveCheck) (Container, error)
+}
+
+// InPlaceRestorer restores a container fully from a plain tar archive file
+// without copying its memory pages out of it first.
+type InPlaceRestorer interface {
+	RestoreInPlaceFile(ctx context.Context, archive *os.File, target Ref, source string, check ArchiveCheck) (Container, error)
+}
+
+// Stopper stops a container by ID (migration's --stop-source).
+type Stopper interface {
+	Stop(ctx context.Context, id string) error
+}
+
+// HealthChecker reports whether the backend can serve.
+type HealthChecker interface {
+	Healthy(ctx context.Context) error
+}
+
+// Capabilities are what a backend can do beyond checkpointing; a nil field
+// is a capability it lacks, which the API answers with 501.
+type Capabilities struct {
+	StreamRestore StreamRestorer
+	FileRestore   FileRestorer
+	// LazyRestore and InPlaceRestore come with StreamRestore.
+	LazyRestore    LazyRestorer
+	InPlaceRestore InPlaceRestorer
+	Stop           Stopper
+	Health         HealthChecker
+}
+
+// Discover finds a backend's capabilities. Decorators must not stand
+// between a backend and Discover: ask the backend itself.
+func Discover(b Backend) Capabilities {
+	var c Capabilities
+	c.StreamRestore, _ = b.(StreamRestorer)
+	c.FileRestore, _ = b.(FileRestorer)
+	c.LazyRestore, _ = b.(LazyRestorer)
+	c.InPlaceRestore, _ = b.(InPlaceRestorer)
+	c.Stop, _ = b.(Stopper)
+	c.Health, _ = b.(HealthChecker)
+	return c
+}
+
+// Names lists the capabilities present, for logs.
+func (c Capabilities) Names() []string {
+	var n []string
+	if c.StreamRestore != nil || c.FileRestore != nil {
+		n = append(n, "restore")
+	}
+	if c.Stop != nil {
+		n = append(n, "stop")
+	}
+	if c.Health != nil {
+		n = append(n, "health")
+	}
+	return n
+}

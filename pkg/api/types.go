@@ -1,0 +1,46 @@
+// Package api holds the JSON bodies of ckpt's HTTP API, shared by the
+// server (internal/server) and the client (pkg/client) so that the two
+// cannot drift apart. It imports nothing of this module.
+package api
+
+import "time"
+
+// CheckpointResponse is the kubelet's answer to a checkpoint:
+// {"items":["<absolute archive path>"]}.
+type CheckpointResponse struct {
+	Items []string `json:"items"`
+}
+
+// Archive is one published archive (GET /checkpoints).
+type Archive struct {
+	Name      string    `json:"name"`
+	Path      string    `json:"path"`
+	Namespace string    `json:"namespace"`
+	Pod       string    `json:"pod"`
+	Container string    `json:"container"`
+	Size      int64     `json:"size"`
+	Created   time.Time `json:"created"`
+	SHA256    string    `json:"sha256"`
+}
+
+// ArchiveList is the answer to GET /checkpoints.
+type ArchiveList struct {
+	Items []Archive `json:"items"`
+}
+
+// Restored is the answer to a container restore (201).
+type Restored struct {
+	ID        string `json:"id"`
+	Namespace string `json:"namespace"`
+	Pod       string `json:"pod"`
+	Container string `json:"container"`
+	State     string `json:"state"`
+	Pid       int    `json:"pid,omitempty"`
+}
+
+// RestoredPod is the answer to a pod restore.
+type RestoredPod struct {
+	Namespace  string     `json:"namespace"`
+	Pod        string     `json:"pod"`
+	Containers []Restored `json:"containers"`
+}
