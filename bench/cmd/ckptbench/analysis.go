@@ -57,11 +57,12 @@ Missed, and why:
   checkpoint keeps CRIU, the splice and the hash busy, so 4 at once are CPU-bound,
   and the best possible on 2 CPUs is near 0.5 ×.
 
-**Restore.** ckpt restore (rc) is slower than runc's restore of a directory (ra):
-it extracts and verifies the archive (every byte hashed) before runc restores. At
-4 GiB it is still faster than Podman's import. Serving the pages to CRIU straight
-from the archive (FIFOs again, for ` + "`pages-*.img`" + `) would remove the extraction
-copy; that is the next step.
+**Restore.** See the restore table at the top of this section, made from this run's
+medians: ckpt restore (rc) no longer extracts the page images; the remaining cost
+over runc's restore of a directory (ra) is the transfer through userfaultfd (the
+pages go from the archive's page cache over a socket pair into the daemon, which
+copies them in with UFFDIO_COPY) and the lazy-pages daemon's start. Live migration
+rows (post-copy) are not measured yet.
 
 **Noise.** The 2 vCPUs are shared with other engineers' builds and tests during the
 run, and memory handed back by the VM is slow on first touch (DESIGN.md), so the
