@@ -63,7 +63,7 @@ func (s *Service) RestoreArchiveLazy(ctx context.Context, name string, target ru
 // decodes, hashes and writes them in one pass.
 func (s *Service) restoreInPlace(ctx context.Context, f *os.File, target runtime.Ref, source string) (c runtime.Container, ok bool, err error) {
 	ir := s.caps.InPlaceRestore
-	if ir == nil || !isPlainTar(f) {
+	if ir == nil || !s.opts.InPlaceRestore || !isPlainTar(f) {
 		return c, false, nil
 	}
 	if err := s.locks.lock(ctx, restoreLock); err != nil {

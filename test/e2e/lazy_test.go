@@ -79,70 +79,79 @@ func (a *agent) pidOf(pod, ctr string) int {
 	return pid
 }
 
-func (a *agent) restoreLazy(name, ns, pod, ctr string) (restored, response) {
-	a.t.Helper()
-	resp, err := a.do("POST", fmt.Sprintf("/restore/%s/%s/%s?archive=%s&lazy=true", ns, pod, ctr, name), testToken)
-	if err != nil {
-		a.t.Fatal(err)
-	}
-	var r restored
-	if resp.status == 201 {
-		r = decodeRestored(a.t, resp.body)
-	}
-	return r, resp
-}
-
-// TestLazyRestore restores lazily, asks the restored counter for the
-// checksum of its memory at once (every lazy page faults in on demand),
-// removes the archive while pages are still being served, and checks the
-// counter continues with no gap and the same memory.
+// TestLazyRestore restores lazily and in place (agent flag
+// --restore-in-place), asks the restored counter for the checksum of its
+// memory at once (lazy pages fault in on demand), removes the archive while
+// pages may still be served, and checks the counter continues with no gap
+// and the same memory.
 func TestLazyRestore(t *testing.T) {
-	a := newAgent(t)
+	a := newAgent(t, withArgs("--restore-in-place"))
 	a.addPod("counter", counterManifest("counter", map[string]string{"COUNTER_MEM_MIB": strconv.Itoa(lazyMiB)}))
 	orig := a.waitRunning("counter", "counter")
 	want := waitMemsum(t, a.containerLog(orig), 1)
 	if m := a.memoryColumn("counter", "counter"); m != "-" {
 		t.Fatalf("a container that was not restored lazily shows memory %q, want -", m)
 	}
-	for i := 0; i < 3; i++ {
-		path, resp := a.checkpoint("default/counter/counter", "")
-		if path == "" {
-			t.Fatalf("run %d: checkpoint: %d %s", i, resp.status, resp.body)
-		}
-		k := archivedCount(t, path)
-		// The copy of the archive is served by the restored container's
-		// shim; the restore must not depend on the name staying.
-		copyName := "checkpoint-copy-" + strings.TrimPrefix(filepath.Base(path), "checkpoint-")
-		copyFile(t, path, filepath.Join(filepath.Dir(path), copyName), 0o600)
-		r, resp := a.restoreLazy(copyName, "default", "counter-lazy", "counter")
-		if resp.status != 201 || r.State != "running" {
-			log, _ := os.ReadFile(a.logPath)
-			t.Fatalf("run %d: lazy restore: %d %s\n%s", i, resp.status, resp.body, log)
-		}
-		if err := os.Remove(filepath.Join(filepath.Dir(path), copyName)); err != nil {
-			t.Fatal(err)
-		}
-		if err := syscall.Kill(a.pidOf("counter-lazy", "counter"), syscall.SIGUSR1); err != nil {
-			t.Fatal(err)
-		}
-		log := a.containerLog(r.ID[:12])
-		resumesAt(t, log, k)
-		if got := waitMemsum(t, log, 1); got != want {
-			t.Fatalf("run %d: restored memory checksum %s, want %s", i, got, want)
-		}
-		a.waitFor(func() bool { return strings.HasPrefix(a.memoryColumn("counter-lazy", "counter"), "complete") },
-			"memory of the lazily restored container complete")
-		keepsCounting(t, log)
-		a.rmContainer(r.ID)
+	for _, tc := range []struct{ name, pod, query string }{
+		{"lazy", "counter-lazy", "&lazy=true"},
+		{"in place", "counter-inplace", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for i := 0; i < 2; i++ {
+				path, resp := a.checkpoint("default/counter/counter", "")
+				if path == "" {
+					t.Fatalf("run %d: checkpoint: %d %s", i, resp.status, resp.body)
+				}
+				k := archivedCount(t, path)
+				// The restored container's shim serves the pages from the
+				// archive file it holds open; the name need not stay.
+				copyName := "checkpoint-copy-" + strings.TrimPrefix(filepath.Base(path), "checkpoint-")
+				copyFile(t, path, filepath.Join(filepath.Dir(path), copyName), 0o600)
+				resp, err := a.do("POST", fmt.Sprintf("/restore/default/%s/counter?archive=%s%s", tc.pod, copyName, tc.query), testToken)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if resp.status != 201 {
+					log, _ := os.ReadFile(a.logPath)
+					t.Fatalf("run %d: restore: %d %s\n%s", i, resp.status, resp.body, log)
+				}
+				r := decodeRestored(t, resp.body)
+				if r.State != "running" {
+					t.Fatalf("run %d: restored %+v", i, r)
+				}
+				if err := os.Remove(filepath.Join(filepath.Dir(path), copyName)); err != nil {
+					t.Fatal(err)
+				}
+				if tc.query == "" {
+					// In place, memory is complete before the process runs.
+					if m := a.memoryColumn(tc.pod, "counter"); !strings.HasPrefix(m, "complete") {
+						t.Fatalf("run %d: in-place restore answered with memory %q, want complete", i, m)
+					}
+				}
+				if err := syscall.Kill(a.pidOf(tc.pod, "counter"), syscall.SIGUSR1); err != nil {
+					t.Fatal(err)
+				}
+				log := a.containerLog(r.ID[:12])
+				resumesAt(t, log, k)
+				if got := waitMemsum(t, log, 1); got != want {
+					t.Fatalf("run %d: restored memory checksum %s, want %s", i, got, want)
+				}
+				a.waitFor(func() bool { return strings.HasPrefix(a.memoryColumn(tc.pod, "counter"), "complete") },
+					"memory of the restored container complete")
+				keepsCounting(t, log)
+				a.rmContainer(r.ID)
+			}
+		})
 	}
 }
 
 // TestRestoreCorruptPages corrupts the page image of an archive inside
 // the tar (so its checksum no longer matches) and restores it lazily and
-// in place (a plain restore of a published archive): the container must
+// in place (a plain restore of a published archive, --restore-in-place):
+// the container must
 // end up stopped with the cause named, never left running on bad memory.
 func TestRestoreCorruptPages(t *testing.T) {
-	a := newAgent(t)
+	a := newAgent(t, withArgs("--restore-in-place"))
 	a.addPod("counter", counterManifest("counter", map[string]string{"COUNTER_MEM_MIB": strconv.Itoa(lazyMiB)}))
 	a.waitRunning("counter", "counter")
 	path, resp := a.checkpoint("default/counter/counter", "")

@@ -54,6 +54,7 @@ const (
 	fileLazyLog    = "lazy-pages.log"
 	lazyArchiveFd  = 4 // the archive file, for the shim
 	lazyReadyLimit = time.Minute
+	socketBuffer   = 8 << 20
 )
 
 // lazyPages is one page image in the archive file.
@@ -66,6 +67,8 @@ type lazyPages struct {
 // lazyConfig is fileLazy.
 type lazyConfig struct {
 	Pages map[uint32]lazyPages `json:"pages"` // by pages id
+	// InPlace: the tasks resume only when memory is complete.
+	InPlace bool `json:"inPlace,omitempty"`
 }
 
 // lazyInput is what a lazy restore serves pages from.
@@ -256,6 +259,7 @@ func (in *lazyInput) prepare(dir string, opts *ShimOptions, cmd *exec.Cmd) error
 	}
 	opts.Restore = images
 	opts.Lazy = true
+	in.cfg.InPlace = in.inPlace
 	if err := writeJSONAtomic(filepath.Join(dir, fileLazy), in.cfg); err != nil {
 		return err
 	}
@@ -324,6 +328,12 @@ func startLazy(o ShimOptions, rc *gorunc.Runc) (*lazyShim, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
+	}
+	// Large socket buffers: the daemon asks for up to 4 MiB at a time, and
+	// the default (about 200 KiB) costs a context switch every 50 pages.
+	for _, fd := range fds {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer)
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketBuffer)
 	}
 	ours, theirs := os.NewFile(uintptr(fds[0]), "page-server"), os.NewFile(uintptr(fds[1]), "lazy-pages")
 	defer theirs.Close()
@@ -407,10 +417,12 @@ func (l *lazyShim) abort() error {
 	return nil
 }
 
-// fail ends a lazy restore that cannot complete. While CRIU restores, the
-// tasks are left to CRIU (killing them under it hangs it): the daemon is
-// killed, so CRIU fails the restore at its next step with lazy-pages, and
-// an in-place restore's pre-resume hook kills the tasks before they run.
+// fail ends a lazy restore that cannot complete. While CRIU restores,
+// nothing is killed: killing its tasks or the daemon under it can hang CRIU
+// (runc restores with --restore-sibling, and CRIU's failure path then waits
+// for tasks that are not its children). A failed page server closes the
+// connection, which fails the restore by CRIU's own path; an in-place
+// restore's pre-resume hook kills the tasks before they run.
 // Once the container runs, it is frozen and killed before the daemon goes,
 // so no thread runs on with pages the kernel would fill with zeros.
 func (l *lazyShim) fail(err error) {
@@ -425,22 +437,40 @@ func (l *lazyShim) fail(err error) {
 		l.mu.Unlock()
 		if running {
 			l.stop()
+			l.daemon.Process.Kill()
 		}
-		l.daemon.Process.Kill()
 		close(l.failed)
 	})
 }
 
-// started tells that runc restore returned and the container runs; if
-// memory failed meanwhile, it is stopped now.
-func (l *lazyShim) started() {
+// before is called just before runc restore: an in-place restore starts
+// verifying now, since its tasks wait for the result at pre-resume.
+func (l *lazyShim) before() {
+	if l.cfg.InPlace {
+		go l.run()
+	}
+}
+
+// started tells that runc restore returned and the container runs; a lazy
+// restore starts verifying now (a failure during the restore would have had
+// to leave the tasks to CRIU). If memory failed meanwhile, the container is
+// stopped now.
+func (l *lazyShim) started() error {
 	l.mu.Lock()
 	l.running = true
 	failed := l.hasFailed
 	l.mu.Unlock()
 	if failed {
 		l.stop()
+		l.daemon.Process.Kill()
+		var m MemoryState
+		readJSON(filepath.Join(l.o.Dir, fileMemory), &m)
+		return errors.New(m.Error)
 	}
+	if !l.cfg.InPlace {
+		go l.run()
+	}
+	return nil
 }
 
 // stop freezes and kills the container.
@@ -547,8 +577,11 @@ func siginfoStatus(info *unix.Siginfo) daemonExit {
 
 // MemoryWait is the body of `ckpt memory-wait`, CRIU's pre-resume hook of
 // an in-place restore: it returns nil once the container's memory is
-// complete; if it failed, it kills the restored tasks (still stopped by
-// CRIU) so that they never run, and returns the cause.
+// complete. If it failed, it sends SIGSTOP to the restored tasks (still
+// held by CRIU): they stop on their way back to user space, before one
+// instruction of theirs runs, and the shim kills them once runc restore
+// returns. (SIGKILL here would hang CRIU: its failure path waits for tasks
+// that runc, not CRIU, is the parent of.)
 func MemoryWait(dir, id string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -558,12 +591,12 @@ func MemoryWait(dir, id string, timeout time.Duration) error {
 			case MemoryComplete:
 				return nil
 			case MemoryFailed:
-				killCgroupProcs(id)
+				signalCgroupProcs(id, unix.SIGSTOP)
 				return errors.New(m.Error)
 			}
 		}
 		if time.Now().After(deadline) {
-			killCgroupProcs(id)
+			signalCgroupProcs(id, unix.SIGSTOP)
 			return fmt.Errorf("memory of container %s not complete after %s", id, timeout)
 		}
 		time.Sleep(2 * time.Millisecond)
@@ -574,7 +607,11 @@ func MemoryWait(dir, id string, timeout time.Duration) error {
 // and in another pid namespace than ours. During a restore CRIU sits in
 // the cgroup too, in our namespace; it must live to clean up its mounts,
 // and it fails the restore once its tasks die.
-func killCgroupProcs(id string) {
+func killCgroupProcs(id string) { signalCgroupProcs(id, unix.SIGKILL) }
+
+// signalCgroupProcs sends sig to the container's processes (see
+// killCgroupProcs).
+func signalCgroupProcs(id string, sig unix.Signal) {
 	self, _ := os.Readlink("/proc/self/ns/pid")
 	skip := map[int]bool{}
 	for pid := os.Getpid(); pid > 1 && !skip[pid]; pid = parentOf(pid) {
@@ -592,7 +629,7 @@ func killCgroupProcs(id string) {
 				continue
 			}
 			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err == nil && ns != self {
-				unix.Kill(pid, unix.SIGKILL)
+				unix.Kill(pid, sig)
 			}
 		}
 	}

@@ -168,7 +168,7 @@ func RunShim(o ShimOptions) error {
 			if lazy, err = startLazy(o, rc); err != nil {
 				return fail(fmt.Errorf("lazy restore: %w", err))
 			}
-			go lazy.run()
+			lazy.before()
 		}
 		_, err = rc.Restore(ctx, o.ID, bundle, &gorunc.RestoreOpts{
 			CheckpointOpts: gorunc.CheckpointOpts{ImagePath: o.Restore, WorkDir: filepath.Join(o.Dir, "restore-work"), FileLocks: true, AllowOpenTCP: o.TCPEstablished, LazyPages: o.Lazy},
@@ -179,7 +179,7 @@ func RunShim(o ShimOptions) error {
 				err = fmt.Errorf("%v: %w", cause, err)
 			}
 		} else if lazy != nil {
-			lazy.started()
+			err = lazy.started()
 		}
 	} else {
 		if err = rc.Create(ctx, o.ID, bundle, &gorunc.CreateOpts{IO: pio, PidFile: pidFile}); err == nil {
