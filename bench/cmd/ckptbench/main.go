@@ -13,7 +13,7 @@
 //	f  podman container checkpoint -R --export --compress none
 //
 // Restore rows: runc restore from a's directory, ckpt restore (API, archive
-// on the server; its pages are served in place from the archive), ckpt's lazy
+// on the server, extracted), ckpt's lazy
 // restore (time until the container runs, and until its memory is
 // complete), podman container restore --import.
 //
@@ -164,7 +164,7 @@ var rowInfo = []struct{ id, name string }{
 	{"e", "crictl checkpoint, containerd 2.4"},
 	{"f", "podman checkpoint --export"},
 	{"ra", "runc restore (from a's dir)"},
-	{"rc", "ckpt restore (API, pages in place)"},
+	{"rc", "ckpt restore (API)"},
 	{"rl", "ckpt lazy restore: running"},
 	{"rm", "ckpt lazy restore: memory complete"},
 	{"rf", "podman restore --import"},
