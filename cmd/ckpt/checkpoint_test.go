@@ -143,9 +143,20 @@ func TestCheckpointCommandErrors(t *testing.T) {
 	}
 }
 
+// NAMESPACE/POD asks for the pod route, POST /checkpoint/NS/POD.
+func TestCheckpointPodCommand(t *testing.T) {
+	url, ca := startServer(t, &stubCheckpointer{})
+	_, _, err := runCLI("checkpoint", "default/web", "--server", url, "--cacert", ca, "--token", "s3cret")
+	// This server has no pod route: a 404 naming the pod call.
+	if err == nil || !strings.Contains(err.Error(), "checkpoint pod default/web: server answered 404") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
 func TestCheckpointCommandUsage(t *testing.T) {
 	for _, args := range [][]string{
-		{"checkpoint", "default/web"},
+		{"checkpoint", "default"},
+		{"checkpoint", "default/web/"},
 		{"checkpoint", "default/web/app/x"},
 		{"checkpoint", "default/../app"},
 		{"checkpoint", "default//app"},

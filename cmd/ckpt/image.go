@@ -76,19 +76,24 @@ func newImageImportCommand(g *globalOptions) *cobra.Command {
 	return cmd
 }
 
-// imageProgress reports big layers only, so small images import quietly.
+// imageProgress shows a spinner for each big layer being unpacked, on a
+// terminal only; small images import quietly.
 func imageProgress(w io.Writer) func(image.Progress) {
-	var start time.Time
+	if !isTerminal(w) {
+		return nil
+	}
+	var cur *progress
 	return func(p image.Progress) {
 		if p.Size < imageProgressMin {
 			return
 		}
-		if !p.Done {
-			start = time.Now()
-			fmt.Fprintf(w, "%s: unpacking layer %d/%d (%s compressed)\n", p.Image, p.Layer, p.Layers, humanBytes(p.Size))
-			return
+		if cur != nil {
+			cur.finish()
+			cur = nil
 		}
-		fmt.Fprintf(w, "%s: layer %d/%d done in %s\n", p.Image, p.Layer, p.Layers, time.Since(start).Round(time.Millisecond))
+		if !p.Done {
+			cur = newProgress(w, fmt.Sprintf("%s: unpacking layer %d/%d (%s compressed)", p.Image, p.Layer, p.Layers, humanBytes(p.Size)), -1)
+		}
 	}
 }
 

@@ -229,7 +229,7 @@ func isArchiveName(arg string) bool {
 
 // archivePath turns an inspect/memsearch argument into an archive file: a
 // file as it is, or else a checkpoint image reference, from the local
-// store or pulled into it.
+// store or, when it names a registry, pulled into it.
 func archivePath(ctx context.Context, g *globalOptions, arg, tempDir string) (string, func(), error) {
 	if _, err := os.Stat(arg); err == nil || isArchiveName(arg) {
 		return arg, func() {}, nil
@@ -237,13 +237,32 @@ func archivePath(ctx context.Context, g *globalOptions, arg, tempDir string) (st
 	if _, err := ckptimage.ParseReference(arg); err != nil {
 		return arg, func() {}, nil // let the archive reader name the problem
 	}
+	// A name without a registry host (a mistyped relative path, say) is
+	// looked up locally only, never on Docker Hub.
+	pull := explicitRegistry(arg)
+	if !pull {
+		if _, err := os.Stat(g.checkpointImageDir()); err != nil {
+			return arg, func() {}, nil // let the archive reader name the problem
+		}
+	}
 	s, err := g.checkpointImages()
 	if err != nil {
 		return "", nil, err
 	}
 	o, stop := remoteOptions(os.Stderr, "pulling", false)
 	defer stop()
-	return s.ArchiveFile(ctx, arg, true, o, tempDir)
+	path, cleanup, err := s.ArchiveFile(ctx, arg, pull, o, tempDir)
+	if errors.Is(err, ckptimage.ErrNotFound) && !pull {
+		return "", nil, fmt.Errorf("%s: no such file, and no such checkpoint image in %s", arg, s.Dir())
+	}
+	return path, cleanup, err
+}
+
+// explicitRegistry says whether ref names its registry host
+// (registry.example.com/x, 127.0.0.1:5000/x, localhost/x).
+func explicitRegistry(ref string) bool {
+	host, _, ok := strings.Cut(ref, "/")
+	return ok && !strings.HasPrefix(host, ".") && (strings.ContainsAny(host, ".:") || host == "localhost")
 }
 
 // imageArchives lets the server restore from checkpoint images: from the
@@ -251,12 +270,25 @@ func archivePath(ctx context.Context, g *globalOptions, arg, tempDir string) (st
 type imageArchives struct{ s *ckptimage.Store }
 
 func (i imageArchives) OpenImageArchive(ctx context.Context, ref string) (io.ReadCloser, error) {
-	rc, _, err := i.s.OpenArchive(ctx, ref, true, ckptimage.RemoteOptions{})
+	rc, e, err := i.s.OpenArchive(ctx, ref, true, ckptimage.RemoteOptions{})
 	if errors.Is(err, ckptimage.ErrNotFound) {
 		err = fmt.Errorf("%w: %w", server.ErrImageNotFound, err)
 	}
-	return rc, err
+	if err != nil || !e.Pulled {
+		return rc, err
+	}
+	return &pulledArchive{ReadCloser: rc, s: i.s, e: e}, nil
 }
+
+// pulledArchive is the archive of an image pulled for one restore: if the
+// restore fails (an untrusted signature, say), the image goes again.
+type pulledArchive struct {
+	io.ReadCloser
+	s *ckptimage.Store
+	e ckptimage.Entry
+}
+
+func (p *pulledArchive) RestoreFailed() { _ = p.s.Forget(p.e.Name, p.e.Digest) }
 
 // localImageArchive opens the archive of a checkpoint image in this
 // machine's store, or returns nil when it is not there.

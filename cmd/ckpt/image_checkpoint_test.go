@@ -125,3 +125,14 @@ func TestUnknownSubcommandOfAGroupFails(t *testing.T) {
 		t.Errorf("ckpt image (help): %v", err)
 	}
 }
+
+func TestExplicitRegistry(t *testing.T) {
+	for ref, want := range map[string]bool{
+		"127.0.0.1:5000/ckpt/c:1": true, "registry.example.com/a": true, "localhost/a:1": true,
+		"foo/bar": false, "counter": false, "./x.tar": false,
+	} {
+		if got := explicitRegistry(ref); got != want {
+			t.Errorf("explicitRegistry(%q) = %v", ref, got)
+		}
+	}
+}

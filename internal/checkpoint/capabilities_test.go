@@ -37,13 +37,14 @@ func (s *streamRuntime) Stop(_ context.Context, id string) error { s.stopped = i
 // fileRuntime restores from a file only, as CRI does.
 type fileRuntime struct {
 	fakeRuntime
-	got  []byte
-	path string
-	mode os.FileMode
+	got    []byte
+	path   string
+	mode   os.FileMode
+	target runtime.Ref
 }
 
 func (f *fileRuntime) Restore(_ context.Context, path string, target runtime.Ref) (runtime.Container, error) {
-	f.path = path
+	f.path, f.target = path, target
 	st, err := os.Stat(path)
 	if err != nil {
 		return runtime.Container{}, err
@@ -88,9 +89,9 @@ func TestRestoreByCapability(t *testing.T) {
 	if _, err := os.Stat(fr.path); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("spool file left behind: %v", err)
 	}
-	// A file backend cannot keep the archive's names: it must be told.
-	if _, err := s.Restore(ctx, bytes.NewReader(data), runtime.Ref{}, "upload"); !errors.Is(err, runtime.ErrInvalid) {
-		t.Fatalf("file restore without a target: %v", err)
+	// Empty names reach the file backend, which reads the archive's.
+	if _, err := s.Restore(ctx, bytes.NewReader(data), runtime.Ref{}, "upload"); err != nil || fr.target != (runtime.Ref{}) {
+		t.Fatalf("file restore without a target: %v, backend got %+v", err, fr.target)
 	}
 
 	// A backend without the capability: ErrUnsupported, naming it.

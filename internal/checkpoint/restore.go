@@ -49,11 +49,9 @@ func (s *Service) Restore(ctx context.Context, src io.Reader, target runtime.Ref
 const restoreLock = "\x00restore"
 
 // restoreFromFile spools the plain archive to a private file (0600 in a
-// 0700 directory, removed afterwards) for a FileRestorer.
+// 0700 directory, removed afterwards) for a FileRestorer. Empty target
+// fields are left for it to fill from the archive (the CRI backend does).
 func (s *Service) restoreFromFile(ctx context.Context, tarStream io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
-	if target.Namespace == "" || target.Pod == "" || target.Container == "" {
-		return runtime.Container{}, fmt.Errorf("restore %s: this backend needs the target namespace, pod and container named: %w", source, runtime.ErrInvalid)
-	}
 	dir, err := os.MkdirTemp(s.StagingDir(), "restore-")
 	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", source, err)

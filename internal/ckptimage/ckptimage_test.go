@@ -528,3 +528,27 @@ func TestImportArchiveOfSave(t *testing.T) {
 		t.Errorf("import of a plain image: ok=%v err=%v, want not ours", ok, err)
 	}
 }
+
+func TestGCKeepsLiveDownloads(t *testing.T) {
+	s, _ := Open(filepath.Join(t.TempDir(), "store"))
+	dir := filepath.Join(s.Dir(), "blobs", "sha256")
+	os.MkdirAll(dir, 0o700)
+	hex := strings.Repeat("a", 64)
+	live := filepath.Join(dir, fmt.Sprintf(".%s-%d-1", hex, os.Getpid()))
+	dead := filepath.Join(dir, fmt.Sprintf(".%s-%d-2", hex, 4194305))
+	leftover := filepath.Join(dir, hex+"123.tmp")
+	for _, p := range []string{live, dead, leftover} {
+		os.WriteFile(p, []byte("x"), 0o600)
+	}
+	unlock, _ := s.lock()
+	s.gc()
+	unlock()
+	if _, err := os.Stat(live); err != nil {
+		t.Errorf("a live download was removed: %v", err)
+	}
+	for _, p := range []string{dead, leftover} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s kept: %v", filepath.Base(p), err)
+		}
+	}
+}

@@ -169,20 +169,22 @@ func (s *Store) Pull(ctx context.Context, ref string, o RemoteOptions) (Entry, e
 	if err != nil {
 		return Entry{}, fmt.Errorf("pull %s: %w", ref, explain(err))
 	}
-	unlock, err := s.lock()
-	if err != nil {
-		return Entry{}, fmt.Errorf("pull %s: %w", ref, err)
-	}
-	defer unlock()
+	// The download runs outside the lock (it is long; a broken one leaves
+	// only its own temporary file, which it removes); naming it is quick.
 	ld := m.Layers[0]
 	l, err := img.LayerByDigest(ld.Digest)
 	if err == nil {
 		err = s.fetchLayer(l, ld, o.Progress)
 	}
 	if err != nil {
-		s.gc()
 		return Entry{}, fmt.Errorf("pull %s: %w", ref, explain(err))
 	}
+	unlock, err := s.lock()
+	if err != nil {
+		return Entry{}, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	defer unlock()
+	// If a gc in between took the unnamed blob, the layout fetches it again.
 	err = s.lp.ReplaceImage(img, matchName(nameStr), layoutNameOption(nameStr))
 	s.gc()
 	if err != nil {

@@ -131,16 +131,30 @@ func (s *Store) SaveFile(ref, path string) error {
 // not there and pull is set.
 func (s *Store) OpenArchive(ctx context.Context, ref string, pull bool, o RemoteOptions) (io.ReadCloser, Entry, error) {
 	img, e, err := s.Resolve(ref)
+	pulled := false
 	if err != nil && pull && isNotFound(err) {
 		if e, err = s.Pull(ctx, ref, o); err == nil {
+			pulled = true
 			img, e, err = s.Resolve(e.Name)
 		}
 	}
 	if err != nil {
 		return nil, Entry{}, err
 	}
+	e.Pulled = pulled
 	rc, err := Archive(img, e.Name)
 	return rc, e, err
+}
+
+// Forget removes a name that still points to digest: what a caller that
+// pulled an image for a failed restore uses to leave nothing behind.
+func (s *Store) Forget(name, digest string) error {
+	_, e, err := s.Resolve(name)
+	if err != nil || e.Digest != digest {
+		return nil
+	}
+	_, err = s.Remove(name)
+	return err
 }
 
 // ArchiveFile returns a file holding the plain archive tar of the

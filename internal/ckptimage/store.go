@@ -87,14 +87,19 @@ func (s *Store) TempDir() (string, error) {
 // Dir is the layout's directory.
 func (s *Store) Dir() string { return s.dir }
 
-// lock takes the store's inter-process lock.
-func (s *Store) lock() (func(), error) {
+// lock takes the store's inter-process lock, exclusive for writers.
+func (s *Store) lock() (func(), error) { return s.flock(unix.LOCK_EX) }
+
+// rlock takes it shared, for readers of index.json.
+func (s *Store) rlock() (func(), error) { return s.flock(unix.LOCK_SH) }
+
+func (s *Store) flock(how int) (func(), error) {
 	f, err := os.OpenFile(filepath.Join(s.dir, ".lock"), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		err = unix.Flock(int(f.Fd()), how)
 		if err != unix.EINTR {
 			break
 		}
@@ -116,6 +121,8 @@ type Entry struct {
 	Container string
 	Size      int64 // layer bytes
 	Created   time.Time
+	// Pulled: OpenArchive or ArchiveFile pulled it for this call.
+	Pulled bool
 }
 
 // Add names img in the store, taking the name from any other image.
@@ -187,6 +194,11 @@ func (s *Store) adoptStaged(img v1.Image) {
 
 // List returns the named images, sorted by name.
 func (s *Store) List() ([]Entry, error) {
+	unlock, err := s.rlock()
+	if err != nil {
+		return nil, fmt.Errorf("list checkpoint images: %w", err)
+	}
+	defer unlock()
 	idx, err := s.lp.ImageIndex()
 	if err != nil {
 		return nil, fmt.Errorf("list checkpoint images: %w", err)
@@ -293,15 +305,30 @@ func (s *Store) gc() {
 	}
 	ents, _ := os.ReadDir(filepath.Join(s.dir, "blobs", "sha256"))
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".") || strings.HasSuffix(e.Name(), ".tmp") {
-			_ = os.Remove(filepath.Join(s.dir, "blobs", "sha256", e.Name()))
+		var pid int
+		switch {
+		case strings.HasSuffix(e.Name(), ".tmp"):
+			// the layout's own, written under this lock: a leftover
+		case strings.HasPrefix(e.Name(), "."):
+			// a download (writeBlob): another process's may be running
+			if _, hexAndPid, ok := strings.Cut(e.Name(), "-"); ok {
+				fmt.Sscanf(hexAndPid, "%d-", &pid)
+			}
+			if pid > 0 && unix.Kill(pid, 0) != unix.ESRCH {
+				continue
+			}
+		default:
+			continue
 		}
+		_ = os.Remove(filepath.Join(s.dir, "blobs", "sha256", e.Name()))
 	}
 }
 
-// writeBlob copies a blob into the layout through a hidden temporary file,
-// checking its size and digest before renaming it into place: a broken
-// download leaves nothing behind. progress, if set, sees the bytes so far.
+// writeBlob copies a blob into the layout through a hidden temporary file
+// (named with the PID, so that gc leaves a live download alone), checking
+// its size and digest before renaming it into place: a broken download
+// leaves nothing behind. It needs no lock: blobs are named by content.
+// progress, if set, sees the bytes so far.
 func (s *Store) writeBlob(h v1.Hash, size int64, r io.Reader, progress func(int64)) error {
 	if h.Algorithm != "sha256" || len(h.Hex) != 64 || !isHex(h.Hex) {
 		return fmt.Errorf("unsupported digest %s", h)
@@ -313,7 +340,7 @@ func (s *Store) writeBlob(h v1.Hash, size int64, r io.Reader, progress func(int6
 	if err := os.MkdirAll(filepath.Dir(final), 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(final), "."+h.Hex+"-*")
+	f, err := os.CreateTemp(filepath.Dir(final), fmt.Sprintf(".%s-%d-*", h.Hex, os.Getpid()))
 	if err != nil {
 		return err
 	}

@@ -38,7 +38,8 @@ type LazyArchives interface {
 // ImageArchives opens the archive a checkpoint image carries: its plain tar
 // stream, which restores through the same path as any archive. An unknown
 // image is an error matching ErrImageNotFound (404), one that is no
-// checkpoint image matches runtime.ErrInvalid (400).
+// checkpoint image matches runtime.ErrInvalid (400). If the stream has a
+// RestoreFailed method, a failed restore calls it after Close.
 type ImageArchives interface {
 	OpenImageArchive(ctx context.Context, ref string) (io.ReadCloser, error)
 }
@@ -134,11 +135,15 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 		ref := images[len(images)-1]
 		var rc io.ReadCloser
 		if rc, err = s.opts.Images.OpenImageArchive(ctx, ref); err == nil {
-			defer rc.Close()
 			if lazy {
 				c, err = la.RestoreLazy(ctx, rc, target, "image "+ref)
 			} else {
 				c, err = s.a.Restore(ctx, rc, target, "image "+ref)
+			}
+			rc.Close()
+			// What was fetched for a restore that failed need not stay.
+			if f, ok := rc.(interface{ RestoreFailed() }); ok && err != nil {
+				f.RestoreFailed()
 			}
 		}
 	case lazy && len(names) > 0:

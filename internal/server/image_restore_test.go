@@ -19,6 +19,7 @@ type imageRecordingArchives struct {
 	read   string
 	source string
 	target runtime.Ref
+	err    error
 }
 
 func (f *imageRecordingArchives) ListWithDigests() ([]checkpoint.ArchiveInfo, error) { return nil, nil }
@@ -29,6 +30,9 @@ func (f *imageRecordingArchives) Delete(string) error { return nil }
 func (f *imageRecordingArchives) Restore(_ context.Context, src io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
 	b, _ := io.ReadAll(src)
 	f.read, f.source, f.target = string(b), source, target
+	if f.err != nil {
+		return runtime.Container{}, f.err
+	}
 	return runtime.Container{ID: "id", Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, State: runtime.StateRunning}, nil
 }
 func (f *imageRecordingArchives) RestoreArchive(context.Context, string, runtime.Ref) (runtime.Container, error) {
@@ -75,5 +79,39 @@ func TestRestoreFromImage(t *testing.T) {
 				t.Errorf("restore read %q from %q into %v", a.read, a.source, a.target)
 			}
 		})
+	}
+}
+
+// pulledStream is an image archive pulled for one restore.
+type pulledStream struct {
+	io.Reader
+	failed *bool
+}
+
+func (p pulledStream) Close() error   { return nil }
+func (p pulledStream) RestoreFailed() { *p.failed = true }
+
+type pullingImages struct{ failed *bool }
+
+func (p pullingImages) OpenImageArchive(context.Context, string) (io.ReadCloser, error) {
+	return pulledStream{strings.NewReader("archive"), p.failed}, nil
+}
+
+func TestRestoreFromImageForgetsWhatAFailedRestorePulled(t *testing.T) {
+	for _, c := range []struct {
+		err    error
+		status int
+		forget bool
+	}{
+		{nil, http.StatusCreated, false},
+		{fmt.Errorf("%w: signed by an untrusted key", runtime.ErrInvalid), http.StatusBadRequest, true},
+	} {
+		failed := false
+		a := &imageRecordingArchives{err: c.err}
+		h := NewWithArchives(Options{CheckpointEnabled: true, Images: pullingImages{&failed}}, &fakeCheckpointer{}, a, &passGuard{}, nil)
+		resp := serve(h, http.MethodPost, "/restore/default/web/app?image=localhost/ckpt:1")
+		if resp.StatusCode != c.status || failed != c.forget {
+			t.Errorf("restore error %v: %d, RestoreFailed called %v; want %d, %v", c.err, resp.StatusCode, failed, c.status, c.forget)
+		}
 	}
 }

@@ -34,6 +34,10 @@ func ListenUnix(path string) (net.Listener, error) {
 	}
 	defer os.RemoveAll(private)
 	tmp := filepath.Join(private, "s")
+	// sun_path holds 107 bytes and a NUL; the private name is the longer.
+	if len(tmp) > 107 {
+		return nil, fmt.Errorf("local socket %s: path too long for a unix socket (%d bytes in its private directory, limit 107): use a shorter --root-dir", path, len(tmp))
+	}
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("local socket %s: %w", path, err)

@@ -109,3 +109,10 @@ func TestListenUnixCloseKeepsForeignSocket(t *testing.T) {
 		t.Fatalf("another agent's socket was removed: %v", err)
 	}
 }
+
+func TestListenUnixPathTooLong(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 100))
+	if _, err := ListenUnix(filepath.Join(dir, "ckpt.sock")); err == nil || !strings.Contains(err.Error(), "use a shorter --root-dir") {
+		t.Fatalf("long path: %v", err)
+	}
+}

@@ -50,8 +50,8 @@ type NodeKey struct {
 }
 
 // LoadOrCreateNodeKey reads dir/checkpoint-signing.key, generating an
-// ed25519 key there (0600, in a 0700 dir) the first time, and (re)writes
-// the public key beside it for other nodes to trust.
+// ed25519 key there (0600; the directory, if new, 0700) the first time,
+// and (re)writes the public key beside it for other nodes to trust.
 func LoadOrCreateNodeKey(dir string) (*NodeKey, error) {
 	path := filepath.Join(dir, KeyFile)
 	k, err := loadKey(path)
@@ -97,10 +97,9 @@ func loadKey(path string) (*NodeKey, error) {
 // createKey writes a new key; of two agents starting at once, one wins and
 // both load its key.
 func createKey(dir, path string) error {
+	// A new directory is 0700; an existing one (the kubelet's pki under
+	// /var/lib/kubelet) keeps its mode: the key file itself is 0600.
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
 		return err
 	}
 	_, priv, err := ed25519.GenerateKey(rand.Reader)

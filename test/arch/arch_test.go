@@ -24,7 +24,7 @@ var allowed = map[string][]string{
 	"internal/checkpoint":       {"internal/archive", "internal/runtime", "pkg/api"},
 	"internal/runtime":          {},
 	"internal/runtime/embedded": {"internal/archive", "internal/runtime"},
-	"internal/runtime/cri":      {"internal/runtime"},
+	"internal/runtime/cri":      {"internal/archive", "internal/runtime"},
 	"internal/archive":          {"internal/safepath"},
 	"internal/safepath":         {},
 	"internal/image":            {"internal/runtime", "internal/safepath"},
@@ -34,6 +34,7 @@ var allowed = map[string][]string{
 	"internal/metrics":          {},
 	"internal/criuprobe":        {},
 	"bench/cmd/ckptbench":       {"pkg/client"},
+	"cmd/kubectl-checkpoint":    {"pkg/client"},
 }
 
 // only lists external import prefixes that only some packages may use.

@@ -255,7 +255,7 @@ func layerOfSaved(t *testing.T, file string) string {
 // dir) and restored there with its counter continuing; then bad input.
 func TestCheckpointImages(t *testing.T) {
 	a := newAgent(t)
-	b := newAgent(t)
+	b := newAgent(t, withArgs("--restore-trusted-keys", a.publicKeyFile()))
 	reg := startRegistry(t, false)
 	tokenFile := filepath.Join(t.TempDir(), "token")
 	os.WriteFile(tokenFile, []byte(testToken), 0o600)
@@ -295,6 +295,10 @@ func TestCheckpointImages(t *testing.T) {
 	if out := a.ckpt("image", "push", ref); !strings.Contains(out, "Pushed "+reg.addr+"/ckpt/counter@sha256:") {
 		t.Fatalf("push said %q", out)
 	}
+	// B restores what A signed once it trusts A's key.
+	b.stop()
+	b.extra = append(b.extra, "--restore-trusted-keys", a.publicKeyFile())
+	b.start()
 
 	t.Run("agent B pulls and restores it through the API", func(t *testing.T) {
 		r, resp := b.restoreImage(ref, "default", "counter-img", "counter")
@@ -419,6 +423,15 @@ func TestCheckpointImages(t *testing.T) {
 		if out, err := a.ckptErr("image", "rm", ref); err == nil {
 			t.Errorf("rm of a removed image: %s", out)
 		}
+	})
+	t.Run("the signature rules apply to images", func(t *testing.T) {
+		// c does not trust a's key: the image's archive is refused like
+		// the archive itself would be.
+		_, resp := c.restoreImage(reg.addr+"/ckpt/counter:v1", "default", "x", "counter")
+		if resp.status != 400 || !strings.Contains(resp.body, "untrusted key") {
+			t.Errorf("restore of an image signed by an untrusted key: %d %s, want 400", resp.status, resp.body)
+		}
+		nothingLeft(t)
 	})
 	t.Run("a truncated pull", func(t *testing.T) {
 		proxy, cut := truncatingProxy(t, reg.addr)

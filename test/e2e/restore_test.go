@@ -152,16 +152,23 @@ func TestRestoreAfterOriginalRemoved(t *testing.T) {
 	a := newAgent(t)
 	a.addPod("counter", counterManifest("counter", nil))
 	current := a.waitRunning("counter", "counter")
-	// Restored containers are not the manifest's: take the pod off the
-	// manifests so that the agent does not start a new one.
-	os.Remove(filepath.Join(a.manifests, "counter.yaml"))
 	for i := 0; i < restoreRuns; i++ {
 		path, resp := a.checkpoint("default/counter/counter", "")
 		if path == "" {
 			t.Fatalf("run %d: checkpoint: %d %s", i, resp.status, resp.body)
 		}
 		k := archivedCount(t, path)
-		a.rmContainer(current)
+		if i == 0 {
+			// Restored containers are not the manifest's: take the pod off
+			// the manifests (only now: the agent stops a pod whose file is
+			// gone, which would race with the checkpoint) so that the agent
+			// does not start a new one. Either the agent or rm stops it.
+			os.Remove(filepath.Join(a.manifests, "counter.yaml"))
+			a.ckptErr("rm", current)
+			a.waitFor(func() bool { return a.psLine("counter", "counter") == "" }, "the original counter gone")
+		} else {
+			a.rmContainer(current)
+		}
 		if line := a.psLine("counter", "counter"); line != "" {
 			t.Fatalf("run %d: container still listed after rm: %s", i, line)
 		}

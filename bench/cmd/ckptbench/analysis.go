@@ -41,7 +41,7 @@ through user space except the 1 MiB hashing buffer.
 Missed, and why:
 - **Freeze ≤ 1.05 × raw CRIU's.** ckpt's freeze varies far more than the floor's
   on this machine. A separate run of rows a and c alone at 4 GiB gave c frozen
-  4–13 s against a's 2–2.7 s; the same run with ` + "`CKPT_ONE_PASS=0`" + ` (dump into a
+  4–13 s against a's 2–2.7 s; the same run with the two-pass writer of then (dump into a
   directory, then tar) gave c 2.4–8.2 s, and without write-back during the dump
   c stayed at 4–13 s. So the extra freeze is not the one-pass copy itself; it comes
   with the container ckpt runs (same image and memory as a's, started by the

@@ -349,12 +349,20 @@ func TestRestore(t *testing.T) {
 	}
 	sbCfg := &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "web", Namespace: "default", Uid: "uid-sb1"},
-		LogDirectory: "/var/log/pods/default_web_uid-sb1",
+		LogDirectory: filepath.Join(t.TempDir(), "pods", "default_web_uid-sb1"),
 		Labels:       map[string]string{labelPodNamespace: "default", labelPodName: "web"},
 	}
+	// An archive that records default/web/counter, as CRI-O writes it.
+	named := writeTar(t, map[string]string{
+		"config.dump": `{"id":"abc","name":"k8s_counter_web_default_uid-sb1_0"}`,
+		"spec.dump": `{"annotations":{"io.container.manager":"cri-o","io.kubernetes.pod.name":"web",` +
+			`"io.kubernetes.pod.namespace":"default","io.kubernetes.cri-o.Metadata":"{\"name\":\"counter\"}"}}`,
+	})
+	unnamed := writeTar(t, map[string]string{"config.dump": `{"name":"counter"}`, "spec.dump": `{}`})
 	for _, tc := range []struct {
 		name, runtimeName, version string
 		archive                    string
+		target                     *runtime.Ref
 		sandboxes                  []*runtimeapi.PodSandbox
 		containers                 []*runtimeapi.Container
 		createErr, startErr        error
@@ -391,7 +399,22 @@ func TestRestore(t *testing.T) {
 	}, {
 		name: "pod missing", version: "v2.3.7",
 		sandboxes: []*runtimeapi.PodSandbox{sandbox("sb0", "default", "web", false, 1)},
-		err:       runtime.ErrPodNotFound, msgs: []string{"no ready sandbox"},
+		err:       runtime.ErrPodNotFound,
+		msgs:      []string{"pod does not exist", "no ready pod sandbox for default/web", "kubelet", "crictl runp", "io.kubernetes.pod.name=web"},
+	}, {
+		name: "names default to the archive's", runtimeName: "cri-o", version: "1.34.0",
+		archive: named, target: &runtime.Ref{}, wantPid: runtimeapi.NamespaceMode_CONTAINER,
+	}, {
+		name: "given names win over the archive's", runtimeName: "cri-o", version: "1.34.0",
+		archive: named, target: &runtime.Ref{Pod: "web", Container: "counter"}, wantPid: runtimeapi.NamespaceMode_CONTAINER,
+	}, {
+		name: "archive without names", runtimeName: "cri-o", version: "1.34.0",
+		archive: unnamed, target: &runtime.Ref{}, err: runtime.ErrInvalid,
+		msgs: []string{"does not record the namespace and pod", "--pod NAMESPACE/POD"},
+	}, {
+		name: "missing sandbox named by the archive", runtimeName: "cri-o", version: "1.34.0",
+		archive: named, target: &runtime.Ref{}, sandboxes: []*runtimeapi.PodSandbox{},
+		err: runtime.ErrPodNotFound, msgs: []string{"into default/web/counter", "crictl runp"},
 	}, {
 		name: "relative archive path", version: "v2.3.7", archive: "checkpoint.tar",
 		err: runtime.ErrInvalid, msgs: []string{"absolute"},
@@ -406,6 +429,11 @@ func TestRestore(t *testing.T) {
 		name: "containerd 2.3 with restore via create switched off", version: "v2.3.7",
 		createErr: status.Error(codes.Unknown, "checkpoint restore via CreateContainer is disabled by configuration"),
 		err:       runtime.ErrUnsupported, msgs: []string{"enable_experimental_restore_via_create", "disabled by configuration"},
+	}, {
+		name: "CRI-O start fails: the hint on its restart bug", runtimeName: "cri-o", version: "1.34.0",
+		startErr: status.Error(codes.Unknown, "container restore failed: criu failed: type NOTIFY errno 0"),
+		err:      errUntyped, msgs: []string{"criu failed", "if sandbox sb1", "older than CRI-O's last restart", "restore into a new sandbox"},
+		wantRemoved: true,
 	}, {
 		name: "start fails: the container is removed", version: "v2.3.7",
 		startErr: status.Error(codes.Unknown, "criu failed: type RESTORE errno 0"),
@@ -429,7 +457,11 @@ func TestRestore(t *testing.T) {
 			if tc.archive != "" {
 				path = tc.archive
 			}
-			c, err := r.Restore(context.Background(), path, target)
+			tgt := target
+			if tc.target != nil {
+				tgt = *tc.target
+			}
+			c, err := r.Restore(context.Background(), path, tgt)
 			if tc.err == os.ErrNotExist {
 				if !errors.Is(err, os.ErrNotExist) {
 					t.Fatalf("want not-exist error, got %v", err)
@@ -453,7 +485,7 @@ func TestRestore(t *testing.T) {
 			}
 			req := f.created[0]
 			cfg := req.GetConfig()
-			if req.GetPodSandboxId() != "sb1" || cfg.GetImage().GetImage() != archive ||
+			if req.GetPodSandboxId() != "sb1" || cfg.GetImage().GetImage() != path ||
 				cfg.GetMetadata().GetName() != "counter" || cfg.GetMetadata().GetAttempt() != tc.wantAttempt ||
 				cfg.GetLabels()[labelContainerName] != "counter" || cfg.GetLabels()[labelPodUID] != "uid-sb1" {
 				t.Errorf("unexpected create request %v", req)
@@ -463,6 +495,9 @@ func TestRestore(t *testing.T) {
 			}
 			if got := req.GetSandboxConfig().GetLogDirectory(); got != sbCfg.LogDirectory {
 				t.Errorf("sandbox config log directory %q, want %q (from verbose status)", got, sbCfg.LogDirectory)
+			}
+			if fi, err := os.Stat(filepath.Join(sbCfg.LogDirectory, "counter")); err != nil || !fi.IsDir() {
+				t.Errorf("container log directory not made, as the kubelet would: %v", err)
 			}
 			if c.ID != "restored-counter" || c.State != runtime.StateRunning || c.Pid != 777 || c.Name != "counter" {
 				t.Errorf("unexpected container %+v", c)

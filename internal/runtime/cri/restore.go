@@ -18,7 +18,8 @@ import (
 )
 
 // Restore creates and starts a container from the checkpoint archive at
-// archivePath in the ready sandbox of target's pod. CRI has no restore call:
+// archivePath in the ready sandbox of target's pod. Empty target fields
+// take the names the archive recorded. CRI has no restore call:
 // CRI-O and containerd 2.0–2.3 restore when CreateContainer is given the
 // path of a checkpoint archive as its image. containerd 2.4 removed that, so
 // Restore answers ErrUnsupported there without touching anything.
@@ -48,12 +49,17 @@ func (r *Runtime) Restore(ctx context.Context, archivePath string, target runtim
 		return runtime.Container{}, fmt.Errorf("%s: archive is not a regular file: %w", what, runtime.ErrInvalid)
 	}
 
+	if target, err = fillTarget(archivePath, target); err != nil {
+		return runtime.Container{}, fmt.Errorf("%s: %w", what, err)
+	}
+	what = fmt.Sprintf("restore %s into %s", archivePath, target)
+
 	sandboxes, err := r.sandboxes(ctx, target.Namespace, target.Pod, true)
 	if err != nil {
 		return runtime.Container{}, r.callError(what, err)
 	}
 	if len(sandboxes) == 0 {
-		return runtime.Container{}, fmt.Errorf("%s: %w (no ready sandbox)", what, runtime.ErrPodNotFound)
+		return runtime.Container{}, &kindError{msg: noSandboxMessage(what, target), kind: runtime.ErrPodNotFound}
 	}
 	sb := sandboxes[0]
 
@@ -64,6 +70,14 @@ func (r *Runtime) Restore(ctx context.Context, archivePath string, target runtim
 		return runtime.Container{}, r.callError(what, err)
 	}
 	sbCfg, nsOpts := r.sandboxConfig(ctx, sb)
+	logPath := filepath.Join(target.Container, strconv.FormatUint(uint64(attempt), 10)+".log")
+	// The kubelet makes the container's log directory; runtimes do not
+	// (CRI-O fails the create without it).
+	if dir := sbCfg.GetLogDirectory(); dir != "" && filepath.IsAbs(dir) {
+		if err := os.MkdirAll(filepath.Join(dir, target.Container), 0o755); err != nil {
+			return runtime.Container{}, fmt.Errorf("%s: log directory: %w", what, err)
+		}
+	}
 	created, err := r.client.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
 		PodSandboxId: sb.GetId(),
 		Config: &runtimeapi.ContainerConfig{
@@ -75,7 +89,7 @@ func (r *Runtime) Restore(ctx context.Context, archivePath string, target runtim
 				labelPodNamespace:  target.Namespace,
 				labelPodUID:        sb.GetMetadata().GetUid(),
 			},
-			LogPath: filepath.Join(target.Container, strconv.FormatUint(uint64(attempt), 10)+".log"),
+			LogPath: logPath,
 			// The pod's namespaces, as the kubelet gives every container.
 			// Without them the runtime joins the pod's PID namespace, where
 			// the checkpointed PIDs may be taken.
@@ -106,7 +120,8 @@ func (r *Runtime) Restore(ctx context.Context, archivePath string, target runtim
 		_, _ = r.client.RemoveContainer(cctx, &runtimeapi.RemoveContainerRequest{ContainerId: id})
 	}()
 	if _, err := r.client.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: id}); err != nil {
-		return runtime.Container{}, r.callError(what+": start container "+id, err)
+		return runtime.Container{}, fmt.Errorf("%w%s", r.callError(what+": start container "+id, err),
+			restoreHint(v.GetRuntimeName(), status.Convert(err).Message(), sb))
 	}
 	started = true
 
@@ -125,6 +140,31 @@ func (r *Runtime) Restore(ctx context.Context, archivePath string, target runtim
 		Pid:       pidFromInfo(st.GetInfo()),
 		CreatedAt: time.Unix(0, s.GetCreatedAt()),
 	}, nil
+}
+
+// restoreHint adds what to do about a known runtime bug to a failed
+// start: CRI-O 1.34 cannot restore into a sandbox made before it last
+// restarted (CRIU: "No mapping for ... mountpoint", the sandbox's
+// /run/.containerenv). CRI-O removes CRIU's log with the container, so the
+// cause cannot be read back; the hint names the sandbox's age instead.
+func restoreHint(runtimeName, msg string, sb *runtimeapi.PodSandbox) string {
+	if runtimeName != "cri-o" || !strings.Contains(msg, "criu failed") {
+		return ""
+	}
+	return fmt.Sprintf(" (if sandbox %.12s, created %s, is older than CRI-O's last restart, this is CRI-O's "+
+		"bug with sandboxes created before CRI-O restarted: CRIU finds no mapping for their mounts; "+
+		"restore into a new sandbox: delete the pod and let the kubelet make it again, or make one with `crictl runp`)",
+		sb.GetId(), time.Unix(0, sb.GetCreatedAt()).UTC().Format(time.RFC3339))
+}
+
+// noSandboxMessage explains that CRI restores into an existing sandbox,
+// and how to get one.
+func noSandboxMessage(what string, t runtime.Ref) string {
+	return fmt.Sprintf("%s: pod does not exist: there is no ready pod sandbox for %s/%s. "+
+		"Restore through CRI creates the container in an existing sandbox: let the kubelet run pod %s in "+
+		"namespace %s first, or make one with `crictl runp` and a sandbox config whose labels are the "+
+		"kubelet's (io.kubernetes.pod.namespace=%s, io.kubernetes.pod.name=%s, io.kubernetes.pod.uid=...)",
+		what, t.Namespace, t.Pod, t.Pod, t.Namespace, t.Namespace, t.Pod)
 }
 
 // nextAttempt is one more than the highest attempt of containers named name

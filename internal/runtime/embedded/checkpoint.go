@@ -60,20 +60,19 @@ func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePa
 		return res, fmt.Errorf("checkpoint container %s: %w", rec.ID, err)
 	}
 	defer f.Close()
-	var w memberWriter = archive.NewWriter(f)
+	// One writer. The pages go straight into the archive while CRIU dumps
+	// (stream.go) where FIFOs can be made; otherwise after the dump.
+	w := archive.NewFileWriter(f)
+	if err := w.AddDirEntry(lib.CheckpointDirectory, 0o700); err != nil {
+		return res, fmt.Errorf("checkpoint container %s: write archive: %w", rec.ID, err)
+	}
 	var capt *capture
-	if onePass() {
-		// The pages go straight into the archive while CRIU dumps (stream.go).
-		sa := archive.NewFileWriter(f)
-		if err := sa.AddDirEntry(lib.CheckpointDirectory, 0o700); err != nil {
-			return res, fmt.Errorf("checkpoint container %s: write archive: %w", rec.ID, err)
-		}
+	if canStream(images) {
 		n := fifoCount(filepath.Join(defaultContainerCgroup, rec.ID))
-		if capt, err = startCapture(images, work, lib.CheckpointDirectory, n, sa); err != nil {
+		if capt, err = startCapture(images, work, lib.CheckpointDirectory, n, w); err != nil {
 			return res, fmt.Errorf("checkpoint container %s: %w", rec.ID, err)
 		}
 		defer capt.finish()
-		w = sa
 	}
 
 	tcp := opts.TCPEstablished || rec.PodAnnotations[runtime.AnnotationTCPEstablished] == "true"
@@ -145,6 +144,7 @@ func (r *Runtime) dump(ctx context.Context, id, images, criuWork string, tcpEsta
 		if e := lastRuncError(runcLog, filepath.Join(criuWork, "dump.log")); e != "no details logged" {
 			detail = e
 		}
+		detail = dropStagingLogPath(detail)
 		kept := r.keepFailureLogs(id, "dump", runcLog, filepath.Join(criuWork, "dump.log"))
 		return fmt.Errorf("checkpoint container %s: runc checkpoint: %v: %s%s%s", id, err, detail, explainDumpFailure(detail), kept)
 	}

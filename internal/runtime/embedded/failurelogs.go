@@ -132,3 +132,21 @@ func explainDumpFailure(detail string) string {
 	}
 	return ""
 }
+
+// dropStagingLogPath removes runc's "log file: PATH" line: PATH is in the
+// dump's work dir, which is gone by the time anyone reads the error; the
+// kept copy is named instead.
+func dropStagingLogPath(detail string) string {
+	var keep []string
+	for _, line := range strings.Split(detail, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(line), "log file: ") {
+			keep = append(keep, line)
+			continue
+		}
+		// runc appends "; criu: ..." to the same line in our message.
+		if _, rest, ok := strings.Cut(line, "; criu: "); ok {
+			keep = append(keep, "criu: "+rest)
+		}
+	}
+	return strings.Join(keep, "\n")
+}

@@ -84,3 +84,11 @@ func TestHookScriptQuotes(t *testing.T) {
 		t.Fatalf("hook script:\n%s", s)
 	}
 }
+
+func TestDropStagingLogPath(t *testing.T) {
+	in := "criu failed: type NOTIFY errno 0\nlog file: /r/checkpoints/.staging/x/criu/dump.log; criu: Error (criu/seize.c:109): boom"
+	got := dropStagingLogPath(in)
+	if strings.Contains(got, ".staging") || !strings.Contains(got, "criu: Error (criu/seize.c:109): boom") || !strings.Contains(got, "type NOTIFY") {
+		t.Fatalf("dropStagingLogPath = %q", got)
+	}
+}

@@ -37,13 +37,15 @@ import (
 	"github.com/ckpt-dev/ckpt/internal/archive"
 )
 
-// onePassEnv set to 0 (or false) makes Checkpoint dump into a directory and
-// archive it afterwards, as the other runtimes do (for comparison runs).
-const onePassEnv = "CKPT_ONE_PASS"
-
-func onePass() bool {
-	on, err := strconv.ParseBool(os.Getenv(onePassEnv))
-	return err != nil || on
+// canStream reports whether the pages can stream into the archive while
+// CRIU dumps: that needs FIFOs in the images directory. Where they cannot
+// be made, CRIU writes the pages as files, archived after the dump.
+func canStream(images string) bool {
+	probe := filepath.Join(images, ".fifo-probe")
+	if err := unix.Mkfifo(probe, 0o600); err != nil {
+		return false
+	}
+	return os.Remove(probe) == nil
 }
 
 // capture receives the pages images of one dump through FIFOs.

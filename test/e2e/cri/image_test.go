@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/ckpt-dev/ckpt/internal/runtime"
@@ -16,53 +18,61 @@ import (
 )
 
 // ctrBin is the ctr of the containerd that hack/start-containerd.sh runs.
-func ctrBin() string {
-	bin := os.Getenv("CKPT_CONTAINERD_BIN")
-	if bin == "" {
-		bin = "/opt/ckpt/containerd/bin"
+func ctrBin(rt *criRuntime) string {
+	bin := "/opt/ckpt/containerd/bin"
+	for _, e := range append(os.Environ(), rt.env...) {
+		if v, ok := strings.CutPrefix(e, "CKPT_CONTAINERD_BIN="); ok {
+			bin = v
+		}
 	}
 	return filepath.Join(bin, "ctr")
 }
 
-// TestRestoreFromCheckpointImageThroughCRI: a containerd checkpoint becomes
-// a ckpt checkpoint image, saved as an OCI archive, imported with
-// `ctr -n k8s.io images import`, and containerd restores the container
-// through CRI CreateContainer from the image's name, counting on. Only
-// containerd 2.1 to 2.3 restore through CRI (CONTAINERD_VERSION=v2.3.7
-// CKPT_CONTAINERD_BIN=/opt/ckpt/containerd-2.3/bin).
+// TestRestoreFromCheckpointImageThroughCRI: a runtime's checkpoint becomes
+// a ckpt checkpoint image, and the runtime restores the container through
+// CRI CreateContainer from the image's name, counting on. containerd 2.1 to
+// 2.3 (CKPT_CRI_RUNTIMES=containerd-2.3) get it as an OCI archive imported
+// with `ctr -n k8s.io images import`; CRI-O pulls it from the private
+// registry that `ckpt image push` put it in, and restores by the image's
+// io.kubernetes.cri-o.annotations.checkpoint.name annotation.
 func TestRestoreFromCheckpointImageThroughCRI(t *testing.T) {
-	needContainerd(t)
+	forEachRuntime(t, restoreFromCheckpointImageThroughCRI)
+}
+
+func restoreFromCheckpointImageThroughCRI(t *testing.T, rt *criRuntime) {
 	if ckptErr != nil {
 		t.Fatal(ckptErr)
 	}
-	c := criClient(t)
+	c := criClient(t, rt)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	v, err := c.Version(ctx, &runtimeapi.VersionRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !restoresThroughCRI(v.GetRuntimeVersion()) {
-		t.Skipf("containerd %s does not restore through CRI (2.1-2.3 do: run with CONTAINERD_VERSION=v2.3.7)", v.GetRuntimeVersion())
+	if !restoresThroughCRI(v.GetRuntimeName(), v.GetRuntimeVersion()) {
+		// Nothing to restore with; TestRestoreThroughCRI checks the refusal.
+		t.Logf("%s %s does not restore through CRI", v.GetRuntimeName(), v.GetRuntimeVersion())
+		return
 	}
-	p := startCounterPod(t, c, "cri-image-src")
-	rt, err := cri.New(ctx, socket)
+	p := startCounterPod(t, rt, c, "cri-image-src")
+	r, err := cri.New(ctx, rt.socket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rt.Close()
-	ctr, err := rt.Lookup(ctx, runtime.Ref{Namespace: p.ns, Pod: p.name, Container: "counter"})
+	defer r.Close()
+	ctr, err := r.Lookup(ctx, runtime.Ref{Namespace: p.ns, Pod: p.name, Container: "counter"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitCount(t, p.logPath, 10)
-	cpCount := lastCount(p.logPath)
-	archive := filepath.Join(tmpRoot, "image-src.tar")
-	if _, err := rt.Checkpoint(ctx, ctr, archive, runtime.CheckpointOptions{}); err != nil {
+	archive := filepath.Join(tmpRoot, "image-src-"+rt.name+".tar")
+	if _, err := r.Checkpoint(ctx, ctr, archive, runtime.CheckpointOptions{}); err != nil {
 		t.Fatalf("Checkpoint: %v", err)
 	}
+	k := archivedCount(t, archive)
 
-	root := filepath.Join(tmpRoot, "ckpt-image-root")
+	root := filepath.Join(tmpRoot, "ckpt-image-root-"+rt.name)
 	ref := "localhost/ckpt/cri-counter:v1"
 	run := func(name string, args ...string) string {
 		t.Helper()
@@ -73,15 +83,35 @@ func TestRestoreFromCheckpointImageThroughCRI(t *testing.T) {
 		return string(out)
 	}
 	run(ckptBin, "--root-dir", root, "image", "from-checkpoint", archive, ref)
-	saved := filepath.Join(tmpRoot, "cri-counter-image.tar")
-	run(ckptBin, "--root-dir", root, "image", "save", ref, "-o", saved)
-	out := run(ctrBin(), "-a", socket, "-n", "k8s.io", "images", "import", saved)
-	t.Logf("ctr import: %s", out)
-	if out := run(ctrBin(), "-a", socket, "-n", "k8s.io", "images", "ls", "-q"); !strings.Contains(out, ref) {
-		t.Fatalf("ctr images ls after import:\n%s", out)
+	if rt.engine == "containerd" {
+		saved := filepath.Join(tmpRoot, "cri-counter-image-"+rt.name+".tar")
+		run(ckptBin, "--root-dir", root, "image", "save", ref, "-o", saved)
+		out := run(ctrBin(rt), "-a", rt.socket, "-n", "k8s.io", "images", "import", saved)
+		t.Logf("ctr import: %s", out)
+		if out := run(ctrBin(rt), "-a", rt.socket, "-n", "k8s.io", "images", "ls", "-q"); !strings.Contains(out, ref) {
+			t.Fatalf("ctr images ls after import:\n%s", out)
+		}
+	} else {
+		// CRI-O maps localhost/ to its private registry (hack/start-crio.sh).
+		reg, err := os.ReadFile(filepath.Join(rt.dir, "registry.addr"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		run(ckptBin, "--root-dir", root, "image", "push", "-q", ref, strings.TrimSpace(string(reg))+"/ckpt/cri-counter:v1")
+		conn, err := grpc.NewClient("unix://"+rt.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if _, err := runtimeapi.NewImageServiceClient(conn).PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
+			t.Fatalf("pull %s through CRI: %v", ref, err)
+		}
 	}
 
-	target := startPod(t, c, "cri-image-target")
+	target := startPod(t, rt, c, "cri-image-target")
+	if err := os.MkdirAll(filepath.Join(target.sbConfig.GetLogDirectory(), "counter"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	restoreStart := time.Now()
 	created, err := c.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
 		PodSandboxId: target.sandboxID,
@@ -113,12 +143,7 @@ func TestRestoreFromCheckpointImageThroughCRI(t *testing.T) {
 	if st.GetStatus().GetState() != runtimeapi.ContainerState_CONTAINER_RUNNING {
 		t.Fatalf("restored container is %s", st.GetStatus().GetState())
 	}
-	logPath := st.GetStatus().GetLogPath()
-	waitCount(t, logPath, cpCount+2)
-	first, ok := firstCountSince(t, logPath, restoreStart)
-	if !ok || first < cpCount {
-		t.Errorf("restored counter printed %d first (found: %v), want at least %d, the count before the checkpoint", first, ok, cpCount)
-	}
+	resumesAt(t, rt, st.GetStatus().GetLogPath(), restoreStart, k)
 	if a := st.GetStatus().GetAnnotations(); a["checkpointImage"] != "" && a["checkpointImage"] != ref {
 		t.Errorf("containerd recorded checkpoint image %q, want %q", a["checkpointImage"], ref)
 	}

@@ -1,5 +1,6 @@
 // Package crie2e runs the CRI backend against a real containerd 2.4 (runc
-// shim, CRIU), started privately by hack/start-containerd.sh.
+// shim, CRIU) and a real CRI-O 1.34 (conmon, runc, CRIU), each started
+// privately by its hack/ script (hack/start-containerd.sh, hack/start-crio.sh).
 package crie2e
 
 import (
@@ -10,11 +11,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 var (
-	socket    string // the private containerd's CRI socket
 	ckptBin   string // the ckpt binary under test
 	tmpRoot   string // everything the tests write
 	skipWhy   string // set when the machine cannot run these tests
@@ -22,7 +24,46 @@ var (
 	ckptErr   error  // set when the ckpt binary could not be built
 	repoRoot  = "../../.."
 	imagesDir string
+	runtimes  []*criRuntime // the runtimes every test runs against
 )
+
+// criRuntime is a private CRI runtime started by its hack/ script.
+type criRuntime struct {
+	name    string   // subtest name
+	engine  string   // what checkpointctl calls its archives' engine
+	start   string   // hack/ script that starts it in dir and prints its socket
+	stop    string   // hack/ script that stops it and removes dir
+	logFile string   // its log, relative to dir
+	env     []string // for its scripts
+	dir     string
+	socket  string
+	err     error // why it did not start
+}
+
+// allRuntimes are containerd 2.4 and CRI-O 1.34; CKPT_CRI_RUNTIMES
+// ("containerd", "crio", "containerd-2.3", comma-separated) picks others.
+func allRuntimes() []*criRuntime {
+	all := []*criRuntime{
+		{name: "containerd", engine: "containerd", start: "hack/start-containerd.sh", stop: "hack/stop-containerd.sh", logFile: "containerd.log"},
+		{name: "crio", engine: "CRI-O", start: "hack/start-crio.sh", stop: "hack/stop-crio.sh", logFile: "crio.log"},
+	}
+	// Only when asked for: containerd 2.3, the last that restores through CRI.
+	c23 := &criRuntime{name: "containerd-2.3", engine: "containerd", start: "hack/start-containerd.sh", stop: "hack/stop-containerd.sh",
+		logFile: "containerd.log", env: []string{"CONTAINERD_VERSION=v2.3.7", "CKPT_CONTAINERD_BIN=/opt/ckpt/containerd-2.3/bin"}}
+	want := os.Getenv("CKPT_CRI_RUNTIMES")
+	if want == "" {
+		return all
+	}
+	var out []*criRuntime
+	for _, r := range append(all, c23) {
+		for _, w := range strings.Split(want, ",") {
+			if strings.TrimSpace(w) == r.name {
+				out = append(out, r)
+			}
+		}
+	}
+	return out
+}
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -34,7 +75,7 @@ func run(m *testing.M) int {
 	case testing.Short():
 		skipWhy = "end-to-end test: skipped in -short mode"
 	case os.Getuid() != 0:
-		skipWhy = "needs root: it runs containerd, runc and CRIU"
+		skipWhy = "needs root: it runs containerd, CRI-O, runc and CRIU"
 	}
 	for _, b := range []string{"runc", "criu", "checkpointctl", "tar"} {
 		if _, err := exec.LookPath(b); err != nil && skipWhy == "" {
@@ -54,33 +95,50 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmpRoot)
 
+	runtimes = allRuntimes()
 	if setupErr = prepare(); setupErr != nil {
 		return m.Run()
 	}
-	ctrdDir := filepath.Join(tmpRoot, "ctrd")
-	var stdout, stderr bytes.Buffer
-	start := exec.Command(filepath.Join(repoRoot, "hack/start-containerd.sh"), ctrdDir)
-	start.Env = append(os.Environ(), "CKPT_IMAGES="+imagesDir)
-	start.Stdout, start.Stderr = &stdout, &stderr
-	if err := start.Run(); err != nil {
-		setupErr = fmt.Errorf("hack/start-containerd.sh: %v\n%s", err, stderr.String())
-	} else {
-		socket = strings.TrimSpace(stdout.String())
+	// Start them side by side: the first start of each builds or installs it.
+	var wg sync.WaitGroup
+	for _, r := range runtimes {
+		r.dir = filepath.Join(tmpRoot, r.name)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			began := time.Now()
+			var stdout, stderr bytes.Buffer
+			start := exec.Command(filepath.Join(repoRoot, r.start), r.dir)
+			start.Env = append(append(os.Environ(), "CKPT_IMAGES="+imagesDir), r.env...)
+			start.Stdout, start.Stderr = &stdout, &stderr
+			if err := start.Run(); err != nil {
+				r.err = fmt.Errorf("%s: %v\n%s", r.start, err, tail(stderr.Bytes(), 8192))
+				return
+			}
+			r.socket = strings.TrimSpace(stdout.String())
+			fmt.Fprintf(os.Stderr, "%s: %s ready in %s\n", r.start, r.name, time.Since(began).Round(time.Millisecond))
+		}()
 	}
-	// Stop it whatever happened: the script may have got as far as starting it.
+	wg.Wait()
+	// Stop them whatever happened: a script may have got as far as starting one.
 	defer func() {
-		if _, err := os.Stat(filepath.Join(ctrdDir, "config.toml")); err != nil {
-			return // the script stopped before writing anything
-		}
-		stop := exec.Command(filepath.Join(repoRoot, "hack/stop-containerd.sh"), ctrdDir)
-		if out, err := stop.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "hack/stop-containerd.sh: %v\n%s", err, out)
+		for _, r := range runtimes {
+			if _, err := os.Stat(r.dir); err != nil {
+				continue // the script stopped before making anything
+			}
+			stop := exec.Command(filepath.Join(repoRoot, r.stop), r.dir)
+			stop.Env = append(os.Environ(), r.env...)
+			if out, err := stop.CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "%s: %v\n%s", r.stop, err, out)
+			}
 		}
 	}()
 	code := m.Run()
 	if code != 0 {
-		if log, err := os.ReadFile(filepath.Join(ctrdDir, "containerd.log")); err == nil {
-			fmt.Fprintf(os.Stderr, "--- containerd.log (last 4 KiB)\n%s\n", tail(log, 4096))
+		for _, r := range runtimes {
+			if log, err := os.ReadFile(filepath.Join(r.dir, r.logFile)); err == nil {
+				fmt.Fprintf(os.Stderr, "--- %s %s (last 4 KiB)\n%s\n", r.name, r.logFile, tail(log, 4096))
+			}
 		}
 	}
 	return code
@@ -113,13 +171,25 @@ func tail(b []byte, n int) []byte {
 	return b
 }
 
-// needContainerd skips or fails t unless the private containerd runs.
-func needContainerd(t *testing.T) {
+// forEachRuntime runs fn as a subtest against every runtime; it skips or
+// fails unless the machine can run them and each started.
+func forEachRuntime(t *testing.T, fn func(t *testing.T, rt *criRuntime)) {
 	t.Helper()
 	if skipWhy != "" {
 		t.Skip(skipWhy)
 	}
 	if setupErr != nil {
 		t.Fatal(setupErr)
+	}
+	if len(runtimes) == 0 {
+		t.Fatalf("CKPT_CRI_RUNTIMES=%q names no runtime (want containerd, crio)", os.Getenv("CKPT_CRI_RUNTIMES"))
+	}
+	for _, rt := range runtimes {
+		t.Run(rt.name, func(t *testing.T) {
+			if rt.err != nil {
+				t.Fatal(rt.err)
+			}
+			fn(t, rt)
+		})
 	}
 }
