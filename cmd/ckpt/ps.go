@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ckpt-dev/ckpt/internal/runtime/embedded"
 )
 
 func init() { register(newPsCommand) }
@@ -27,6 +29,8 @@ type psEntry struct {
 	Restarts     int    `json:"restarts"`
 	LastExitCode *int   `json:"lastExitCode,omitempty"`
 	LastReason   string `json:"lastReason,omitempty"`
+	// Memory is the memory of a lazily restored container.
+	Memory *embedded.MemoryState `json:"memory,omitempty"`
 }
 
 // exit renders how the container (or, while it runs, its last run) ended.
@@ -63,7 +67,7 @@ func newPsCommand(g *globalOptions) *cobra.Command {
 			entries := make([]psEntry, 0, len(list))
 			for _, c := range list {
 				e := psEntry{ID: c.ID, Namespace: c.Namespace, Pod: c.Pod, Container: c.Name, Image: c.Image,
-					ImageID: c.ImageID, State: string(c.State), Created: c.CreatedAt}
+					ImageID: c.ImageID, State: string(c.State), Created: c.CreatedAt, Memory: rt.Memory(c.ID)}
 				if c.Pid > 0 && c.State == "running" {
 					e.Pid = c.Pid
 				}
@@ -81,9 +85,9 @@ func newPsCommand(g *globalOptions) *cobra.Command {
 			tw := table(w)
 			wide := out == "wide"
 			if wide {
-				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tIMAGE ID\tSTATE\tPID\tCREATED\tEXIT\tRESTARTS")
+				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tIMAGE ID\tSTATE\tPID\tCREATED\tEXIT\tRESTARTS\tMEMORY")
 			} else {
-				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tSTATE\tPID\tCREATED\tEXIT\tRESTARTS")
+				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tSTATE\tPID\tCREATED\tEXIT\tRESTARTS\tMEMORY")
 			}
 			for _, e := range entries {
 				pid := "-"
@@ -91,16 +95,30 @@ func newPsCommand(g *globalOptions) *cobra.Command {
 					pid = fmt.Sprint(e.Pid)
 				}
 				if wide {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
-						e.ImageID, e.State, pid, e.Created.UTC().Format(time.RFC3339), e.exit(), e.Restarts)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
+						e.ImageID, e.State, pid, e.Created.UTC().Format(time.RFC3339), e.exit(), e.Restarts, memoryColumn(e.Memory))
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%.12s\t%s\t%s\t%s\t%s ago\t%s\t%d\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
-					e.State, pid, ago(e.Created), e.exit(), e.Restarts)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.12s\t%s\t%s\t%s\t%s ago\t%s\t%d\t%s\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
+					e.State, pid, ago(e.Created), e.exit(), e.Restarts, memoryColumn(e.Memory))
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().VarP(&out, "output", "o", "output format: json, yaml or wide")
 	return cmd
+}
+
+// memoryColumn describes a lazily restored container's memory: "-" for
+// any other container.
+func memoryColumn(m *embedded.MemoryState) string {
+	switch {
+	case m == nil:
+		return "-"
+	case m.State == embedded.MemoryComplete:
+		return fmt.Sprintf("complete (%s after restore)", m.Complete.Sub(m.Since).Round(time.Millisecond))
+	case m.State == embedded.MemoryFailed:
+		return "failed: " + m.Error
+	}
+	return fmt.Sprintf("loading (%d MiB served)", m.Bytes>>20)
 }

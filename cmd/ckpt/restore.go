@@ -40,7 +40,7 @@ func newRestoreCommand(g *globalOptions) *cobra.Command {
 	var identity string
 	var lazy bool
 	cmd := &cobra.Command{
-		Use:   "restore ARCHIVE|IMAGE [--pod NS/NAME] [--name CTR]",
+		Use:   "restore ARCHIVE|IMAGE [--pod NS/NAME] [--name CTR] [--lazy]",
 		Short: "Restore a container from a checkpoint archive or image; it resumes where it was checkpointed",
 		Long: "ARCHIVE is the name of an archive on the server (see `ckpt checkpoints ls`) or a local file,\n" +
 			"which is streamed to the server. An encrypted local file is decrypted here with --identity;\n" +
@@ -99,7 +99,7 @@ func newRestoreCommand(g *globalOptions) *cobra.Command {
 	cmd.Flags().StringVar(&target.pod, "pod", "", "restore into this NAMESPACE/POD (default: the archive's)")
 	cmd.Flags().StringVar(&target.name, "name", "", "container name (default: the archive's)")
 	cmd.Flags().StringVar(&identity, "identity", "", "age identity file to decrypt a local encrypted archive")
-	cmd.Flags().BoolVar(&lazy, "lazy", false, "lazy restore: memory pages are faulted in on demand (ckpt only)")
+	cmd.Flags().BoolVar(&lazy, "lazy", false, "run the container as soon as its non-memory state is restored; memory follows on demand (see `ckpt ps`)")
 	return cmd
 }
 

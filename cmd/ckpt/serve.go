@@ -54,6 +54,7 @@ type serveOptions struct {
 	restorePolicy    embedded.RestorePolicy
 	trustedKeysFile  string
 	allowUnsigned    bool
+	inPlace          bool
 	strictTimeout    bool
 	verbosity        int
 }
@@ -96,6 +97,7 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 	f.BoolVar(&o.restorePolicy.AllowAddedCapabilities, "restore-allow-added-capabilities", false, "let a restored pod add capabilities")
 	f.BoolVar(&o.restorePolicy.AllowHostNetwork, "restore-allow-host-network", false, "let a restored pod use the host's network namespace")
 	f.StringVar(&o.trustedKeysFile, "restore-trusted-keys", "", "restore archives signed by these keys (authorized_keys format, e.g. other nodes' <root-dir>/pki/"+trust.PubKeyFile+"); this node's own key is always trusted")
+	f.BoolVar(&o.inPlace, "restore-in-place", false, "restore published plain archives with their pages served from the archive (no extraction copy; slower than extraction on this kernel, see docs/restore.md)")
 	f.BoolVar(&o.allowUnsigned, "restore-allow-unsigned", false, "also restore unsigned archives (written by containerd, CRI-O or Podman, or by hand); signed archives must still verify")
 	o.auth.AddFlags(f)
 	gate.AddFlag(f)
@@ -159,7 +161,7 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, gate featu
 	copts := checkpoint.Options{RootDir: g.rootDir, DefaultTimeout: o.requestTimeout, StrictTimeout: o.strictTimeout, Recorder: m,
 		Retention: o.retention, Compress: o.compress,
 		RetentionError: func(err error) { log.Error("retention after a checkpoint", "error", err) },
-		Signer:         key, Trust: trust.Policy{Keys: keys, AllowUnsigned: o.allowUnsigned}}
+		Signer:         key, Trust: trust.Policy{Keys: keys, AllowUnsigned: o.allowUnsigned}, InPlaceRestore: o.inPlace}
 	if o.recipientsFile != "" {
 		if copts.Recipients, err = archive.ParseRecipientsFile(o.recipientsFile); err != nil {
 			return err

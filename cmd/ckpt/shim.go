@@ -1,6 +1,8 @@
 package main
 
 import (
+	"time"
+
 	"github.com/spf13/cobra"
 
 	"github.com/ckpt-dev/ckpt/internal/runtime/embedded"
@@ -27,5 +29,25 @@ func newShimCommand(*globalOptions) *cobra.Command {
 	f.StringVar(&o.Restore, "restore", "", "restore from the CRIU images in this directory")
 	f.StringArrayVar(&o.Forward, "forward", nil, "serve a hostPort into the container's network namespace (proto:hostIP:hostPort:containerPort)")
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections")
+	f.BoolVar(&o.Lazy, "lazy", false, "restore memory lazily from the archive on fd 4")
+	return cmd
+}
+
+func init() { register(newMemoryWaitCommand) }
+
+// newMemoryWaitCommand is CRIU's pre-resume hook of an in-place restore.
+func newMemoryWaitCommand(*globalOptions) *cobra.Command {
+	var dir, id string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:    "memory-wait",
+		Short:  "Wait until a restored container's memory is complete (CRIU hook; not for direct use)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE:   func(*cobra.Command, []string) error { return embedded.MemoryWait(dir, id, timeout) },
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "container directory")
+	cmd.Flags().StringVar(&id, "id", "", "container ID")
+	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up (and kill the restored tasks) after this long")
 	return cmd
 }

@@ -6,9 +6,14 @@
 //	COUNTER_MARKER    keep this string in memory (for memory search)
 //	COUNTER_LOG       file to append to (default /counter.log)
 //	COUNTER_INTERVAL  time between lines (default 1s)
+//
+// With COUNTER_MEM_MIB set it prints "memsum <sha256 of the memory held>"
+// once the memory is filled and again on every SIGUSR1, so that a restored
+// copy can prove its memory is the checkpointed one.
 package main
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/signal"
@@ -48,17 +53,37 @@ func main() {
 	}
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	sum := make(chan os.Signal, 1)
+	signal.Notify(sum, syscall.SIGUSR1)
+	if len(ballast) > 0 {
+		fmt.Printf("memsum %x\n", memsum())
+	}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for i := 0; ; i++ {
 		line := fmt.Sprintf("count %d\n", i)
 		os.Stdout.WriteString(line)
 		logFile.WriteString(line)
-		select {
-		case <-stop:
-			fmt.Printf("counter stopped at %d (%d bytes of marker held)\n", i, len(marker))
-			return
-		case <-tick.C:
+	wait:
+		for {
+			select {
+			case <-stop:
+				fmt.Printf("counter stopped at %d (%d bytes of marker held)\n", i, len(marker))
+				return
+			case <-sum:
+				fmt.Printf("memsum %x\n", memsum())
+			case <-tick.C:
+				break wait
+			}
 		}
 	}
+}
+
+// memsum is the SHA-256 of the memory the counter holds.
+func memsum() []byte {
+	h := sha256.New()
+	for _, b := range ballast {
+		h.Write(b)
+	}
+	return h.Sum(nil)
 }

@@ -106,6 +106,9 @@ func (s *Service) RestoreArchive(ctx context.Context, name string, target runtim
 	}
 	defer release()
 	defer f.Close()
+	if c, ok, err := s.restoreInPlace(ctx, f, target, name); ok {
+		return c, err
+	}
 	return s.Restore(ctx, f, target, name)
 }
 

@@ -56,6 +56,9 @@ type Options struct {
 	// Trust decides which archives restore (trust.Policy); nil refuses
 	// every restore.
 	Trust Verifier
+	// InPlaceRestore restores published plain archives without extracting
+	// their pages, when the backend can (see lazy.go).
+	InPlaceRestore bool
 }
 
 // Verifier decides whether an archive may be restored, from the manifest

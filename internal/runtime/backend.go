@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"io"
+	"os"
 )
 
 // Backend is what every runtime backend implements: find a container and
@@ -37,6 +38,19 @@ type FileRestorer interface {
 	Restore(ctx context.Context, archivePath string, target Ref) (Container, error)
 }
 
+// LazyRestorer restores a container from a plain tar archive file with its
+// memory served on demand from the file, which it keeps open as long as it
+// needs (the embedded runtime: ?lazy=true). check is as for StreamRestorer.
+type LazyRestorer interface {
+	RestoreLazyFile(ctx context.Context, archive *os.File, target Ref, source string, check ArchiveCheck) (Container, error)
+}
+
+// InPlaceRestorer restores a container fully from a plain tar archive file
+// without copying its memory pages out of it first.
+type InPlaceRestorer interface {
+	RestoreInPlaceFile(ctx context.Context, archive *os.File, target Ref, source string, check ArchiveCheck) (Container, error)
+}
+
 // Stopper stops a container by ID (migration's --stop-source).
 type Stopper interface {
 	Stop(ctx context.Context, id string) error
@@ -52,8 +66,11 @@ type HealthChecker interface {
 type Capabilities struct {
 	StreamRestore StreamRestorer
 	FileRestore   FileRestorer
-	Stop          Stopper
-	Health        HealthChecker
+	// LazyRestore and InPlaceRestore come with StreamRestore.
+	LazyRestore    LazyRestorer
+	InPlaceRestore InPlaceRestorer
+	Stop           Stopper
+	Health         HealthChecker
 }
 
 // Discover finds a backend's capabilities. Decorators must not stand
@@ -62,6 +79,8 @@ func Discover(b Backend) Capabilities {
 	var c Capabilities
 	c.StreamRestore, _ = b.(StreamRestorer)
 	c.FileRestore, _ = b.(FileRestorer)
+	c.LazyRestore, _ = b.(LazyRestorer)
+	c.InPlaceRestore, _ = b.(InPlaceRestorer)
 	c.Stop, _ = b.(Stopper)
 	c.Health, _ = b.(HealthChecker)
 	return c

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path"
+	"strconv"
 	"time"
 
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
@@ -24,6 +26,13 @@ type Archives interface {
 	Restore(ctx context.Context, src io.Reader, target runtime.Ref, source string) (runtime.Container, error)
 	RestoreArchive(ctx context.Context, name string, target runtime.Ref) (runtime.Container, error)
 	StopContainer(ctx context.Context, ref runtime.Ref) error
+}
+
+// LazyArchives restores with memory served on demand (?lazy=true).
+// internal/checkpoint.Service implements it.
+type LazyArchives interface {
+	RestoreLazy(ctx context.Context, src io.Reader, target runtime.Ref, source string) (runtime.Container, error)
+	RestoreArchiveLazy(ctx context.Context, name string, target runtime.Ref) (runtime.Container, error)
 }
 
 // ImageArchives opens the archive a checkpoint image carries: its plain tar
@@ -101,6 +110,18 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 	// The server's read timeout bounds headers and small bodies; an
 	// uploaded archive may take longer.
 	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
+	lazy := false
+	if v := r.URL.Query()["lazy"]; len(v) > 0 {
+		if lazy, err = strconv.ParseBool(v[len(v)-1]); err != nil {
+			writeText(w, http.StatusBadRequest, fmt.Sprintf("lazy=%q: want true or false", v[len(v)-1]))
+			return
+		}
+	}
+	la, canLazy := s.a.(LazyArchives)
+	if lazy && !canLazy {
+		writeText(w, http.StatusBadRequest, "this agent cannot restore lazily")
+		return
+	}
 	var c runtime.Container
 	names, images := r.URL.Query()["archive"], r.URL.Query()["image"]
 	switch {
@@ -114,13 +135,21 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 		ref := images[len(images)-1]
 		var rc io.ReadCloser
 		if rc, err = s.opts.Images.OpenImageArchive(ctx, ref); err == nil {
-			c, err = s.a.Restore(ctx, rc, target, "image "+ref)
+			if lazy {
+				c, err = la.RestoreLazy(ctx, rc, target, "image "+ref)
+			} else {
+				c, err = s.a.Restore(ctx, rc, target, "image "+ref)
+			}
 			rc.Close()
 			// What was fetched for a restore that failed need not stay.
 			if f, ok := rc.(interface{ RestoreFailed() }); ok && err != nil {
 				f.RestoreFailed()
 			}
 		}
+	case lazy && len(names) > 0:
+		c, err = la.RestoreArchiveLazy(ctx, names[len(names)-1], target)
+	case lazy:
+		c, err = la.RestoreLazy(ctx, r.Body, target, "upload")
 	case len(names) > 0:
 		c, err = s.a.RestoreArchive(ctx, names[len(names)-1], target)
 	default:

@@ -123,6 +123,15 @@ func (f *fakeService) RestoreArchive(_ context.Context, name string, target runt
 	return runtime.Container{ID: "def", Namespace: target.Namespace, Pod: target.Pod, Name: target.Container, State: "running"}, nil
 }
 
+// The lazy restores of the fake are its plain ones (server.LazyArchives).
+func (f *fakeService) RestoreLazy(ctx context.Context, src io.Reader, target runtime.Ref, source string) (runtime.Container, error) {
+	return f.Restore(ctx, src, target, source)
+}
+
+func (f *fakeService) RestoreArchiveLazy(ctx context.Context, name string, target runtime.Ref) (runtime.Container, error) {
+	return f.RestoreArchive(ctx, name, target)
+}
+
 func (f *fakeService) StopContainer(_ context.Context, ref runtime.Ref) error {
 	f.mu.Lock()
 	f.stopped = ref

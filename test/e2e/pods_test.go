@@ -106,16 +106,6 @@ func nsOf(t *testing.T, pid int, kind string) string {
 }
 
 // pidOf reads a container's PID from `ckpt ps`.
-func (a *agent) pidOf(pod, ctr string) int {
-	a.t.Helper()
-	f := strings.Fields(a.psLine(pod, ctr))
-	var pid int
-	if len(f) < 7 {
-		a.t.Fatalf("ps line %v", f)
-	}
-	fmt.Sscan(f[6], &pid)
-	return pid
-}
 
 // TestPodSandboxNetworkVolumesSecurity runs a pod with an init container
 // that fills an emptyDir, then three containers: the

@@ -110,6 +110,12 @@ func (a *agent) restore(ctx context.Context, ns, pod, ctr, archiveName string) e
 	return err
 }
 
+// restoreLazy restores an archive kept by the agent with ?lazy=true.
+func (a *agent) restoreLazy(ctx context.Context, ns, pod, ctr, archiveName string) error {
+	_, err := a.api.Restore(ctx, client.Ref{Namespace: ns, Pod: pod, Container: ctr}, client.RestoreSource{Archive: archiveName, Lazy: true})
+	return err
+}
+
 // resetPeakRSS starts a new peak RSS window (clear_refs 5 resets VmHWM).
 func (a *agent) resetPeakRSS() {
 	os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", a.cmd.Process.Pid), []byte("5"), 0)

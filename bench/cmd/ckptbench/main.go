@@ -13,7 +13,9 @@
 //	f  podman container checkpoint -R --export --compress none
 //
 // Restore rows: runc restore from a's directory, ckpt restore (API, archive
-// on the server), podman container restore --import.
+// on the server, extracted), ckpt's lazy
+// restore (time until the container runs, and until its memory is
+// complete), podman container restore --import.
 //
 // Every row gets one discarded warm-up run per memory size, then the rows
 // take turns (a b c ... a b c ...) so that slow first-touch memory and
@@ -62,7 +64,7 @@ func main() {
 	flag.StringVar(&o.doc, "doc", "docs/benchmarks.md", "Markdown report to write")
 	flag.StringVar(&sizes, "sizes", "64,256,1024,4096", "container memory sizes in MiB")
 	flag.IntVar(&o.runs, "runs", 3, "measured runs per row and size (after one warm-up)")
-	flag.StringVar(&rows, "rows", "a,b,c,d,e,f,ra,rc,rf", "rows to run")
+	flag.StringVar(&rows, "rows", "a,b,c,d,e,f,ra,rc,rl,rm,rf", "rows to run")
 	flag.IntVar(&o.parallel, "parallel", 4, "containers checkpointed at once in the parallel run (0: skip)")
 	flag.IntVar(&o.parMiB, "parallel-mib", 256, "memory of each container in the parallel run")
 	renderOnly := flag.Bool("render", false, "only write the chart and the Markdown again from the results in -out")
@@ -163,6 +165,8 @@ var rowInfo = []struct{ id, name string }{
 	{"f", "podman checkpoint --export"},
 	{"ra", "runc restore (from a's dir)"},
 	{"rc", "ckpt restore (API)"},
+	{"rl", "ckpt lazy restore: running"},
+	{"rm", "ckpt lazy restore: memory complete"},
 	{"rf", "podman restore --import"},
 }
 

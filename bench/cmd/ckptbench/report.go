@@ -289,6 +289,22 @@ func markdown(o options, e *env, sums []summary, par *parallelResult, started ti
 	if c, ok := get("c", 4096); ok && c.RSS > 0 {
 		w("| agent RSS < 64 MiB checkpointing 4096 MiB | %.0f MiB | %s |\n", c.RSS/(1<<20), met(c.RSS < 64<<20))
 	}
+	for _, mib := range []int{1024, 4096} {
+		rc, ok1 := get("rc", mib)
+		ra, ok2 := get("ra", mib)
+		if ok1 && ok2 && ra.Latency > 0 {
+			r := rc.Latency / ra.Latency
+			w("| full restore (rc) ≤ 1.2 × runc restore of a dir (ra) at %d MiB | %.2f × | %s |\n", mib, r, met(r <= 1.2))
+		}
+	}
+	if rl, ok := get("rl", 4096); ok {
+		w("| lazy restore running (rl) ≤ 0.5 s at 4096 MiB | %.3f s | %s |\n", rl.Latency, met(rl.Latency <= 0.5))
+	}
+	for _, row := range []string{"rc", "rl"} {
+		if s, ok := get(row, 4096); ok && s.RSS > 0 {
+			w("| agent RSS < 64 MiB restoring 4096 MiB (%s) | %.0f MiB | %s |\n", row, s.RSS/(1<<20), met(s.RSS < 64<<20))
+		}
+	}
 	if par != nil && len(par.Parallel) > 0 {
 		r := median(par.Parallel) / median(par.Sequential)
 		w("| %d × %d MiB in parallel ≤ 0.6 × sequential | %.2f × | %s |\n", par.N, par.MiB, r, met(r <= 0.6))
@@ -300,6 +316,7 @@ func markdown(o options, e *env, sums []summary, par *parallelResult, started ti
 		}
 	}
 	w("\n%s", analysisMarker)
+	b.WriteString(restoreAnalysis(sums))
 	b.WriteString(analysis)
 	return b.String()
 }

@@ -33,6 +33,8 @@ type env struct {
 	podman   bool
 	versions map[string]string
 	failures []string
+	// lazyMemory is row rl's last time to memory complete, for row rm.
+	lazyMemory *sample
 }
 
 func newEnv(o options) *env { return &env{o: o, versions: map[string]string{}} }
@@ -180,7 +182,7 @@ func (e *env) measureSize(ctx context.Context, mib int) ([]sample, error) {
 		fn func(context.Context, target, int) (sample, error)
 	}{
 		{"a", e.rowRaw}, {"b", e.rowRawTar}, {"c", e.rowCkpt}, {"d", e.rowCkptCRI}, {"e", e.rowCrictl}, {"f", e.rowPodman},
-		{"ra", e.rowRuncRestore}, {"rc", e.rowCkptRestore}, {"rf", e.rowPodmanRestore},
+		{"ra", e.rowRuncRestore}, {"rc", e.rowCkptRestore}, {"rl", e.rowCkptLazyRestore}, {"rm", e.rowLazyMemory}, {"rf", e.rowPodmanRestore},
 	}
 	var out []sample
 	broken := map[string]bool{}
@@ -404,6 +406,67 @@ func (e *env) rowCkptRestore(ctx context.Context, t target, run int) (sample, er
 	s := sample{Latency: time.Since(start), RSS: e.emb.peakRSS()}
 	e.emb.ckpt(context.Background(), "rm", ns+"/"+pod+"/counter")
 	return s, nil
+}
+
+// rowCkptLazyRestore restores lazily: the time until the API answers with
+// the container running. It keeps the time until its memory was complete
+// for row rm.
+func (e *env) rowCkptLazyRestore(ctx context.Context, t target, run int) (sample, error) {
+	e.lazyMemory = nil
+	path := readLink(filepath.Join(e.o.work, "ckpt-last"))
+	if path == "" {
+		return sample{}, errors.New("no archive from row c")
+	}
+	pod := fmt.Sprintf("lazy-%d-%d", t.mib, run)
+	e.emb.resetPeakRSS()
+	start := time.Now()
+	if err := e.emb.restoreLazy(ctx, ns, pod, "counter", filepath.Base(path)); err != nil {
+		return sample{}, err
+	}
+	s := sample{Latency: time.Since(start)}
+	defer e.emb.ckpt(context.Background(), "rm", ns+"/"+pod+"/counter")
+	var complete time.Time
+	err := waitFor(ctx, func() bool {
+		out, err := e.emb.ckpt(ctx, "ps", "-o", "json")
+		if err != nil {
+			return false
+		}
+		var list []struct {
+			Pod    string
+			Memory *struct {
+				State    string
+				Error    string
+				Complete time.Time
+			}
+		}
+		if json.Unmarshal([]byte(out), &list) != nil {
+			return false
+		}
+		for _, c := range list {
+			if c.Pod == pod && c.Memory != nil && c.Memory.State != "loading" {
+				complete = c.Memory.Complete
+				if c.Memory.State != "complete" {
+					complete = time.Time{}
+				}
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil || complete.IsZero() {
+		return sample{}, fmt.Errorf("memory of the lazy restore not complete: %v", err)
+	}
+	s.RSS = e.emb.peakRSS()
+	e.lazyMemory = &sample{Latency: complete.Sub(start), RSS: s.RSS}
+	return s, nil
+}
+
+// rowLazyMemory reports row rl's time until memory was complete.
+func (e *env) rowLazyMemory(ctx context.Context, t target, run int) (sample, error) {
+	if e.lazyMemory == nil {
+		return sample{}, errors.New("no lazy restore from row rl")
+	}
+	return *e.lazyMemory, nil
 }
 
 func (e *env) rowPodmanRestore(ctx context.Context, t target, run int) (sample, error) {

@@ -71,6 +71,12 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 			return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 		}
 	}
+	return r.restoreExtracted(ctx, staging, o, nil)
+}
+
+// restoreExtracted restores from an archive extracted (and verified) into
+// staging; lazy, when set, serves the pages that were not extracted.
+func (r *Runtime) restoreExtracted(ctx context.Context, staging string, o RestoreOptions, lazy *lazyInput) (runtime.Container, error) {
 	root, err := os.OpenRoot(staging)
 	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
@@ -100,7 +106,7 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 	if _, err := r.images.Resolve(ctr.Image); err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: the checkpoint's image %q is not on this node (import it with `ckpt image import`): %w", o.Source, ctr.Image, err)
 	}
-	in := &restoreInput{imagesDir: filepath.Join(staging, lib.CheckpointDirectory), source: o.Source, createdAt: cfg.CreatedTime}
+	in := &restoreInput{imagesDir: filepath.Join(staging, lib.CheckpointDirectory), source: o.Source, createdAt: cfg.CreatedTime, lazy: lazy}
 	if st, err := root.Lstat(lib.RootFsDiffTar); err == nil && st.Mode().IsRegular() {
 		in.rootfsDiff = filepath.Join(staging, lib.RootFsDiffTar)
 	}
@@ -293,11 +299,12 @@ func firstNonEmpty(s ...string) string {
 
 // restoreInput is what a restore needs from an extracted archive.
 type restoreInput struct {
-	source      string    // the archive, for the record
-	createdAt   time.Time // when the checkpointed container was created
-	imagesDir   string    // CRIU images
-	rootfsDiff  string    // path of rootfs-diff.tar, "" if none
-	deletedJSON []byte    // deleted.files
+	source      string     // the archive, for the record
+	createdAt   time.Time  // when the checkpointed container was created
+	imagesDir   string     // CRIU images
+	rootfsDiff  string     // path of rootfs-diff.tar, "" if none
+	deletedJSON []byte     // deleted.files
+	lazy        *lazyInput // set for a lazy restore
 }
 
 // prepareRootfs applies the archive's file system changes to a fresh rootfs.

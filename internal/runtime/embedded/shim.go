@@ -35,6 +35,8 @@ type ShimOptions struct {
 	Forward []string
 	// TCPEstablished restores established TCP connections.
 	TCPEstablished bool
+	// Lazy restores memory lazily from the archive on fd 4 (see lazy.go).
+	Lazy bool
 }
 
 // Args renders the options as the shim's command line.
@@ -48,6 +50,9 @@ func (o ShimOptions) Args() []string {
 	}
 	if o.TCPEstablished {
 		args = append(args, "--tcp-established")
+	}
+	if o.Lazy {
+		args = append(args, "--lazy")
 	}
 	return args
 }
@@ -83,6 +88,13 @@ func (r *Runtime) startShim(ctx context.Context, rec *record, restore *restoreIn
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = shimLog, shimLog
 	cmd.ExtraFiles = []*os.File{readyW}
+	if restore != nil && restore.lazy != nil {
+		if err := restore.lazy.prepare(dir, &opts, cmd); err != nil {
+			readyW.Close()
+			return fmt.Errorf("prepare lazy restore of container %s: %w", rec.ID, err)
+		}
+		cmd.Args = append([]string{r.cfg.Shim}, opts.Args()...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		readyW.Close()
@@ -156,11 +168,25 @@ func RunShim(o ShimOptions) error {
 	pidFile := filepath.Join(o.Dir, fileInitPid)
 	bundle := filepath.Join(o.Dir, dirBundle)
 	ctx := context.Background()
+	var lazy *lazyShim
 	if o.Restore != "" {
+		if o.Lazy {
+			if lazy, err = startLazy(o, rc); err != nil {
+				return fail(fmt.Errorf("lazy restore: %w", err))
+			}
+			lazy.before()
+		}
 		_, err = rc.Restore(ctx, o.ID, bundle, &gorunc.RestoreOpts{
-			CheckpointOpts: gorunc.CheckpointOpts{ImagePath: o.Restore, WorkDir: filepath.Join(o.Dir, "restore-work"), FileLocks: true, AllowOpenTCP: o.TCPEstablished},
+			CheckpointOpts: gorunc.CheckpointOpts{ImagePath: o.Restore, WorkDir: filepath.Join(o.Dir, "restore-work"), FileLocks: true, AllowOpenTCP: o.TCPEstablished, LazyPages: o.Lazy},
 			IO:             pio, Detach: true, PidFile: pidFile,
 		})
+		if err != nil && lazy != nil {
+			if cause := lazy.abort(); cause != nil {
+				err = fmt.Errorf("%v: %w", cause, err)
+			}
+		} else if lazy != nil {
+			err = lazy.started()
+		}
 	} else {
 		if err = rc.Create(ctx, o.ID, bundle, &gorunc.CreateOpts{IO: pio, PidFile: pidFile}); err == nil {
 			err = rc.Start(ctx, o.ID)
@@ -169,7 +195,7 @@ func RunShim(o ShimOptions) error {
 	if err != nil {
 		rc.Delete(ctx, o.ID, &gorunc.DeleteOpts{Force: true})
 		restoreLog := filepath.Join(o.Dir, "restore-work", "restore.log")
-		detail := lastRuncError(runcLog, restoreLog)
+		detail := dropStagingLogPath(lastRuncError(runcLog, restoreLog))
 		kept := keepFailureLogs(filepath.Dir(filepath.Dir(o.Dir)), o.ID, "restore", runcLog, restoreLog)
 		return fail(fmt.Errorf("%w: %s%s", err, detail, kept))
 	}
@@ -224,6 +250,7 @@ func waitForPid(pid int) exitStatus {
 			return exitStatus{Code: -1, FinishedAt: time.Now().UTC()}
 		}
 		if got != pid {
+			reaped(got, ws)
 			continue
 		}
 		st := exitStatus{Code: ws.ExitStatus(), FinishedAt: time.Now().UTC()}
