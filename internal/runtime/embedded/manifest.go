@@ -32,6 +32,7 @@ var supportedFields = map[string]bool{
 
 	"spec.restartPolicy":                                         true,
 	"spec.hostNetwork":                                           true,
+	"spec.shareProcessNamespace":                                 true,
 	"spec.hostname":                                              true,
 	"spec.subdomain":                                             true,
 	"spec.terminationGracePeriodSeconds":                         true,

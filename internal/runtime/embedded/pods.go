@@ -207,10 +207,16 @@ func (r *Runtime) createContainerAs(ctx context.Context, p *podRecord, pod *core
 		if err := os.WriteFile(termLog, nil, 0o644); err != nil {
 			return nil, err
 		}
-		s, err := buildContainerSpec(specInput{
+		in := specInput{
 			Rec: rec, Pod: pod, Container: c, Image: img, Rootfs: rootfs, CriuConfig: criuConf,
 			Sandbox: sb, Volumes: vols, TerminationLog: termLog,
-		})
+		}
+		if restore != nil {
+			if err := restore.binds.prepare(r.containerDir(rec.ID), &in); err != nil {
+				return nil, err
+			}
+		}
+		s, err := buildContainerSpec(in)
 		if err != nil {
 			return nil, err
 		}

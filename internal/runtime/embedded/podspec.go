@@ -56,6 +56,13 @@ type specInput struct {
 	Volumes map[string]string
 	// TerminationLog is the host file mounted at terminationMessagePath.
 	TerminationLog string
+	// Shm, when set, is bound at /dev/shm instead of a tmpfs, and
+	// ContainerEnv at /run/.containerenv: a restored foreign container
+	// had them bound from outside (see podBinds).
+	Shm, ContainerEnv string
+	// Cgroup mounts the container's cgroups read-only at /sys/fs/cgroup,
+	// as containerd's default spec does (a restored foreign container).
+	Cgroup bool
 }
 
 // buildContainerSpec builds the OCI runtime spec of one container of a pod
@@ -86,15 +93,19 @@ func buildContainerSpec(in specInput) (*specs.Spec, error) {
 	g.Config.Hostname = ""
 	g.SetLinuxCgroupsPath(path.Join(defaultContainerCgroup, in.Rec.ID))
 
-	// Namespaces: pid and mount of its own; net, ipc and uts of the pod.
+	// Namespaces: mount of its own; pid of its own unless the pod shares
+	// it; net, ipc and uts of the pod.
 	g.ClearLinuxNamespaces()
-	for _, ns := range []specs.LinuxNamespaceType{specs.PIDNamespace, specs.MountNamespace} {
-		g.AddOrReplaceLinuxNamespace(string(ns), "")
-	}
+	g.AddOrReplaceLinuxNamespace(string(specs.MountNamespace), "")
 	if in.Sandbox.PausePid <= 0 {
 		return nil, fmt.Errorf("the pod sandbox has no pause process")
 	}
 	nsPath := func(kind string) string { return fmt.Sprintf("/proc/%d/ns/%s", in.Sandbox.PausePid, kind) }
+	if in.Pod.Spec.ShareProcessNamespace != nil && *in.Pod.Spec.ShareProcessNamespace {
+		g.AddOrReplaceLinuxNamespace(string(specs.PIDNamespace), nsPath("pid"))
+	} else {
+		g.AddOrReplaceLinuxNamespace(string(specs.PIDNamespace), "")
+	}
 	g.AddOrReplaceLinuxNamespace(string(specs.IPCNamespace), nsPath("ipc"))
 	if !in.Sandbox.HostNetwork {
 		g.AddOrReplaceLinuxNamespace(string(specs.NetworkNamespace), nsPath("net"))
@@ -110,7 +121,11 @@ func buildContainerSpec(in specInput) (*specs.Spec, error) {
 	}
 	applyResources(&g, c.Resources)
 
+	if in.Cgroup {
+		g.AddMount(specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}})
+	}
 	for _, m := range podFileMounts(in) {
+		g.RemoveMount(m.Destination)
 		g.AddMount(m)
 	}
 	for _, vm := range c.VolumeMounts {
@@ -146,6 +161,8 @@ func podFileMounts(in specInput) []specs.Mount {
 	bind("/etc/resolv.conf", in.Sandbox.ResolvConf)
 	tmp := firstNonEmpty(in.Container.TerminationMessagePath, corev1.TerminationMessagePathDefault)
 	bind(tmp, in.TerminationLog)
+	bind("/dev/shm", in.Shm)
+	bind("/run/.containerenv", in.ContainerEnv)
 	return out
 }
 

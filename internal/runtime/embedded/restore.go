@@ -106,7 +106,15 @@ func (r *Runtime) restoreExtracted(ctx context.Context, staging string, o Restor
 	if _, err := r.images.Resolve(ctr.Image); err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: the checkpoint's image %q is not on this node (import it with `ckpt image import`): %w", o.Source, ctr.Image, err)
 	}
-	in := &restoreInput{imagesDir: filepath.Join(staging, lib.CheckpointDirectory), source: o.Source, createdAt: cfg.CreatedTime, lazy: lazy}
+	binds, err := archiveExternalMounts(root, ctr.TerminationMessagePath)
+	if err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+	}
+	if binds.SharePID {
+		share := true
+		pod.Spec.ShareProcessNamespace = &share
+	}
+	in := &restoreInput{imagesDir: filepath.Join(staging, lib.CheckpointDirectory), source: o.Source, createdAt: cfg.CreatedTime, lazy: lazy, binds: binds}
 	if st, err := root.Lstat(lib.RootFsDiffTar); err == nil && st.Mode().IsRegular() {
 		in.rootfsDiff = filepath.Join(staging, lib.RootFsDiffTar)
 	}
@@ -305,6 +313,7 @@ type restoreInput struct {
 	rootfsDiff  string     // path of rootfs-diff.tar, "" if none
 	deletedJSON []byte     // deleted.files
 	lazy        *lazyInput // set for a lazy restore
+	binds       podBinds   // mounts the dumped container had from outside
 }
 
 // prepareRootfs applies the archive's file system changes to a fresh rootfs.
@@ -316,6 +325,12 @@ func (in *restoreInput) prepareRootfs(rootfs string) error {
 		}
 		defer f.Close()
 		if err := archive.ApplyRootfsDiff(rootfs, f, archive.DefaultLimits()); err != nil {
+			return err
+		}
+	}
+	if in.binds.RootMode != 0 {
+		// CRIU checks the mode of the root it restores into.
+		if err := os.Chmod(rootfs, in.binds.RootMode); err != nil {
 			return err
 		}
 	}
