@@ -127,6 +127,9 @@ func explainDumpFailure(detail string) string {
 			"(root on a normal node has CAP_SYS_RESOURCE; run ckpt with it)"
 	case strings.Contains(detail, "No space left on device"):
 		return ": the disk holding the checkpoint is full"
+	case strings.Contains(detail, "Can't dump that handle"):
+		return ": a process has an inotify or fanotify watch on a file CRIU cannot open by file handle " +
+			"(an overlay root file system needs nfs_export=on, which this kernel or the image's file system refused)"
 	case strings.Contains(detail, "signal: killed") || strings.Contains(detail, "killed"):
 		return ": CRIU was killed"
 	}

@@ -55,6 +55,7 @@ func TestExplainDumpFailure(t *testing.T) {
 		{"criu: Error (criu/sk-inet.c:1): inet: Connected TCP socket, consider using --tcp-established option.", "tcpEstablished=true"},
 		{"criu: Error (criu/cr-dump.c:1): Can't get rlimit 0: Operation not permitted", "CAP_SYS_RESOURCE"},
 		{"write archive: write /x: No space left on device", "disk holding the checkpoint is full"},
+		{"(00.168461) Error (criu/fsnotify.c:284): fsnotify: \tCan't dump that handle", "inotify or fanotify watch"},
 		{"criu failed: signal: killed", "CRIU was killed"},
 		{"criu: Error (criu/x.c:1): something else", ""},
 	} {

@@ -106,6 +106,9 @@ func (r *Runtime) restoreExtracted(ctx context.Context, staging string, o Restor
 	if _, err := r.images.Resolve(ctr.Image); err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: the checkpoint's image %q is not on this node (import it with `ckpt image import`): %w", o.Source, ctr.Image, err)
 	}
+	if _, err := rearmExpiredTimerfds(root); err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: %v: %w", o.Source, err, runtime.ErrInvalid)
+	}
 	binds, err := archiveExternalMounts(root, ctr.TerminationMessagePath)
 	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)

@@ -258,8 +258,14 @@ func (r *Runtime) prepare(rec *record, img Image) (dir string, err error) {
 		}
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", img.RootFS, filepath.Join(dir, dirUpper), filepath.Join(dir, dirOverlayWrk))
-	if err := syscall.Mount("overlay", filepath.Join(dir, dirRootfs), "overlay", 0, opts); err != nil {
-		return "", fmt.Errorf("mount overlay root filesystem: %w", err)
+	// nfs_export (with index) makes the overlay's files openable by handle,
+	// which CRIU needs to dump an inotify watch on them; a kernel or lower
+	// file system without it still gets a plain overlay.
+	rootfs := filepath.Join(dir, dirRootfs)
+	if err := syscall.Mount("overlay", rootfs, "overlay", 0, opts+",index=on,nfs_export=on"); err != nil {
+		if err := syscall.Mount("overlay", rootfs, "overlay", 0, opts); err != nil {
+			return "", fmt.Errorf("mount overlay root filesystem: %w", err)
+		}
 	}
 	// CRIU reads this file through the org.criu.config annotation; it is
 	// rewritten before every checkpoint.
