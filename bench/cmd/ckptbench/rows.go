@@ -147,10 +147,10 @@ type target struct {
 	// filesName/filesPod: the same counter with changedFilesMiB of
 	// changed files in its root filesystem (row cf).
 	filesName, filesPod string
-	embID   string
-	criPod  string
-	criID   string
-	podName string
+	embID               string
+	criPod              string
+	criID               string
+	podName             string
 }
 
 // runc root of the embedded runtime (<root-dir>/ckpt/runc).
