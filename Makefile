@@ -4,12 +4,13 @@ BIN       := bin
 IMAGES    := _output/images
 export PATH := /usr/local/go/bin:/usr/local/sbin:/usr/local/bin:$(PATH)
 
-.PHONY: all build deps images test unit demo bench soak fuzz clean
+.PHONY: all build deps images image kube crio test unit demo bench soak fuzz clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN)/ckpt ./cmd/ckpt
+	$(GO) build -o $(BIN)/kubectl-checkpoint ./cmd/kubectl-checkpoint
 
 deps:
 	./hack/install-deps.sh
@@ -18,10 +19,26 @@ deps:
 images: build
 	./hack/build-images.sh $(IMAGES)
 
+# The node agent as a reproducible OCI image archive (static ckpt, no Docker):
+# ctr -n k8s.io images import _output/ckpt-image.tar
+image:
+	./hack/build-ckpt-image.sh _output/ckpt-image.tar
+
+# The real Kubernetes the tests run (test/e2e/kube): kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubelet, kubectl v1.37 and etcd,
+# built once per machine into /opt/ckpt/kube (long the first time).
+kube:
+	./hack/build-kube.sh
+
+# CRI-O v1.34 and pinns for the CRI suite, built once per machine into
+# /opt/ckpt/crio (about 13 minutes the first time), outside the test timeout.
+crio:
+	./hack/build-crio.sh >/dev/null
+
 # The CRI restore tests run again on containerd 2.3.7: 2.1-2.3 restore
 # through CRI CreateContainer (2.4 removed it), from archives and from
 # checkpoint images.
-test: deps build images
+test: deps build images image kube crio
 	$(GO) vet ./...
 	CKPT_BIN=$(CURDIR)/$(BIN)/ckpt CKPT_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -count=1 -timeout 40m ./...
 	CONTAINERD_VERSION=v2.3.7 CKPT_CONTAINERD_BIN=/opt/ckpt/containerd-2.3/bin \

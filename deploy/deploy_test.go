@@ -4,6 +4,7 @@ package deploy
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -48,12 +49,20 @@ func TestDaemonSet(t *testing.T) {
 	var ds appsv1.DaemonSet
 	strict(t, d[0], &ds)
 	spec := ds.Spec.Template.Spec
-	if !spec.HostPID || !spec.HostNetwork || spec.ServiceAccountName != "ckpt" {
-		t.Errorf("want hostPID, hostNetwork and the ckpt ServiceAccount: %+v", spec)
+	// CRI mode: the runtime freezes and dumps, so no host PIDs and no
+	// privileges; hostNetwork serves on the node's address.
+	if spec.HostPID || spec.HostIPC || !spec.HostNetwork || spec.ServiceAccountName != "ckpt" {
+		t.Errorf("want no hostPID/hostIPC, hostNetwork and the ckpt ServiceAccount: %+v", spec)
 	}
 	c := spec.Containers[0]
-	if c.SecurityContext == nil || c.SecurityContext.Privileged == nil || !*c.SecurityContext.Privileged {
-		t.Error("container must be privileged")
+	sc := c.SecurityContext
+	if sc == nil || (sc.Privileged != nil && *sc.Privileged) || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+		sc.Capabilities == nil || len(sc.Capabilities.Add) != 0 || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" ||
+		sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Errorf("container must be unprivileged, drop ALL capabilities, read-only root: %+v", sc)
+	}
+	if c.Image != "localhost/ckpt:latest" {
+		t.Errorf("image %q is not what make image builds (localhost/ckpt:latest)", c.Image)
 	}
 	args := strings.Join(c.Args, " ")
 	for _, want := range []string{"--port=10270", "--container-runtime-endpoint=unix:///run/containerd/containerd.sock",
@@ -85,6 +94,48 @@ func TestDaemonSet(t *testing.T) {
 			t.Errorf("%s must be mounted from the host at the same path", p)
 		}
 	}
+	// Only those two come from the host.
+	if len(hostPaths) != 2 {
+		t.Errorf("host paths %v: want only the checkpoints directory and the runtime socket", hostPaths)
+	}
+}
+
+func TestNamespacePodSecurity(t *testing.T) {
+	d := docs(t, "namespace.yaml")["Namespace"]
+	if len(d) != 1 {
+		t.Fatalf("want one Namespace, got %d", len(d))
+	}
+	var ns corev1.Namespace
+	strict(t, d[0], &ns)
+	// hostPath volumes and hostNetwork are admitted by "privileged" only;
+	// a stricter enforce level would reject the DaemonSet's pods.
+	if ns.Name != "ckpt-system" || ns.Labels["pod-security.kubernetes.io/enforce"] != "privileged" ||
+		ns.Labels["pod-security.kubernetes.io/warn"] == "" {
+		t.Errorf("namespace labels %v", ns.Labels)
+	}
+}
+
+func TestKustomizationListsEveryManifest(t *testing.T) {
+	b, err := os.ReadFile("kustomization.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k struct {
+		Resources []string `json:"resources"`
+	}
+	if err := yaml.Unmarshal(b, &k); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob("*.yaml")
+	listed := map[string]bool{}
+	for _, r := range k.Resources {
+		listed[r] = true
+	}
+	for _, f := range files {
+		if f != "kustomization.yaml" && !listed[f] {
+			t.Errorf("%s is not in kustomization.yaml", f)
+		}
+	}
 }
 
 func TestRBAC(t *testing.T) {
@@ -101,33 +152,38 @@ func TestRBAC(t *testing.T) {
 	if !delegated {
 		t.Error("the ckpt ServiceAccount needs system:auth-delegator")
 	}
-	var checkpointCreate bool
+	// Four separate roles, each with exactly its routes' permissions.
+	want := map[string][]string{
+		"ckpt:checkpoint":      {"nodes/checkpoint:create"},
+		"ckpt:archive-reader":  {"nodes/checkpoint:get", "nodes/checkpoint:list"},
+		"ckpt:archive-deleter": {"nodes/checkpoint:delete"},
+		"ckpt:restore":         {"nodes/restore:create", "nodes/stop:create"},
+	}
+	got := map[string][]string{}
 	for _, b := range d["ClusterRole"] {
 		var cr rbacv1.ClusterRole
 		strict(t, b, &cr)
 		for _, r := range cr.Rules {
 			for _, res := range r.Resources {
 				for _, v := range r.Verbs {
-					if res == "nodes/checkpoint" && v == "create" {
-						checkpointCreate = true
-					}
-					if res == "nodes/proxy" || v == "*" {
+					if res == "nodes/proxy" || v == "*" || res == "*" {
 						t.Errorf("ClusterRole %s grants %s on %s: too broad", cr.Name, v, res)
+					}
+					if strings.HasPrefix(res, "nodes/") {
+						got[cr.Name] = append(got[cr.Name], res+":"+v)
 					}
 				}
 			}
 		}
 	}
-	if !checkpointCreate {
-		t.Error("no ClusterRole grants create on nodes/checkpoint")
+	for name, perms := range want {
+		if strings.Join(got[name], ",") != strings.Join(perms, ",") {
+			t.Errorf("ClusterRole %s grants %v, want %v", name, got[name], perms)
+		}
 	}
 	for _, b := range d["ServiceAccount"] {
 		var sa corev1.ServiceAccount
 		strict(t, b, &sa)
-	}
-	for _, b := range d["Namespace"] {
-		var ns corev1.Namespace
-		strict(t, b, &ns)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"k8s.io/component-base/featuregate"
 
 	"github.com/ckpt-dev/ckpt/internal/archive"
 	"github.com/ckpt-dev/ckpt/internal/auth"
@@ -53,6 +54,8 @@ type serveOptions struct {
 	restorePolicy    embedded.RestorePolicy
 	trustedKeysFile  string
 	allowUnsigned    bool
+	strictTimeout    bool
+	verbosity        int
 }
 
 func newServeCommand(g *globalOptions) *cobra.Command {
@@ -63,7 +66,7 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 		Short: "Run the node agent: the kubelet Checkpoint API and, with the embedded runtime, static pods",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runServe(cmd.Context(), g, o, gate.Enabled(server.ContainerCheckpoint))
+			return runServe(cmd.Context(), g, o, gate)
 		},
 	}
 	f := cmd.Flags()
@@ -75,6 +78,8 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 	f.StringVar(&o.tlsCertFile, "tls-cert-file", "", "x509 certificate for HTTPS")
 	f.StringVar(&o.tlsKeyFile, "tls-private-key-file", "", "private key matching --tls-cert-file")
 	f.DurationVar(&o.requestTimeout, "runtime-request-timeout", 2*time.Minute, "default timeout of a checkpoint when the request gives none")
+	f.BoolVar(&o.strictTimeout, "checkpoint-timeout-strict", false, "a request's timeout is the deadline even when shorter than --runtime-request-timeout (default: the kubelet's rule, the larger of the two)")
+	f.IntVarP(&o.verbosity, "v", "v", 0, "log verbosity: 2 logs every request (method, path, user, status, duration), 4 adds query, remote address and user agent; below 2 only 5xx answers")
 	f.StringVar(&o.podManifestPath, "pod-manifest-path", "", "directory of static Pod manifests to run (embedded runtime)")
 	f.DurationVar(&o.fileCheckFreq, "file-check-frequency", 20*time.Second, "how often to re-read --pod-manifest-path")
 	f.StringVar(&o.criEndpoint, "container-runtime-endpoint", "", "CRI endpoint (e.g. unix:///run/containerd/containerd.sock); empty = the embedded runtime")
@@ -108,7 +113,8 @@ func nodeName(override string) string {
 	return strings.ToLower(h)
 }
 
-func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpointEnabled bool) error {
+func runServe(ctx context.Context, g *globalOptions, o *serveOptions, gate featuregate.FeatureGate) error {
+	checkpointEnabled := gate.Enabled(server.ContainerCheckpoint)
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -137,6 +143,7 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
+	metrics.RegisterFeatures(reg, []metrics.Feature{{Name: string(server.ContainerCheckpoint), Stage: "BETA", Enabled: checkpointEnabled}})
 	key, err := trust.LoadOrCreateNodeKey(filepath.Join(g.rootDir, "pki"))
 	if err != nil {
 		return err
@@ -149,7 +156,7 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 	}
 	log.Info("archives are signed with the node key", "key", trust.Fingerprint(key.PublicKey()),
 		"trusted", strings.Join(keys.Fingerprints(), ","), "allowUnsigned", o.allowUnsigned)
-	copts := checkpoint.Options{RootDir: g.rootDir, DefaultTimeout: o.requestTimeout, Recorder: m,
+	copts := checkpoint.Options{RootDir: g.rootDir, DefaultTimeout: o.requestTimeout, StrictTimeout: o.strictTimeout, Recorder: m,
 		Retention: o.retention, Compress: o.compress,
 		RetentionError: func(err error) { log.Error("retention after a checkpoint", "error", err) },
 		Signer:         key, Trust: trust.Policy{Keys: keys, AllowUnsigned: o.allowUnsigned}}
@@ -171,6 +178,7 @@ func runServe(ctx context.Context, g *globalOptions, o *serveOptions, checkpoint
 	}
 	handler := server.NewWithArchives(server.Options{
 		CheckpointEnabled: checkpointEnabled, DefaultTimeout: o.requestTimeout, Registry: reg,
+		Requests: metrics.NewHTTP(reg), AccessLog: log, Verbosity: o.verbosity, UserFrom: auth.UserFrom,
 		Images: imageArchives{images},
 	}, svc, svc, guard, caps.Health)
 	go retentionLoop(ctx, log, svc)

@@ -15,9 +15,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -45,7 +48,7 @@ func main() {
 	flag.StringVar(&ref, "name", "", "image name, e.g. localhost/counter:latest")
 	flag.StringVar(&binary, "binary", "", "static binary to put in the image")
 	flag.StringVar(&entrypoint, "entrypoint", "", "path of the binary in the image (default /<binary name>)")
-	flag.StringVar(&format, "format", "docker", "docker (a `docker save` tarball) or oci-layout")
+	flag.StringVar(&format, "format", "docker", "docker (a `docker save` tarball), oci-layout (a directory) or oci-archive (that directory as a tar, for ctr images import)")
 	flag.Var(&env, "env", "K=V environment for the image (repeatable)")
 	flag.StringVar(&user, "user", "", "the image config's User (e.g. nobody, 65534:65534)")
 	flag.Parse()
@@ -83,7 +86,7 @@ func run(out, ref, binary, entrypoint, format, user string, env []string) error 
 		created = time.Unix(sec, 0).UTC()
 	}
 
-	img, err := build(binary, entrypoint, user, env, created, format == "oci-layout")
+	img, err := build(binary, entrypoint, user, env, created, format != "docker")
 	if err != nil {
 		return err
 	}
@@ -92,8 +95,10 @@ func run(out, ref, binary, entrypoint, format, user string, env []string) error 
 		return writeDocker(out, tag, img)
 	case "oci-layout":
 		return writeLayout(out, tag, img)
+	case "oci-archive":
+		return writeOCIArchive(out, tag, img)
 	}
-	return fmt.Errorf("-format %q: want docker or oci-layout", format)
+	return fmt.Errorf("-format %q: want docker, oci-layout or oci-archive", format)
 }
 
 // build makes the image, with OCI media types if oci is set and Docker
@@ -219,4 +224,73 @@ func writeLayout(out string, tag name.Tag, img v1.Image) error {
 		"org.opencontainers.image.ref.name": tag.String(),
 		"io.containerd.image.name":          tag.String(),
 	}))
+}
+
+// writeOCIArchive writes the OCI layout as a tar archive (what `ctr images
+// import` and `podman load` take): entries sorted, times zero, owner root,
+// so the same image gives the same bytes.
+func writeOCIArchive(out string, tag name.Tag, img v1.Image) error {
+	dir, err := os.MkdirTemp(filepath.Dir(out), ".mkimage-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := writeLayout(filepath.Join(dir, "layout"), tag, img); err != nil {
+		return err
+	}
+	root := filepath.Join(dir, "layout")
+	var files []string
+	if err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p != root {
+			files = append(files, p)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	sort.Strings(files)
+	tmp := out + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	tw := tar.NewWriter(f)
+	for _, p := range files {
+		rel, _ := filepath.Rel(root, p)
+		st, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		h := &tar.Header{Name: filepath.ToSlash(rel), ModTime: time.Unix(0, 0), Format: tar.FormatPAX}
+		if st.IsDir() {
+			h.Typeflag, h.Name, h.Mode = tar.TypeDir, h.Name+"/", 0o755
+			if err := tw.WriteHeader(h); err != nil {
+				return err
+			}
+			continue
+		}
+		body, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		h.Typeflag, h.Mode, h.Size = tar.TypeReg, 0o644, int64(len(body))
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if _, err := tw.Write(body); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, out)
 }

@@ -250,6 +250,18 @@ func Verb(method string) string {
 	return ""
 }
 
+// Subresources are the nodes subresources that authorize a path given
+// subresource, in the order they are tried: the kubelet's fine-grained
+// authorization (KubeletFineGrainedAuthz, on by default since 1.33) asks for
+// "healthz", "pods" or "configz" first and falls back to "proxy".
+func Subresources(subresource string) []string {
+	switch subresource {
+	case "healthz", "pods", "configz":
+		return []string{subresource, "proxy"}
+	}
+	return []string{subresource}
+}
+
 // Wrap authenticates and authorizes each request before calling next.
 // verb "" means the verb mapped from the HTTP method. The attributes are the
 // kubelet's: resource nodes (group ""), the given subresource, name = node
@@ -271,24 +283,41 @@ func (a *Auth) Wrap(verb, subresource string, next http.Handler) http.Handler {
 			writeError(w, http.StatusMethodNotAllowed, "Method Not Allowed")
 			return
 		}
-		attrs := authorizer.AttributesRecord{
-			User:            resp.User,
-			Verb:            v,
-			APIGroup:        "",
-			APIVersion:      "v1",
-			Resource:        "nodes",
-			Subresource:     subresource,
-			Name:            a.nodeName,
-			ResourceRequest: true,
-			Path:            r.URL.Path,
+		// Allowed by any of the subresources, tried in order (as the kubelet
+		// does); a refusal names the first.
+		var first authorizer.AttributesRecord
+		var reason string
+		allowed := false
+		for i, sub := range Subresources(subresource) {
+			attrs := authorizer.AttributesRecord{
+				User:            resp.User,
+				Verb:            v,
+				APIGroup:        "",
+				APIVersion:      "v1",
+				Resource:        "nodes",
+				Subresource:     sub,
+				Name:            a.nodeName,
+				ResourceRequest: true,
+				Path:            r.URL.Path,
+			}
+			if i == 0 {
+				first = attrs
+			}
+			decision, why, err := a.authz.Authorize(r.Context(), attrs)
+			if err != nil {
+				writeError(w, http.StatusInternalServerError, describe("Authorization error", attrs))
+				return
+			}
+			if i == 0 {
+				reason = why
+			}
+			if decision == authorizer.DecisionAllow {
+				allowed = true
+				break
+			}
 		}
-		decision, reason, err := a.authz.Authorize(r.Context(), attrs)
-		if err != nil {
-			writeError(w, http.StatusInternalServerError, describe("Authorization error", attrs))
-			return
-		}
-		if decision != authorizer.DecisionAllow {
-			msg := describe("Forbidden", attrs)
+		if !allowed {
+			msg := describe("Forbidden", first)
 			if a.explainDenials && reason != "" {
 				msg += ": " + reason
 			}
@@ -317,6 +346,13 @@ type userKey struct{}
 
 func withUser(ctx context.Context, u user.Info) context.Context {
 	return context.WithValue(ctx, userKey{}, u)
+}
+
+// WithUser returns ctx carrying the user name and groups as Wrap stores an
+// authenticated user (for handlers behind another authenticating layer, and
+// tests).
+func WithUser(ctx context.Context, name string, groups []string) context.Context {
+	return withUser(ctx, &user.DefaultInfo{Name: name, Groups: groups})
 }
 
 // UserFrom returns the name of the user Wrap authenticated.

@@ -405,3 +405,48 @@ func FuzzWrap(f *testing.F) {
 		}
 	})
 }
+
+// /healthz is authorized as the kubelet authorizes it: nodes/healthz, and
+// nodes/proxy as a fallback; a refusal names nodes/healthz.
+func TestHealthzFineGrained(t *testing.T) {
+	hooks := authtest.StartWebhooks(t, func(user, verb, subresource string) bool {
+		return (user == "probe" && subresource == "healthz") || (user == "proxier" && subresource == "proxy")
+	})
+	a, err := New(Config{NodeName: node, retryBackoff: fastBackoff, WebhookAuthn: true, AuthorizationMode: ModeWebhook,
+		Kubeconfig: hooks.Kubeconfig, WebhookAuthnCacheTTL: time.Minute, WebhookAuthzAuthorizedTTL: time.Minute,
+		WebhookAuthzUnauthorizedTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := serve(t, a, a.Wrap("", "healthz", echo))
+	for _, c := range []struct {
+		user     string
+		wantCode int
+		wantSubs []string // subresources asked, in order
+	}{
+		{"probe", 200, []string{"healthz"}},
+		{"proxier", 200, []string{"healthz", "proxy"}},
+		{"nobody", 403, []string{"healthz", "proxy"}},
+	} {
+		t.Run(c.user, func(t *testing.T) {
+			before := len(hooks.SubjectAccessReviews())
+			code, body, _ := do(t, srv, request{method: http.MethodGet, token: authtest.Token(c.user)})
+			if code != c.wantCode {
+				t.Fatalf("got %d %q, want %d", code, body, c.wantCode)
+			}
+			if code == 403 && body != "Forbidden (user="+c.user+", verb=get, resource=nodes, subresource=healthz)" {
+				t.Errorf("body %q", body)
+			}
+			var subs []string
+			for _, s := range hooks.SubjectAccessReviews()[before:] {
+				subs = append(subs, s.ResourceAttributes.Subresource)
+			}
+			if !slices.Equal(subs, c.wantSubs) {
+				t.Errorf("asked for %v, want %v", subs, c.wantSubs)
+			}
+		})
+	}
+	if got := Subresources("checkpoint"); !slices.Equal(got, []string{"checkpoint"}) {
+		t.Errorf("checkpoint tries %v", got)
+	}
+}

@@ -37,8 +37,12 @@ type Options struct {
 	RootDir string
 	// DefaultTimeout applies when a request gives none (kubelet: 2 minutes).
 	DefaultTimeout time.Duration
-	Recorder       Recorder
-	Retention      Retention
+	// StrictTimeout makes a request's timeout the deadline even when it is
+	// shorter than DefaultTimeout. Off (the kubelet's rule), the deadline is
+	// the larger of the two, so a small value never cuts a checkpoint short.
+	StrictTimeout bool
+	Recorder      Recorder
+	Retention     Retention
 	// Compress (zstd) and Recipients (age) encode archives at rest.
 	Compress   bool
 	Recipients []age.Recipient
@@ -114,12 +118,11 @@ func ArchiveName(ref runtime.Ref, t time.Time, layout string) string {
 }
 
 // Checkpoint checkpoints one container and returns the archive's path.
-// opts.Timeout <= 0 means the default timeout.
+// The archive is named after the time the request came, as the kubelet
+// names it. opts.Timeout <= 0 means the default timeout (see Timeout).
 func (s *Service) Checkpoint(ctx context.Context, ref runtime.Ref, opts runtime.CheckpointOptions) (path string, err error) {
-	timeout := opts.Timeout
-	if timeout <= 0 {
-		timeout = s.opts.DefaultTimeout
-	}
+	requested := s.now()
+	timeout := s.Timeout(opts.Timeout)
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var res runtime.CheckpointResult
@@ -163,13 +166,27 @@ func (s *Service) Checkpoint(ctx context.Context, ref runtime.Ref, opts runtime.
 	if size, err = syncFile(tmp); err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", ref, err)
 	}
-	if path, err = s.publish(tmp, ref); err != nil {
+	if path, err = s.publish(tmp, ref, requested); err != nil {
 		return "", fmt.Errorf("checkpoint %s: publish archive: %w", ref, err)
 	}
 	if _, err := s.ApplyRetention(); err != nil && s.opts.RetentionError != nil {
 		s.opts.RetentionError(err)
 	}
 	return path, nil
+}
+
+// Timeout is the deadline of a checkpoint that asked for requested (<= 0:
+// none). The kubelet's rule, the default: the larger of requested and the
+// default timeout (its CRI client never waits less than the runtime request
+// timeout). With StrictTimeout: requested when given.
+func (s *Service) Timeout(requested time.Duration) time.Duration {
+	if requested <= 0 {
+		return s.opts.DefaultTimeout
+	}
+	if !s.opts.StrictTimeout && requested < s.opts.DefaultTimeout {
+		return s.opts.DefaultTimeout
+	}
+	return requested
 }
 
 // encode compresses and/or encrypts a plain archive into a sibling file and
@@ -236,8 +253,7 @@ func syncFile(path string) (int64, error) {
 // publish renames the archive into place under the kubelet's name, never
 // replacing an existing file: when the second-resolution name is taken, the
 // name carries nanoseconds (still RFC 3339).
-func (s *Service) publish(tmp string, ref runtime.Ref) (string, error) {
-	t := s.now()
+func (s *Service) publish(tmp string, ref runtime.Ref, t time.Time) (string, error) {
 	// ".tar", ".tar.zst", ".tar.age" or ".tar.zst.age"
 	suffix := strings.TrimPrefix(filepath.Base(tmp), "archive")
 	setRef(tmp, ref)

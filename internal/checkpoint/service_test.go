@@ -145,7 +145,7 @@ func TestCheckpointErrorsLeaveNothing(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			s := newService(t, c.rt, Options{})
+			s := newService(t, c.rt, Options{StrictTimeout: true})
 			_, err := s.Checkpoint(context.Background(), c.ref, runtime.CheckpointOptions{Timeout: c.timeout})
 			if err == nil {
 				t.Fatal("no error")
@@ -172,7 +172,7 @@ func TestCheckpointErrorsLeaveNothing(t *testing.T) {
 
 func TestSameContainerSerializedOthersParallel(t *testing.T) {
 	rt := &fakeRuntime{block: 100 * time.Millisecond}
-	s := newService(t, rt, Options{})
+	s := newService(t, rt, Options{StrictTimeout: true})
 	var wg sync.WaitGroup
 	for i := 0; i < 3; i++ {
 		wg.Add(1)
@@ -346,6 +346,58 @@ func TestCheckpointMetrics(t *testing.T) {
 		if !strings.Contains(text, want+"\n") {
 			t.Errorf("metrics lack %q:\n%s", want, text)
 		}
+	}
+}
+
+func TestTimeoutRule(t *testing.T) {
+	cases := []struct {
+		name      string
+		strict    bool
+		requested time.Duration
+		want      time.Duration
+	}{
+		{"kubelet: none", false, 0, 2 * time.Minute},
+		{"kubelet: shorter does not shorten", false, time.Second, 2 * time.Minute},
+		{"kubelet: longer lengthens", false, 5 * time.Minute, 5 * time.Minute},
+		{"strict: none", true, 0, 2 * time.Minute},
+		{"strict: shorter shortens", true, time.Second, time.Second},
+		{"strict: longer lengthens", true, 5 * time.Minute, 5 * time.Minute},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := newService(t, &fakeRuntime{}, Options{DefaultTimeout: 2 * time.Minute, StrictTimeout: c.strict})
+			if got := s.Timeout(c.requested); got != c.want {
+				t.Fatalf("Timeout(%s) = %s, want %s", c.requested, got, c.want)
+			}
+		})
+	}
+	// The kubelet's rule in effect: a runtime that takes 150ms finishes
+	// although the request asked for 50ms, because the default is longer.
+	s := newService(t, &fakeRuntime{block: 150 * time.Millisecond}, Options{DefaultTimeout: time.Minute})
+	if _, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "c"},
+		runtime.CheckpointOptions{Timeout: 50 * time.Millisecond}); err != nil {
+		t.Fatalf("kubelet rule: %v", err)
+	}
+}
+
+// The archive carries the time the request came, not when it finished.
+func TestArchiveNamedAtRequestTime(t *testing.T) {
+	s := newService(t, &fakeRuntime{block: 20 * time.Millisecond}, Options{})
+	var mu sync.Mutex
+	clock := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	s.now = func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		t := clock
+		clock = clock.Add(time.Hour) // every later reading is an hour on
+		return t
+	}
+	p, err := s.Checkpoint(context.Background(), runtime.Ref{Namespace: "default", Pod: "p", Container: "c"}, runtime.CheckpointOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "checkpoint-p_default-c-2026-12-01T10:00:00Z.tar"; filepath.Base(p) != want {
+		t.Fatalf("archive %s, want %s", filepath.Base(p), want)
 	}
 }
 

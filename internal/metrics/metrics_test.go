@@ -1,10 +1,12 @@
 package metrics
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -112,5 +114,49 @@ func TestUnregistered(t *testing.T) {
 	reg.MustRegister(m.total)
 	if got := value(t, reg, "ckpt_checkpoints_total", "result", "success"); got != 1 {
 		t.Fatalf("success = %v, want 1", got)
+	}
+}
+
+func TestHTTPMetricsPerPath(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h := NewHTTP(reg)
+	end := h.Begin("POST", "checkpoint")
+	if got := testutil.ToFloat64(h.inFlight.WithLabelValues("POST", "checkpoint")); got != 1 {
+		t.Fatalf("in flight %v, want 1", got)
+	}
+	end(200)
+	h.Begin("POST", "checkpoint")(403)
+	h.Begin("GET", "healthz")(200)
+	for _, c := range []struct {
+		method, path, code string
+		want               float64
+	}{
+		{"POST", "checkpoint", "200", 1},
+		{"POST", "checkpoint", "403", 1},
+		{"GET", "healthz", "200", 1},
+		{"GET", "checkpoint", "200", 0},
+	} {
+		if got := testutil.ToFloat64(h.total.WithLabelValues(c.method, c.path, c.code)); got != c.want {
+			t.Errorf("%s %s %s = %v, want %v", c.method, c.path, c.code, got, c.want)
+		}
+	}
+	if got := testutil.ToFloat64(h.inFlight.WithLabelValues("POST", "checkpoint")); got != 0 {
+		t.Errorf("in flight after end %v, want 0", got)
+	}
+	var nilHTTP *HTTP
+	nilHTTP.Begin("GET", "x")(200) // records nothing, does not panic
+}
+
+func TestFeatureGauge(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	RegisterFeatures(reg, []Feature{{Name: "ContainerCheckpoint", Stage: "BETA", Enabled: true}, {Name: "Off", Stage: "ALPHA"}})
+	want := `
+# HELP kubernetes_feature_enabled Whether a feature gate is enabled (1) or not (0), by name and stage.
+# TYPE kubernetes_feature_enabled gauge
+kubernetes_feature_enabled{name="ContainerCheckpoint",stage="BETA"} 1
+kubernetes_feature_enabled{name="Off",stage="ALPHA"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "kubernetes_feature_enabled"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"path"
 	"slices"
@@ -39,6 +40,11 @@ type HealthChecker interface {
 	Healthy(ctx context.Context) error
 }
 
+// RequestRecorder counts requests per path (internal/metrics.HTTP).
+type RequestRecorder interface {
+	Begin(method, path string) (end func(code int))
+}
+
 // Options configures New.
 type Options struct {
 	CheckpointEnabled bool          // feature gate ContainerCheckpoint (default true)
@@ -46,6 +52,16 @@ type Options struct {
 	// Registry is served on /metrics; nil = prometheus.DefaultGatherer. The
 	// checkpoint service records the checkpoint metrics in it.
 	Registry prometheus.Gatherer
+	// Requests records every request by method and path root; nil = none.
+	Requests RequestRecorder
+	// AccessLog gets a line per request (method, path, user, status,
+	// duration): at Verbosity >= 2 every request (the kubelet's -v 2), at
+	// Verbosity 0 and 1 only answers with status >= 500; nil = none.
+	AccessLog *slog.Logger
+	Verbosity int
+	// UserFrom names the user the Guard authenticated, from the request
+	// context (auth.UserFrom), for the access log; nil = no names.
+	UserFrom func(context.Context) (string, bool)
 	// Images, if set, lets POST /restore take ?image=REF: a checkpoint
 	// image in the local store, or pulled from its registry.
 	Images ImageArchives
@@ -91,7 +107,9 @@ func NewWithArchives(opts Options, c Checkpointer, a Archives, g Guard, h Health
 	// The route table: one entry per path pattern, its methods, and what
 	// the Guard authorizes it as.
 	routes := []route{
-		{pattern: "/healthz", subresource: "proxy", methods: map[string]http.HandlerFunc{http.MethodGet: s.healthz}},
+		// The kubelet authorizes /healthz as nodes/healthz (falling back to
+		// nodes/proxy; see auth.Subresources).
+		{pattern: "/healthz", subresource: "healthz", methods: map[string]http.HandlerFunc{http.MethodGet: s.healthz}},
 		{pattern: "/metrics", subresource: "metrics", methods: map[string]http.HandlerFunc{
 			http.MethodGet: promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}).ServeHTTP,
 		}},
@@ -118,30 +136,54 @@ func NewWithArchives(opts Options, c Checkpointer, a Archives, g Guard, h Health
 
 	mux := http.NewServeMux()
 	for _, r := range routes {
-		mux.Handle(r.pattern, g.Wrap(r.verb, r.subresource, methodHandler(r.methods)))
+		mux.Handle(r.pattern, g.Wrap(r.verb, r.subresource, s.noteUser(methodHandler(r.methods))))
 	}
 	// Unknown paths are authorized too (as the kubelet's filter does for
 	// every path) so that they reveal nothing to anonymous callers.
 	notFound := map[string]http.Handler{}
-	for _, sub := range []string{"checkpoint", "restore", "stop", "metrics", "proxy"} {
-		notFound[sub] = g.Wrap("", sub, http.HandlerFunc(writeNotFound))
+	for _, sub := range []string{"checkpoint", "restore", "stop", "metrics", "healthz", "proxy"} {
+		notFound[sub] = g.Wrap("", sub, s.noteUser(http.HandlerFunc(writeNotFound)))
 	}
 	unknown := func(w http.ResponseWriter, r *http.Request) {
 		notFound[subresourceOf(r.URL.Path)].ServeHTTP(w, r)
 	}
 	mux.HandleFunc("/", unknown)
 
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	api := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Content-Type-Options", "nosniff")
-		// ServeMux answers unclean paths ("//", "/./", "/../", trailing
-		// slash on a wildcard route) with a redirect to another path; a
-		// POST must never be redirected to some other container: 404.
+		// The kubelet's go-restful routes ignore one trailing slash:
+		// POST /checkpoint/ns/pod/ctr/ checkpoints ctr. So does ckpt, on
+		// the same routes (and its own restful ones).
+		if p, ok := trimRouteSlash(r.URL.Path); ok {
+			r = r.Clone(r.Context())
+			r.URL.Path, r.URL.RawPath = p, ""
+		}
+		// ServeMux answers unclean paths ("//", "/./", "/../") with a
+		// redirect to another path; a POST must never be redirected to
+		// some other container: 404.
 		if !isClean(r.URL.Path) {
 			unknown(w, r)
 			return
 		}
 		mux.ServeHTTP(w, r)
 	})
+	return s.observe(api)
+}
+
+// trimRouteSlash drops one trailing slash from a path under the restful
+// routes (/checkpoint/, /checkpoints, /restore/, /stop/).
+func trimRouteSlash(p string) (string, bool) {
+	if len(p) < 2 || !strings.HasSuffix(p, "/") {
+		return p, false
+	}
+	t := p[:len(p)-1]
+	switch subresourceOf(t) {
+	case "checkpoint", "restore", "stop":
+		if t != "/checkpoint" && t != "/restore" && t != "/stop" {
+			return t, true
+		}
+	}
+	return p, false
 }
 
 // methodHandler dispatches on the method and answers 405 otherwise.
@@ -183,6 +225,8 @@ func subresourceOf(p string) string {
 		return "stop"
 	case p == "/metrics" || strings.HasPrefix(p, "/metrics/"):
 		return "metrics"
+	case p == "/healthz" || strings.HasPrefix(p, "/healthz/"):
+		return "healthz"
 	}
 	return "proxy"
 }

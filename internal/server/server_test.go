@@ -27,6 +27,8 @@ type fakeCheckpointer struct {
 	ref     runtime.Ref
 	timeout time.Duration
 	tcp     bool
+	// failContainer: checkpointing this container fails (500).
+	failContainer string
 }
 
 func (f *fakeCheckpointer) Checkpoint(_ context.Context, ref runtime.Ref, opts runtime.CheckpointOptions) (string, error) {
@@ -34,6 +36,9 @@ func (f *fakeCheckpointer) Checkpoint(_ context.Context, ref runtime.Ref, opts r
 	defer f.mu.Unlock()
 	f.calls++
 	f.ref, f.timeout, f.tcp = ref, opts.Timeout, opts.TCPEstablished
+	if f.failContainer != "" && ref.Container == f.failContainer {
+		return "", errors.New("runtime exploded")
+	}
 	return f.path, f.err
 }
 
@@ -154,7 +159,12 @@ func TestStatusTable(t *testing.T) {
 			status: 404, ctype: textPlain, body: "404 page not found"},
 		{name: "extra segment", method: "POST", target: ok + "/x",
 			status: 404, ctype: textPlain, body: "404 page not found"},
-		{name: "trailing slash", method: "POST", target: ok + "/",
+		// The kubelet's go-restful route ignores one trailing slash.
+		{name: "trailing slash", method: "POST", target: ok + "/", path: archive,
+			status: 200, ctype: appJSON, body: `{"items":["` + archive + `"]}`, called: true},
+		{name: "two trailing slashes", method: "POST", target: ok + "//",
+			status: 404, ctype: textPlain, body: "404 page not found"},
+		{name: "trailing slash on the route root", method: "POST", target: "/checkpoint/",
 			status: 404, ctype: textPlain, body: "404 page not found"},
 		{name: "empty segment", method: "POST", target: "/checkpoint/default//app",
 			status: 404, ctype: textPlain, body: "404 page not found"},
@@ -357,7 +367,8 @@ func TestGuardSubresources(t *testing.T) {
 	want := map[string]string{
 		"/checkpoint/default/web/app": "checkpoint",
 		"/metrics":                    "metrics",
-		"/healthz":                    "proxy",
+		"/healthz":                    "healthz",
+		"/healthz/ping":               "healthz",
 		"/pods":                       "proxy",
 		"/metrics/cadvisor":           "metrics",
 	}

@@ -37,6 +37,11 @@ type Config struct {
 	// TLS verifies the server and may hold a client certificate; nil
 	// means the system roots.
 	TLS *tls.Config
+	// Transport, when set, sends every request instead of a transport
+	// built from TLS (which is then ignored): e.g. client-go's, carrying
+	// a kubeconfig's credentials to the API server's node or pod proxy,
+	// with Server = https://API/api/v1/nodes/NODE/proxy.
+	Transport http.RoundTripper
 	// MaxIdleConnsPerHost is how many idle connections are kept for
 	// reuse (0: net/http's default, 2); raise it for many concurrent calls.
 	MaxIdleConnsPerHost int
@@ -85,8 +90,12 @@ func New(cfg Config) (*Client, error) {
 			tr.TLSClientConfig = cfg.TLS.Clone()
 		}
 	}
+	var rt http.RoundTripper = tr
+	if cfg.Transport != nil && cfg.Socket == "" {
+		rt = cfg.Transport
+	}
 	c.http = &http.Client{
-		Transport: tr,
+		Transport: rt,
 		// No Timeout: a checkpoint takes as long as the server allows;
 		// callers bound requests with their context.
 		// Never follow redirects: a POST must reach what was asked.

@@ -34,6 +34,7 @@ var allowed = map[string][]string{
 	"internal/metrics":          {},
 	"internal/criuprobe":        {},
 	"bench/cmd/ckptbench":       {"pkg/client"},
+	"cmd/kubectl-checkpoint":    {"pkg/client"},
 }
 
 // only lists external import prefixes that only some packages may use.

@@ -72,7 +72,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"restore", "POST", func(id string) string { return "/restore/default/restored-" + id + "/counter?archive=" + keep }, "create", "restore", 201},
 		// Stops what the restore row just restored for the same caller.
 		{"stop", "POST", func(id string) string { return "/stop/default/restored-" + id + "/counter" }, "create", "stop", 200},
-		{"healthz", "GET", func(string) string { return "/healthz" }, "get", "proxy", 200},
+		{"healthz", "GET", func(string) string { return "/healthz" }, "get", "healthz", 200}, // then proxy, as the kubelet
 		{"metrics", "GET", func(string) string { return "/metrics" }, "get", "metrics", 200},
 	}
 	certUser := ca.ClientCert(t, "cert-user", "ops")

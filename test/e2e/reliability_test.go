@@ -256,12 +256,14 @@ func TestRuntimeFailures(t *testing.T) {
 }
 
 // TestCheckpointTimeoutLargeContainer: timeout=1 on a container holding
-// 4 GiB answers 500 (a timeout), and the container keeps running.
+// 4 GiB answers 500 (a timeout), and the container keeps running. The
+// agent runs with --checkpoint-timeout-strict (by default a timeout below
+// --runtime-request-timeout does not shorten the wait, as in the kubelet).
 func TestCheckpointTimeoutLargeContainer(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs 4 GiB of memory for the container")
 	}
-	a := newAgent(t)
+	a := newAgent(t, withArgs("--checkpoint-timeout-strict"))
 	a.addPod("big", counterManifest("big", map[string]string{"COUNTER_MEM_MIB": "4096"}))
 	short := a.waitRunning("big-n1", "counter")
 	id := a.fullID(short)
