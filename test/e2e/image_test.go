@@ -261,8 +261,8 @@ func TestCheckpointImages(t *testing.T) {
 	os.WriteFile(tokenFile, []byte(testToken), 0o600)
 
 	a.addPod("counter", counterManifest("counter", nil))
-	a.waitRunning("counter", "counter")
-	path, resp := a.checkpoint("default/counter/counter", "")
+	a.waitRunning("counter-n1", "counter")
+	path, resp := a.checkpoint("default/counter-n1/counter", "")
 	if path == "" {
 		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
 	}
@@ -330,9 +330,9 @@ func TestCheckpointImages(t *testing.T) {
 	})
 
 	t.Run("migrate --via the registry", func(t *testing.T) {
-		out := a.ckpt("migrate", "default/counter/counter", "--from", a.url(""), "--to", b.url(""),
+		out := a.ckpt("migrate", "default/counter-n1/counter", "--from", a.url(""), "--to", b.url(""),
 			"--token-file", tokenFile, "--pod", "default/counter-via", "--via", reg.addr+"/ckpt/migrated")
-		if !strings.Contains(out, "pushed "+reg.addr+"/ckpt/migrated@sha256:") || !strings.Contains(out, "migrated default/counter/counter") {
+		if !strings.Contains(out, "pushed "+reg.addr+"/ckpt/migrated@sha256:") || !strings.Contains(out, "migrated default/counter-n1/counter") {
 			t.Fatalf("migrate said %q", out)
 		}
 		_, rest, _ := strings.Cut(out, "checkpointed on "+a.url("")+": ")
