@@ -148,8 +148,8 @@ func TestPodSandboxNetworkVolumesSecurity(t *testing.T) {
 	}
 	// The init container ran to completion before the server started.
 	a.waitLog(server, "server saw from-init")
-	if l := a.psLine("web-n1", "init"); !strings.Contains(l, " exited ") || !strings.HasSuffix(strings.TrimSpace(l), " 0") {
-		t.Errorf("init container: %q, want exited 0", l)
+	if f := strings.Fields(a.psLine("web-n1", "init")); len(f) < 12 || f[5] != "exited" || f[len(f)-3] != "0" {
+		t.Errorf("init container: %q, want exited 0", f)
 	}
 	// runAsUser and runAsGroup win over the image's user.
 	if l := a.waitLog(limited, "limited id="); !strings.Contains(l, "limited id=1234:2345") {
