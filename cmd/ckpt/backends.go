@@ -109,12 +109,14 @@ func syncPodsLoop(ctx context.Context, log *slog.Logger, rt *embedded.Runtime, d
 	}
 }
 
-// restartLoop applies the pods' restart policies once a second.
+// restartLoop runs the containers' probes and applies the pods' restart
+// policies once a second.
 func restartLoop(ctx context.Context, log *slog.Logger, rt *embedded.Runtime) {
 	last := map[string]bool{}
 	for {
 		now := map[string]bool{}
-		for _, err := range rt.RestartExited(ctx) {
+		errs := append(rt.ProbeContainers(ctx), rt.RestartExited(ctx)...)
+		for _, err := range errs {
 			now[err.Error()] = true
 			if !last[err.Error()] {
 				log.Error("restart", "error", err)

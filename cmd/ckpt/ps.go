@@ -27,6 +27,7 @@ type psEntry struct {
 	Reason   string `json:"reason,omitempty"`
 	// Restarts by the pod's restart policy, and how the run before ended.
 	Restarts     int    `json:"restarts"`
+	Ready        bool   `json:"ready"`
 	LastExitCode *int   `json:"lastExitCode,omitempty"`
 	LastReason   string `json:"lastReason,omitempty"`
 	// Memory is the memory of a lazily restored container.
@@ -75,7 +76,7 @@ func newPsCommand(g *globalOptions) *cobra.Command {
 					code := c.ExitCode
 					e.ExitCode, e.Reason = &code, c.ExitReason
 				}
-				e.Restarts, e.LastExitCode, e.LastReason = c.Restarts, c.LastExitCode, c.LastExitReason
+				e.Restarts, e.LastExitCode, e.LastReason, e.Ready = c.Restarts, c.LastExitCode, c.LastExitReason, c.Ready
 				entries = append(entries, e)
 			}
 			w := cmd.OutOrStdout()
@@ -85,9 +86,9 @@ func newPsCommand(g *globalOptions) *cobra.Command {
 			tw := table(w)
 			wide := out == "wide"
 			if wide {
-				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tIMAGE ID\tSTATE\tPID\tCREATED\tEXIT\tRESTARTS\tMEMORY")
+				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tIMAGE ID\tSTATE\tPID\tCREATED\tMEMORY\tEXIT\tRESTARTS\tREADY")
 			} else {
-				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tSTATE\tPID\tCREATED\tEXIT\tRESTARTS\tMEMORY")
+				fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONTAINER\tID\tIMAGE\tSTATE\tPID\tCREATED\tMEMORY\tEXIT\tRESTARTS\tREADY")
 			}
 			for _, e := range entries {
 				pid := "-"
@@ -95,12 +96,12 @@ func newPsCommand(g *globalOptions) *cobra.Command {
 					pid = fmt.Sprint(e.Pid)
 				}
 				if wide {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
-						e.ImageID, e.State, pid, e.Created.UTC().Format(time.RFC3339), e.exit(), e.Restarts, memoryColumn(e.Memory))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%v\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
+						e.ImageID, e.State, pid, e.Created.UTC().Format(time.RFC3339), memoryColumn(e.Memory), e.exit(), e.Restarts, e.Ready)
 					continue
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%.12s\t%s\t%s\t%s\t%s ago\t%s\t%d\t%s\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
-					e.State, pid, ago(e.Created), e.exit(), e.Restarts, memoryColumn(e.Memory))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%.12s\t%s\t%s\t%s\t%s ago\t%s\t%s\t%d\t%v\n", e.Namespace, e.Pod, e.Container, e.ID, e.Image,
+					e.State, pid, ago(e.Created), memoryColumn(e.Memory), e.exit(), e.Restarts, e.Ready)
 			}
 			return tw.Flush()
 		},

@@ -37,6 +37,14 @@ func main() {
 			ballast = append(ballast, b)
 		}
 	}
+	if mib, _ := strconv.Atoi(os.Getenv("COUNTER_FILE_MIB")); mib > 0 {
+		// Changed files in the root filesystem: each checkpoint carries
+		// them in rootfs-diff.tar, taken while the container is frozen.
+		if err := os.WriteFile("/files.bin", make([]byte, mib<<20), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "counter:", err)
+			os.Exit(1)
+		}
+	}
 	marker = []byte("marker:" + os.Getenv("COUNTER_MARKER"))
 	interval := time.Second
 	if d, err := time.ParseDuration(os.Getenv("COUNTER_INTERVAL")); err == nil && d > 0 {

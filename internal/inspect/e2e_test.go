@@ -32,13 +32,16 @@ var (
 
 const realMarker = "ckpt-inspect-e2e-7c1f"
 
-type oneImage struct{ img embedded.Image }
+// images resolves the test's images by name: the counter and the pause
+// image that holds the pod's sandbox.
+type images map[string]embedded.Image
 
-func (o oneImage) Resolve(ref string) (embedded.Image, error) {
-	if ref != o.img.Name {
+func (m images) Resolve(ref string) (embedded.Image, error) {
+	img, ok := m[ref]
+	if !ok {
 		return embedded.Image{}, runtime.ErrInvalid
 	}
-	return o.img, nil
+	return img, nil
 }
 
 // realCheckpoint returns the archive and the ckpt binary, or skips.
@@ -85,11 +88,21 @@ func makeRealCheckpoint() {
 		if out, err := build.CombinedOutput(); err != nil {
 			return fmt.Errorf("build counter: %v\n%s", err, out)
 		}
-		for _, d := range []string{"tmp", "proc", "dev", "sys"} {
-			os.Mkdir(filepath.Join(rootfs, d), 0o755)
+		pauseRootfs := filepath.Join(dir, "pause-rootfs")
+		build = exec.Command("go", "build", "-o", filepath.Join(pauseRootfs, "pause"), "../../examples/pause")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			return fmt.Errorf("build pause: %v\n%s", err, out)
+		}
+		for _, r := range []string{rootfs, pauseRootfs} {
+			for _, d := range []string{"tmp", "proc", "dev", "sys", "etc"} {
+				os.Mkdir(filepath.Join(r, d), 0o755)
+			}
 		}
 		img := embedded.Image{ID: "sha256:inspect", Name: "localhost/counter:latest", RootFS: rootfs, Entrypoint: []string{"/counter"}}
-		rt, err := embedded.New(embedded.Config{StateDir: filepath.Join(dir, "state"), Shim: realBin, StopTimeout: 2 * time.Second}, oneImage{img})
+		pause := embedded.Image{ID: "sha256:pause", Name: embedded.DefaultPauseImage, RootFS: pauseRootfs, Entrypoint: []string{"/pause"}}
+		rt, err := embedded.New(embedded.Config{StateDir: filepath.Join(dir, "state"), Shim: realBin, StopTimeout: 2 * time.Second},
+			images{img.Name: img, pause.Name: pause})
 		if err != nil {
 			return err
 		}

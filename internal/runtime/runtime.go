@@ -50,6 +50,8 @@ type Container struct {
 	Restarts       int
 	LastExitCode   *int
 	LastExitReason string
+	// Ready: running, and its readiness probe (if any) passed.
+	Ready bool
 }
 
 // Ref names a container the way the kubelet API does.

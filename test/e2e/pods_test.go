@@ -138,8 +138,8 @@ func TestPodSandboxNetworkVolumesSecurity(t *testing.T) {
 	}
 	// The init container ran to completion before the server started.
 	a.waitLog(server, "server saw from-init")
-	if l := a.psLine("web-n1", "init"); !strings.Contains(l, " exited ") || !strings.HasSuffix(strings.TrimSpace(l), " 0") {
-		t.Errorf("init container: %q, want exited 0", l)
+	if f := strings.Fields(a.psLine("web-n1", "init")); len(f) < 12 || f[5] != "exited" || f[len(f)-3] != "0" {
+		t.Errorf("init container: %q, want exited 0", f)
 	}
 	// runAsUser and runAsGroup win over the image's user.
 	if l := a.waitLog(limited, "limited id="); !strings.Contains(l, "limited id=1234:2345") {
@@ -363,19 +363,19 @@ spec:
 	var f []string
 	a.waitFor(func() bool {
 		f = strings.Fields(a.psLine("flaky-n1", "flaky"))
-		return len(f) >= 11 && f[3] != first && f[len(f)-1] == "1"
+		return len(f) >= 12 && f[3] != first && f[len(f)-2] == "1"
 	}, "the container to be restarted once")
-	if f[len(f)-2] != "3" {
-		t.Errorf("ps %v: EXIT %s, want the last exit code 3", f, f[len(f)-2])
+	if f[len(f)-3] != "3" {
+		t.Errorf("ps %v: EXIT %s, want the last exit code 3", f, f[len(f)-3])
 	}
 	// The second restart waits the back-off (10 s after the exit).
 	time.Sleep(4 * time.Second)
-	if g := strings.Fields(a.psLine("flaky-n1", "flaky")); len(g) < 11 || g[len(g)-1] != "1" || g[5] != "exited" {
+	if g := strings.Fields(a.psLine("flaky-n1", "flaky")); len(g) < 12 || g[len(g)-2] != "1" || g[5] != "exited" {
 		t.Errorf("within the back-off: %v, want still exited after 1 restart", g)
 	}
 	a.waitFor(func() bool {
 		g := strings.Fields(a.psLine("flaky-n1", "flaky"))
-		return len(g) >= 11 && g[len(g)-1] == "2"
+		return len(g) >= 12 && g[len(g)-2] == "2"
 	}, "the second restart after the back-off")
 	a.waitFor(func() bool { return len(a.containerDirs()) == 2 }, "the exited run removed (the current run and the pause remain)")
 	a.addPod("steady", strings.Replace(counterManifest("steady", nil), "spec:\n", "spec:\n  restartPolicy: Always\n", 1))
@@ -386,5 +386,63 @@ spec:
 	time.Sleep(2500 * time.Millisecond)
 	if l := a.psLine("steady-n1", "counter"); !strings.Contains(l, " exited ") {
 		t.Errorf("a container stopped on request was restarted: %q", l)
+	}
+}
+
+// TestProbes: a readiness probe (httpGet) makes the container READY in
+// `ckpt ps`; a failing liveness probe (tcpSocket to a closed port) kills the
+// container and the restart policy brings it back; a passing exec liveness
+// probe leaves its container alone.
+func TestProbes(t *testing.T) {
+	a := newAgent(t)
+	a.addPod("probed", `apiVersion: v1
+kind: Pod
+metadata:
+  name: probed
+spec:
+  restartPolicy: Always
+  containers:
+  - name: web
+    image: localhost/busybox:latest
+    command: [/bin/busybox, sh, -c, 'mkdir /www && echo ok > /www/index.html && sleep 2 && exec httpd -f -p 127.0.0.1:8080 -h /www']
+    readinessProbe:
+      httpGet:
+        path: /index.html
+        port: 8080
+      periodSeconds: 1
+  - name: doomed
+    image: localhost/busybox:latest
+    command: [/bin/busybox, sleep, "3600"]
+    livenessProbe:
+      tcpSocket:
+        port: 9999
+      periodSeconds: 1
+      failureThreshold: 2
+  - name: fine
+    image: localhost/busybox:latest
+    command: [/bin/busybox, sleep, "3600"]
+    livenessProbe:
+      exec:
+        command: [/bin/busybox, "true"]
+      periodSeconds: 1
+`)
+	a.waitRunning("probed-n1", "web")
+	if f := strings.Fields(a.psLine("probed-n1", "web")); f[len(f)-1] != "false" {
+		t.Errorf("web is ready before its server listens: %v", f)
+	}
+	a.waitFor(func() bool {
+		f := strings.Fields(a.psLine("probed-n1", "web"))
+		return len(f) > 0 && f[len(f)-1] == "true"
+	}, "web to become ready")
+	a.waitFor(func() bool {
+		f := strings.Fields(a.psLine("probed-n1", "doomed"))
+		return len(f) >= 12 && f[len(f)-2] == "1"
+	}, "doomed to be restarted by its liveness probe")
+	f := strings.Fields(a.psLine("probed-n1", "doomed"))
+	if exit := f[len(f)-3]; exit != "137" {
+		t.Errorf("doomed's last exit %s, want 137 (killed)", exit)
+	}
+	if g := strings.Fields(a.psLine("probed-n1", "fine")); g[len(g)-2] != "0" || g[5] != "running" {
+		t.Errorf("a passing liveness probe restarted its container: %v", g)
 	}
 }

@@ -47,7 +47,7 @@ func startAgent(ctx context.Context, bin, dir string, extra ...string) (*agent, 
 		return nil, err
 	}
 	args := []string{"--root-dir", a.root, "serve", "--address", "127.0.0.1", "--port", strconv.Itoa(a.port),
-		"--plain-http", "--token-auth-file", tokens}
+		"--plain-http", "--token-auth-file", tokens, "--hostname-override", benchNode}
 	args = append(args, extra...)
 	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -146,12 +146,20 @@ func (a *agent) ckpt(ctx context.Context, args ...string) (string, error) {
 	return string(out), nil
 }
 
-// addCounterPod writes a static pod running the counter with mib MiB and
-// waits until it counts (the memory is touched before the first line).
-// It returns the container's full ID.
-func (a *agent) addCounterPod(ctx context.Context, pod string, mib int) (string, error) {
-	manifest := fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata:\n  name: %s\n  namespace: default\nspec:\n  containers:\n  - name: counter\n    image: localhost/counter:latest\n    env:\n    - name: COUNTER_MEM_MIB\n      value: \"%d\"\n", pod, mib)
-	if err := os.WriteFile(filepath.Join(a.manifests, pod+".yaml"), []byte(manifest), 0o644); err != nil {
+// benchNode is the agent's node name: static pods are named <name>-<node>.
+const benchNode = "bench"
+
+// staticPod is the name the agent gives the pod of manifest name.
+func staticPod(name string) string { return name + "-" + benchNode }
+
+// addCounterPod writes a static pod running the counter with mib MiB (and
+// fileMiB MiB of changed files in its root filesystem) and waits until it
+// counts (the memory is touched before the first line). It returns the
+// container's full ID; the pod is staticPod(name).
+func (a *agent) addCounterPod(ctx context.Context, name string, mib, fileMiB int) (string, error) {
+	manifest := fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata:\n  name: %s\n  namespace: default\nspec:\n  containers:\n  - name: counter\n    image: localhost/counter:latest\n    env:\n    - name: COUNTER_MEM_MIB\n      value: \"%d\"\n    - name: COUNTER_FILE_MIB\n      value: \"%d\"\n", name, mib, fileMiB)
+	pod := staticPod(name)
+	if err := os.WriteFile(filepath.Join(a.manifests, name+".yaml"), []byte(manifest), 0o644); err != nil {
 		return "", err
 	}
 	deadline := time.Now().Add(5 * time.Minute)
@@ -178,7 +186,7 @@ func (a *agent) addCounterPod(ctx context.Context, pod string, mib int) (string,
 	return "", fmt.Errorf("pod %s did not start counting; see %s", pod, a.logPath)
 }
 
-func (a *agent) removePod(ctx context.Context, pod string) {
-	os.Remove(filepath.Join(a.manifests, pod+".yaml"))
-	a.ckpt(ctx, "rm", "default/"+pod+"/counter")
+func (a *agent) removePod(ctx context.Context, name string) {
+	os.Remove(filepath.Join(a.manifests, name+".yaml"))
+	a.ckpt(ctx, "rm", "default/"+staticPod(name)+"/counter")
 }

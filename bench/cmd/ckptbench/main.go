@@ -64,7 +64,7 @@ func main() {
 	flag.StringVar(&o.doc, "doc", "docs/benchmarks.md", "Markdown report to write")
 	flag.StringVar(&sizes, "sizes", "64,256,1024,4096", "container memory sizes in MiB")
 	flag.IntVar(&o.runs, "runs", 3, "measured runs per row and size (after one warm-up)")
-	flag.StringVar(&rows, "rows", "a,b,c,d,e,f,ra,rc,rl,rm,rf", "rows to run")
+	flag.StringVar(&rows, "rows", "a,b,c,cf,d,e,f,ra,rc,rl,rm,rf", "rows to run")
 	flag.IntVar(&o.parallel, "parallel", 4, "containers checkpointed at once in the parallel run (0: skip)")
 	flag.IntVar(&o.parMiB, "parallel-mib", 256, "memory of each container in the parallel run")
 	renderOnly := flag.Bool("render", false, "only write the chart and the Markdown again from the results in -out")
@@ -160,6 +160,7 @@ var rowInfo = []struct{ id, name string }{
 	{"a", "runc checkpoint into a dir (floor)"},
 	{"b", "runc checkpoint + tar (CRI-O, containerd, Podman)"},
 	{"c", "ckpt API, embedded runtime"},
+	{"cf", "ckpt API, embedded runtime, 64 MiB of changed files"},
 	{"d", "ckpt API via CRI, containerd 2.4"},
 	{"e", "crictl checkpoint, containerd 2.4"},
 	{"f", "podman checkpoint --export"},

@@ -51,13 +51,16 @@ func (e *env) need(rows ...string) bool {
 func (e *env) start(ctx context.Context) error {
 	e.recordVersions(ctx)
 	var err error
-	if e.need("a", "b", "c", "ra", "rc") {
+	if e.need("a", "b", "c", "cf", "ra", "rc", "rl", "rm") {
 		dir := filepath.Join(e.o.work, "embedded")
 		if e.emb, err = startEmbeddedAgent(ctx, e.o.ckpt, dir); err != nil {
 			return err
 		}
-		if _, err := e.emb.ckpt(ctx, "image", "import", filepath.Join(e.o.images, "counter.tar")); err != nil {
-			return err
+		// The pause image holds each pod's sandbox.
+		for _, img := range []string{"counter.tar", "pause.tar"} {
+			if _, err := e.emb.ckpt(ctx, "image", "import", filepath.Join(e.o.images, img)); err != nil {
+				return err
+			}
 		}
 	}
 	if e.need("d", "e") {
@@ -139,11 +142,15 @@ func (e *env) recordVersions(ctx context.Context) {
 // target is one counter container in each runtime, all with the same memory.
 type target struct {
 	mib     int
+	embName string // manifest name; the pod is staticPod(embName)
 	embPod  string
-	embID   string
-	criPod  string
-	criID   string
-	podName string
+	// filesName/filesPod: the same counter with changedFilesMiB of
+	// changed files in its root filesystem (row cf).
+	filesName, filesPod string
+	embID               string
+	criPod              string
+	criID               string
+	podName             string
 }
 
 // runc root of the embedded runtime (<root-dir>/ckpt/runc).
@@ -154,11 +161,20 @@ func (e *env) measureSize(ctx context.Context, mib int) ([]sample, error) {
 	log.Printf("== %d MiB: starting containers", mib)
 	var err error
 	if e.emb != nil {
-		t.embPod = fmt.Sprintf("bench-%d", mib)
-		if t.embID, err = e.emb.addCounterPod(ctx, t.embPod, mib); err != nil {
+		t.embName = fmt.Sprintf("bench-%d", mib)
+		t.embPod = staticPod(t.embName)
+		if t.embID, err = e.emb.addCounterPod(ctx, t.embName, mib, 0); err != nil {
 			return nil, err
 		}
-		defer e.emb.removePod(context.Background(), t.embPod)
+		defer e.emb.removePod(context.Background(), t.embName)
+		if e.o.rows["cf"] {
+			t.filesName = fmt.Sprintf("bench-files-%d", mib)
+			t.filesPod = staticPod(t.filesName)
+			if _, err = e.emb.addCounterPod(ctx, t.filesName, mib, changedFilesMiB); err != nil {
+				return nil, err
+			}
+			defer e.emb.removePod(context.Background(), t.filesName)
+		}
 	}
 	if e.cri != nil {
 		t.criPod = fmt.Sprintf("bench-cri-%d", mib)
@@ -181,7 +197,7 @@ func (e *env) measureSize(ctx context.Context, mib int) ([]sample, error) {
 		id string
 		fn func(context.Context, target, int) (sample, error)
 	}{
-		{"a", e.rowRaw}, {"b", e.rowRawTar}, {"c", e.rowCkpt}, {"d", e.rowCkptCRI}, {"e", e.rowCrictl}, {"f", e.rowPodman},
+		{"a", e.rowRaw}, {"b", e.rowRawTar}, {"c", e.rowCkpt}, {"cf", e.rowCkptFiles}, {"d", e.rowCkptCRI}, {"e", e.rowCrictl}, {"f", e.rowPodman},
 		{"ra", e.rowRuncRestore}, {"rc", e.rowCkptRestore}, {"rl", e.rowCkptLazyRestore}, {"rm", e.rowLazyMemory}, {"rf", e.rowPodmanRestore},
 	}
 	var out []sample
@@ -284,6 +300,24 @@ func (e *env) rowCkpt(ctx context.Context, t target, run int) (sample, error) {
 		os.Remove(last)
 		os.Symlink(path, last)
 	}
+	return s, nil
+}
+
+// changedFilesMiB is how much the row cf's container changed in its root
+// filesystem: every checkpoint captures it while the container is frozen.
+const changedFilesMiB = 64
+
+// rowCkptFiles is row c for a container that changed changedFilesMiB of
+// files: its freeze time against row c's is the cost of the consistent cut.
+func (e *env) rowCkptFiles(ctx context.Context, t target, run int) (sample, error) {
+	e.emb.resetPeakRSS()
+	start := time.Now()
+	path, err := e.emb.checkpoint(ctx, ns, t.filesPod, "counter")
+	if err != nil {
+		return sample{}, err
+	}
+	s := sample{Latency: time.Since(start), RSS: e.emb.peakRSS(), Size: fileSize(path), Freeze: freezeInArchive(path)}
+	os.Remove(path)
 	return s, nil
 }
 
@@ -505,13 +539,13 @@ func (e *env) measureParallel(ctx context.Context, n, mib int) (parallelResult, 
 	}()
 	for i := 0; i < n; i++ {
 		p := fmt.Sprintf("par-%d", i)
-		if _, err := e.emb.addCounterPod(ctx, p, mib); err != nil {
+		if _, err := e.emb.addCounterPod(ctx, p, mib, 0); err != nil {
 			return res, err
 		}
 		pods = append(pods, p)
 	}
 	once := func(p string) error {
-		path, err := e.emb.checkpoint(ctx, ns, p, "counter")
+		path, err := e.emb.checkpoint(ctx, ns, staticPod(p), "counter")
 		os.Remove(path)
 		return err
 	}

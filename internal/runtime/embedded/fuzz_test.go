@@ -88,7 +88,7 @@ func checkAccepted(t *testing.T, pod *corev1.Pod) {
 		if c.Image == "" {
 			t.Fatalf("accepted container %q without an image", c.Name)
 		}
-		if len(c.EnvFrom) > 0 || c.LivenessProbe != nil || c.Stdin || c.TTY {
+		if len(c.EnvFrom) > 0 || c.StartupProbe != nil || c.Stdin || c.TTY {
 			t.Fatalf("accepted an unsupported container field: %s", podJSON(pod))
 		}
 		if sc := c.SecurityContext; sc != nil && (sc.ProcMount != nil || sc.SELinuxOptions != nil || sc.WindowsOptions != nil || sc.AppArmorProfile != nil) {

@@ -85,8 +85,17 @@ func init() {
 	// Init containers take the fields of containers but ports (they serve
 	// nothing while the pod starts).
 	for k := range supportedFields {
-		if rest, ok := strings.CutPrefix(k, "spec.containers[]."); ok && !strings.HasPrefix(rest, "ports") {
+		if rest, ok := strings.CutPrefix(k, "spec.containers[]."); ok && !strings.HasPrefix(rest, "ports") && !strings.Contains(rest, "Probe.") {
 			supportedFields["spec.initContainers[]."+rest] = true
+		}
+	}
+}
+
+func init() {
+	for _, probe := range []string{"livenessProbe", "readinessProbe"} {
+		for _, f := range []string{"exec.command", "httpGet.path", "httpGet.port", "httpGet.httpHeaders[].name", "httpGet.httpHeaders[].value",
+			"tcpSocket.port", "initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold", "successThreshold"} {
+			supportedFields["spec.containers[]."+probe+"."+f] = true
 		}
 	}
 }

@@ -194,7 +194,7 @@ func (r *Runtime) createContainerAs(ctx context.Context, p *podRecord, pod *core
 	rec := &record{
 		ID: newID(), Namespace: pod.Namespace, Pod: pod.Name, Name: c.Name,
 		Image: c.Image, ImageID: img.ID, Origin: p.Origin, CreatedAt: time.Now().UTC(), PodUID: p.ID,
-		PodAnnotations: pod.Annotations, Kind: kind,
+		PodAnnotations: pod.Annotations, Kind: kind, HasReadiness: c.ReadinessProbe != nil,
 	}
 	for _, old := range prev { // a restart: count it, and say how the last run ended
 		rec.Restarts, rec.LastExit = old.Restarts+1, old.LastExit

@@ -42,6 +42,8 @@ type record struct {
 	// Stopped is set when the container was stopped on request (POST
 	// /stop): the restart policy leaves it stopped.
 	Stopped bool `json:"stopped,omitempty"`
+	// HasReadiness: the container has a readiness probe.
+	HasReadiness bool `json:"hasReadiness,omitempty"`
 	// PodAnnotations are the pod's annotations (ckpt options ride on them).
 	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
 }

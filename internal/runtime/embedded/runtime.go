@@ -71,6 +71,7 @@ type Runtime struct {
 	images Images
 	runc   *gorunc.Runc
 
+	probes    prober
 	mu        sync.Mutex // serializes container creation and removal
 	agentLock *os.File   // held by the agent; see LockAgent
 }
@@ -142,8 +143,8 @@ func (r *Runtime) newRunc(logFile string) *gorunc.Runc {
 }
 
 // Container returns the current view of one container.
-func (r *Runtime) container(ctx context.Context, rec *record) runtime.Container {
-	c := runtime.Container{
+func (r *Runtime) container(ctx context.Context, rec *record) (c runtime.Container) {
+	c = runtime.Container{
 		ID: rec.ID, Namespace: rec.Namespace, Pod: rec.Pod, Name: rec.Name,
 		Image: rec.Image, ImageID: rec.ImageID, CreatedAt: rec.CreatedAt, State: runtime.StateUnknown,
 		Restarts: rec.Restarts,
@@ -151,6 +152,12 @@ func (r *Runtime) container(ctx context.Context, rec *record) runtime.Container 
 	if rec.LastExit != nil {
 		c.LastExitCode, c.LastExitReason = &rec.LastExit.Code, rec.LastExit.Reason
 	}
+	defer func() {
+		// Ready as the kubelet says it: running, and its readiness probe (if
+		// any) passed.
+		_, err := os.Stat(filepath.Join(r.containerDir(rec.ID), fileReady))
+		c.Ready = c.State == runtime.StateRunning && (!rec.HasReadiness || err == nil)
+	}()
 	if st, err := r.runc.State(ctx, rec.ID); err == nil {
 		c.Pid = st.Pid
 		switch st.Status {

@@ -9,6 +9,7 @@ import (
 	"github.com/moby/sys/capability"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 
@@ -93,6 +94,11 @@ func validatePodSpec(spec *corev1.PodSpec) error {
 		}
 		if err := validateSecurity(f, c.SecurityContext); err != nil {
 			return err
+		}
+		for kind, p := range map[string]*corev1.Probe{"livenessProbe": c.LivenessProbe, "readinessProbe": c.ReadinessProbe} {
+			if err := validateProbe(f+"."+kind, p, kind == "livenessProbe"); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -338,4 +344,54 @@ func capName(c string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("unknown capability")
+}
+
+func validateProbe(f string, p *corev1.Probe, liveness bool) error {
+	if p == nil {
+		return nil
+	}
+	n := 0
+	for _, set := range []bool{p.Exec != nil, p.HTTPGet != nil, p.TCPSocket != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return fmt.Errorf("%s: must have exactly one of exec, httpGet and tcpSocket", f)
+	}
+	if p.Exec != nil && len(p.Exec.Command) == 0 {
+		return fmt.Errorf("%s.exec.command: required", f)
+	}
+	checkPort := func(pf string, port intstr.IntOrString) error {
+		if port.Type != intstr.Int {
+			return fmt.Errorf("%s %q: named ports are not supported (give the number)", pf, port.String())
+		}
+		if v := port.IntValue(); v < 1 || v > 65535 {
+			return fmt.Errorf("%s %d: must be between 1 and 65535", pf, v)
+		}
+		return nil
+	}
+	if p.HTTPGet != nil {
+		if err := checkPort(f+".httpGet.port", p.HTTPGet.Port); err != nil {
+			return err
+		}
+		if p.HTTPGet.Path != "" && !strings.HasPrefix(p.HTTPGet.Path, "/") {
+			return fmt.Errorf("%s.httpGet.path %q: must start with /", f, p.HTTPGet.Path)
+		}
+	}
+	if p.TCPSocket != nil {
+		if err := checkPort(f+".tcpSocket.port", p.TCPSocket.Port); err != nil {
+			return err
+		}
+	}
+	for name, v := range map[string]int32{"initialDelaySeconds": p.InitialDelaySeconds, "periodSeconds": p.PeriodSeconds,
+		"timeoutSeconds": p.TimeoutSeconds, "failureThreshold": p.FailureThreshold, "successThreshold": p.SuccessThreshold} {
+		if v < 0 {
+			return fmt.Errorf("%s.%s %d: must be greater than or equal to 0", f, name, v)
+		}
+	}
+	if liveness && p.SuccessThreshold > 1 {
+		return fmt.Errorf("%s.successThreshold %d: must be 1 for a liveness probe", f, p.SuccessThreshold)
+	}
+	return nil
 }

@@ -45,7 +45,7 @@ func TestValidatePodFields(t *testing.T) {
 		{"privileged without escalation", podWith("", "    securityContext:\n      privileged: true\n      allowPrivilegeEscalation: false\n"), "cannot be false when privileged is true"},
 		{"negative runAsUser", podWith("  securityContext:\n    runAsUser: -1\n", ""), "spec.securityContext.runAsUser -1"},
 		{"seccomp localhost", podWith("", "    securityContext:\n      seccompProfile:\n        type: Localhost\n"), "spec.containers[0].securityContext.seccompProfile.type Localhost is not supported"},
-		{"probes not yet", podWith("", "    livenessProbe:\n      tcpSocket:\n        port: 80\n"), "unsupported field spec.containers[].livenessProbe.tcpSocket.port"},
+		
 		{"hostPID", podWith("  hostPID: true\n", ""), "unsupported field spec.hostPID"},
 	}
 	for _, c := range cases {
@@ -61,5 +61,41 @@ func TestValidatePodFields(t *testing.T) {
 				t.Fatalf("error %v, want one containing %q", err, c.wantErr)
 			}
 		})
+	}
+}
+
+func TestValidateProbes(t *testing.T) {
+	cases := []struct{ name, ctr, wantErr string }{
+		{"tcp", "    livenessProbe:\n      tcpSocket:\n        port: 80\n      periodSeconds: 2\n", ""},
+		{"http", "    readinessProbe:\n      httpGet:\n        path: /healthz\n        port: 8080\n        httpHeaders:\n        - name: X\n          value: \"y\"\n", ""},
+		{"exec", "    livenessProbe:\n      exec:\n        command: [\"true\"]\n", ""},
+		{"no handler", "    livenessProbe:\n      periodSeconds: 2\n", "spec.containers[0].livenessProbe: must have exactly one of exec, httpGet and tcpSocket"},
+		{"two handlers", "    livenessProbe:\n      exec:\n        command: [x]\n      tcpSocket:\n        port: 1\n", "must have exactly one"},
+		{"named port", "    livenessProbe:\n      tcpSocket:\n        port: http\n", `spec.containers[0].livenessProbe.tcpSocket.port "http": named ports are not supported`},
+		{"bad port", "    readinessProbe:\n      httpGet:\n        port: 0\n", "httpGet.port 0: must be between 1 and 65535"},
+		{"relative path", "    readinessProbe:\n      httpGet:\n        path: x\n        port: 1\n", `httpGet.path "x": must start with /`},
+		{"liveness success threshold", "    livenessProbe:\n      exec:\n        command: [x]\n      successThreshold: 2\n", "must be 1 for a liveness probe"},
+		{"negative period", "    livenessProbe:\n      exec:\n        command: [x]\n      periodSeconds: -1\n", "periodSeconds -1"},
+		{"grpc", "    livenessProbe:\n      grpc:\n        port: 1\n", "unsupported field spec.containers[].livenessProbe.grpc.port"},
+		{"startup", "    startupProbe:\n      exec:\n        command: [x]\n", "unsupported field spec.containers[].startupProbe.exec.command"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseManifest([]byte(podWith("", c.ctr)))
+			if c.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Fatalf("error %v, want %q", err, c.wantErr)
+			}
+		})
+	}
+	// Init containers may not have probes, as in Kubernetes.
+	m := strings.Replace(goodManifest, "spec:\n", "spec:\n  initContainers:\n  - name: i\n    image: x\n    livenessProbe:\n      exec:\n        command: [x]\n", 1)
+	if _, err := ParseManifest([]byte(m)); err == nil || !strings.Contains(err.Error(), "spec.initContainers[].livenessProbe") {
+		t.Errorf("probe on an init container: %v", err)
 	}
 }
