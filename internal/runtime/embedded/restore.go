@@ -109,9 +109,13 @@ func (r *Runtime) restoreExtracted(ctx context.Context, staging string, o Restor
 	if _, err := rearmExpiredTimerfds(root); err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %v: %w", o.Source, err, runtime.ErrInvalid)
 	}
-	binds, err := archiveExternalMounts(root, ctr.TerminationMessagePath)
-	if err != nil {
-		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+	// ckpt's own archives get their mounts from pod.json's volumes; an
+	// archive of another runtime only the external mounts every pod has.
+	var binds podBinds
+	if _, err := root.Lstat(PodMember); errors.Is(err, os.ErrNotExist) {
+		if binds, err = archiveExternalMounts(root, ctr.TerminationMessagePath); err != nil {
+			return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+		}
 	}
 	if binds.SharePID {
 		share := true
