@@ -42,7 +42,7 @@ func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 func main() {
 	var (
 		out, ref, binary, entrypoint, format, user string
-		env                                  listFlag
+		env                                        listFlag
 	)
 	flag.StringVar(&out, "o", "", "output file (docker) or directory (oci-layout)")
 	flag.StringVar(&ref, "name", "", "image name, e.g. localhost/counter:latest")

@@ -45,7 +45,7 @@ func TestValidatePodFields(t *testing.T) {
 		{"privileged without escalation", podWith("", "    securityContext:\n      privileged: true\n      allowPrivilegeEscalation: false\n"), "cannot be false when privileged is true"},
 		{"negative runAsUser", podWith("  securityContext:\n    runAsUser: -1\n", ""), "spec.securityContext.runAsUser -1"},
 		{"seccomp localhost", podWith("", "    securityContext:\n      seccompProfile:\n        type: Localhost\n"), "spec.containers[0].securityContext.seccompProfile.type Localhost is not supported"},
-		
+
 		{"hostPID", podWith("  hostPID: true\n", ""), "unsupported field spec.hostPID"},
 	}
 	for _, c := range cases {
