@@ -66,6 +66,7 @@ func newInspectCommand(g *globalOptions) *cobra.Command {
 		Use:   "inspect ARCHIVE|IMAGE...",
 		Short: "Show what checkpoint archives hold",
 		Long: "Show the container, sizes, CRIU statistics and signature of checkpoint archives written by ckpt,\n" +
+			"(a pod archive shows each of its containers),\n" +
 			"containerd, CRI-O or Podman (.tar, .tar.zst, .tar.age, .tar.zst.age), and on request\n" +
 			"the process tree, command lines, environment, open files, sockets, mounts and memory.\n" +
 			"Archives are streamed once; nothing is extracted outside a private temporary directory.\n" +
@@ -100,13 +101,13 @@ func newInspectCommand(g *globalOptions) *cobra.Command {
 					return err
 				}
 				done := withProgress(&opts)
-				c, err := inspect.Open(path, opts)
+				got, err := inspect.OpenAll(path, opts)
 				done()
 				cleanup()
 				if err != nil {
 					return err
 				}
-				cs = append(cs, c)
+				cs = append(cs, got...)
 			}
 			if out != "yaml" {
 				return inspect.Render(cmd.OutOrStdout(), cs, v, format)

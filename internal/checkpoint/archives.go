@@ -124,6 +124,9 @@ func (s *Service) info(name string, digest bool) (ArchiveInfo, error) {
 		parts := strings.SplitN(ref, "/", 3)
 		if len(parts) == 3 {
 			info.Namespace, info.Pod, info.Container = parts[0], parts[1], parts[2]
+			if info.Container == "" {
+				info.Kind = "pod"
+			}
 		}
 	} else {
 		info.Container = m[2] // "<namespace>-<container>": not separable

@@ -115,8 +115,12 @@ func (s *Service) Dir() string { return s.dir }
 func (s *Service) StagingDir() string { return filepath.Join(s.dir, stagingDir) }
 
 // ArchiveName is the kubelet's name for an archive:
-// checkpoint-<pod>_<namespace>-<container>-<RFC3339>.tar
+// checkpoint-<pod>_<namespace>-<container>-<RFC3339>.tar; a pod archive
+// (no container) is checkpoint-<pod>_<namespace>-<RFC3339>.tar.
 func ArchiveName(ref runtime.Ref, t time.Time, layout string) string {
+	if ref.Container == "" {
+		return fmt.Sprintf("checkpoint-%s_%s-%s.tar", ref.Pod, ref.Namespace, t.Format(layout))
+	}
 	return fmt.Sprintf("checkpoint-%s_%s-%s-%s.tar", ref.Pod, ref.Namespace, ref.Container, t.Format(layout))
 }
 
@@ -156,26 +160,39 @@ func (s *Service) Checkpoint(ctx context.Context, ref runtime.Ref, opts runtime.
 		}
 		return "", err
 	}
+	if path, size, err = s.finish(tmp, ref, requested); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// finish signs, encodes, flushes and publishes a written archive, then
+// applies retention; it returns the final path and the archive's size.
+func (s *Service) finish(tmp string, ref runtime.Ref, requested time.Time) (path string, size int64, err error) {
+	what := ref.String()
+	if ref.Container == "" {
+		what = "pod " + ref.Namespace + "/" + ref.Pod
+	}
 	if s.opts.Signer != nil {
 		// Signed before it is encoded: the signature is inside the tar,
 		// under zstd and age like every other member.
 		if err := archive.SealFile(tmp, s.opts.Signer, archive.DefaultLimits()); err != nil {
-			return "", fmt.Errorf("checkpoint %s: %w", ref, err)
+			return "", 0, fmt.Errorf("checkpoint %s: %w", what, err)
 		}
 	}
 	if tmp, err = s.encode(tmp); err != nil {
-		return "", fmt.Errorf("checkpoint %s: encode archive: %w", ref, err)
+		return "", 0, fmt.Errorf("checkpoint %s: encode archive: %w", what, err)
 	}
 	if size, err = syncFile(tmp); err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", ref, err)
+		return "", 0, fmt.Errorf("checkpoint %s: %w", what, err)
 	}
 	if path, err = s.publish(tmp, ref, requested); err != nil {
-		return "", fmt.Errorf("checkpoint %s: publish archive: %w", ref, err)
+		return "", 0, fmt.Errorf("checkpoint %s: publish archive: %w", what, err)
 	}
 	if _, err := s.ApplyRetention(); err != nil && s.opts.RetentionError != nil {
 		s.opts.RetentionError(err)
 	}
-	return path, nil
+	return path, size, nil
 }
 
 // Timeout is the deadline of a checkpoint that asked for requested (<= 0:

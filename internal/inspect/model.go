@@ -26,6 +26,8 @@ type Checkpoint struct {
 	Mounts    []Mount    `json:"mounts,omitempty"`
 	// Signature says who signed checksums.sha256 and whether it verifies.
 	Signature Signature `json:"signature"`
+	// PodArchive is set when the container is one of a pod archive's.
+	PodArchive *PodInfo `json:"pod_archive,omitempty"`
 }
 
 // Signature is the archive's checksums.sha256.sig.

@@ -121,6 +121,9 @@ func renderTree(w io.Writer, c *Checkpoint, v View) {
 	if k.Pod != "" {
 		root.add("Pod: %s/%s", k.Namespace, k.Pod)
 	}
+	if pa := c.PodArchive; pa != nil {
+		root.add("Pod archive: %s/%s (containers: %s)", pa.Namespace, pa.Pod, strings.Join(pa.Containers, ", "))
+	}
 	root.add("Created: %s", timeString(k.Created))
 	root.add("Checkpointed: %s", timeString(k.Checkpointed))
 	size := root.add("Checkpoint size: %s", HumanBytes(c.Sizes.Checkpoint))

@@ -51,6 +51,24 @@ type InPlaceRestorer interface {
 	RestoreInPlaceFile(ctx context.Context, archive *os.File, target Ref, source string, check ArchiveCheck) (Container, error)
 }
 
+// PodCheckpointer checkpoints every running container of a pod in one
+// consistent cut into one archive (the embedded runtime).
+type PodCheckpointer interface {
+	// LookupPod returns the pod's running app containers; a pod that does
+	// not exist is ErrPodNotFound.
+	LookupPod(ctx context.Context, namespace, pod string) ([]Container, error)
+	// CheckpointPod writes the archive of the pod of cs to archivePath,
+	// leaving every container running and thawed, also on failure.
+	CheckpointPod(ctx context.Context, cs []Container, archivePath string, opts CheckpointOptions) (CheckpointResult, error)
+}
+
+// PodRestorer restores a whole pod from the plain tar stream of a pod
+// archive into a new sandbox. Empty target fields (Container is unused)
+// keep the archive's names; check is as for StreamRestorer.
+type PodRestorer interface {
+	RestorePodStream(ctx context.Context, tarStream io.Reader, target Ref, source string, check ArchiveCheck) ([]Container, error)
+}
+
 // Stopper stops a container by ID (migration's --stop-source).
 type Stopper interface {
 	Stop(ctx context.Context, id string) error
@@ -71,6 +89,8 @@ type Capabilities struct {
 	InPlaceRestore InPlaceRestorer
 	Stop           Stopper
 	Health         HealthChecker
+	PodCheckpoint  PodCheckpointer
+	PodRestore     PodRestorer
 }
 
 // Discover finds a backend's capabilities. Decorators must not stand
@@ -83,6 +103,8 @@ func Discover(b Backend) Capabilities {
 	c.InPlaceRestore, _ = b.(InPlaceRestorer)
 	c.Stop, _ = b.(Stopper)
 	c.Health, _ = b.(HealthChecker)
+	c.PodCheckpoint, _ = b.(PodCheckpointer)
+	c.PodRestore, _ = b.(PodRestorer)
 	return c
 }
 
@@ -97,6 +119,12 @@ func (c Capabilities) Names() []string {
 	}
 	if c.Health != nil {
 		n = append(n, "health")
+	}
+	if c.PodCheckpoint != nil {
+		n = append(n, "pod-checkpoint")
+	}
+	if c.PodRestore != nil {
+		n = append(n, "pod-restore")
 	}
 	return n
 }

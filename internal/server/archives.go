@@ -204,3 +204,66 @@ func (s *server) stop(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"stopped": ref.String()})
 }
+
+// PodArchives restores whole pods from pod archives.
+// internal/checkpoint.Service implements it.
+type PodArchives interface {
+	RestorePod(ctx context.Context, src io.Reader, target runtime.Ref, source string) ([]runtime.Container, error)
+	RestorePodArchive(ctx context.Context, name string, target runtime.Ref) ([]runtime.Container, error)
+}
+
+// restorePod restores a whole pod into {ns}/{pod} ("_" keeps the
+// archive's name) from ?archive=NAME, ?image=REF or the request body.
+func (s *server) restorePod(w http.ResponseWriter, r *http.Request) {
+	pa := s.a.(PodArchives)
+	target, err := parseRestoreTarget(r.PathValue("ns"), r.PathValue("pod"), keepName)
+	if err != nil {
+		writeText(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	ctx := context.WithoutCancel(r.Context())
+	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
+	query := r.URL.Query()
+	if v := query["lazy"]; len(v) > 0 {
+		if lazy, err := strconv.ParseBool(v[len(v)-1]); err != nil || lazy {
+			writeText(w, http.StatusBadRequest, "a pod is not restored lazily (lazy=true is for containers)")
+			return
+		}
+	}
+	var cs []runtime.Container
+	names, images := query["archive"], query["image"]
+	switch {
+	case len(names) > 0 && len(images) > 0:
+		writeText(w, http.StatusBadRequest, "give either archive or image, not both")
+		return
+	case len(images) > 0 && s.opts.Images == nil:
+		writeText(w, http.StatusBadRequest, "this agent does not restore from images")
+		return
+	case len(images) > 0:
+		ref := images[len(images)-1]
+		var rc io.ReadCloser
+		if rc, err = s.opts.Images.OpenImageArchive(ctx, ref); err == nil {
+			cs, err = pa.RestorePod(ctx, rc, target, "image "+ref)
+			rc.Close()
+			if f, ok := rc.(interface{ RestoreFailed() }); ok && err != nil {
+				f.RestoreFailed()
+			}
+		}
+	case len(names) > 0:
+		cs, err = pa.RestorePodArchive(ctx, names[len(names)-1], target)
+	default:
+		cs, err = pa.RestorePod(ctx, r.Body, target, "upload")
+	}
+	if err != nil {
+		writeArchiveError(w, err)
+		return
+	}
+	out := api.RestoredPod{Containers: []api.Restored{}}
+	for _, c := range cs {
+		out.Namespace, out.Pod = c.Namespace, c.Pod
+		out.Containers = append(out.Containers, api.Restored{
+			ID: c.ID, Namespace: c.Namespace, Pod: c.Pod, Container: c.Name, State: string(c.State), Pid: c.Pid,
+		})
+	}
+	writeJSON(w, http.StatusCreated, out)
+}

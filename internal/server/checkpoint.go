@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,9 +20,24 @@ import (
 	"github.com/ckpt-dev/ckpt/pkg/api"
 )
 
-// checkpoint serves POST /checkpoint/{ns}/{pod}/{ctr}?timeout=SECONDS.
+// PodCheckpointer checkpoints every container of a pod in one cut into
+// one archive. internal/checkpoint.Service implements it.
+type PodCheckpointer interface {
+	CheckpointPod(ctx context.Context, namespace, pod string, opts runtime.CheckpointOptions) (path string, err error)
+}
+
+// checkpoint serves POST /checkpoint/{ns}/{pod}/{ctr}?timeout=SECONDS and,
+// without {ctr}, POST /checkpoint/{ns}/{pod} (the whole pod).
 func (s *server) checkpoint(w http.ResponseWriter, r *http.Request) {
-	ref, err := parseRef(r.PathValue("ns"), r.PathValue("pod"), r.PathValue("ctr"))
+	ctr := r.PathValue("ctr")
+	whole := ctr == ""
+	if whole {
+		ctr = "x" // validate the others
+	}
+	ref, err := parseRef(r.PathValue("ns"), r.PathValue("pod"), ctr)
+	if whole {
+		ref.Container = ""
+	}
 	if err != nil {
 		writeText(w, http.StatusBadRequest, err.Error())
 		return
@@ -42,7 +58,12 @@ func (s *server) checkpoint(w http.ResponseWriter, r *http.Request) {
 		writeText(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	path, err := s.c.Checkpoint(r.Context(), ref, opts)
+	var path string
+	if whole {
+		path, err = s.c.(PodCheckpointer).CheckpointPod(r.Context(), ref.Namespace, ref.Pod, opts)
+	} else {
+		path, err = s.c.Checkpoint(r.Context(), ref, opts)
+	}
 	if err != nil {
 		status, msg := errorResponse(ref, err)
 		writeText(w, status, msg)
@@ -75,8 +96,11 @@ func errorResponse(ref runtime.Ref, err error) (status int, body string) {
 	case errors.Is(err, runtime.ErrInvalid):
 		return http.StatusBadRequest, err.Error()
 	}
-	return http.StatusInternalServerError,
-		fmt.Sprintf("checkpointing of %s/%s/%s failed (%v)", ref.Namespace, ref.Pod, ref.Container, err)
+	what := ref.Namespace + "/" + ref.Pod
+	if ref.Container != "" {
+		what += "/" + ref.Container
+	}
+	return http.StatusInternalServerError, fmt.Sprintf("checkpointing of %s failed (%v)", what, err)
 }
 
 // writeArchiveError answers the archive and restore routes; like

@@ -119,6 +119,10 @@ func NewWithArchives(opts Options, c Checkpointer, a Archives, g Guard, h Health
 	if opts.CheckpointEnabled && c != nil {
 		routes = append(routes, route{pattern: "/checkpoint/{ns}/{pod}/{ctr}", subresource: "checkpoint",
 			methods: map[string]http.HandlerFunc{http.MethodPost: s.checkpoint}})
+		if _, ok := c.(PodCheckpointer); ok {
+			routes = append(routes, route{pattern: "/checkpoint/{ns}/{pod}", subresource: "checkpoint",
+				methods: map[string]http.HandlerFunc{http.MethodPost: s.checkpoint}})
+		}
 	}
 
 	if a != nil {
@@ -132,6 +136,10 @@ func NewWithArchives(opts Options, c Checkpointer, a Archives, g Guard, h Health
 			route{pattern: "/stop/{ns}/{pod}/{ctr}", subresource: "stop",
 				methods: map[string]http.HandlerFunc{http.MethodPost: s.stop}},
 		)
+		if _, ok := a.(PodArchives); ok {
+			routes = append(routes, route{pattern: "/restore/{ns}/{pod}", subresource: "restore",
+				methods: map[string]http.HandlerFunc{http.MethodPost: s.restorePod}})
+		}
 	}
 
 	mux := http.NewServeMux()

@@ -13,14 +13,16 @@ type CheckpointResponse struct {
 
 // Archive is one published archive (GET /checkpoints).
 type Archive struct {
-	Name      string    `json:"name"`
-	Path      string    `json:"path"`
-	Namespace string    `json:"namespace"`
-	Pod       string    `json:"pod"`
-	Container string    `json:"container"`
-	Size      int64     `json:"size"`
-	Created   time.Time `json:"created"`
-	SHA256    string    `json:"sha256"`
+	Name      string `json:"name"`
+	Path      string `json:"path"`
+	Namespace string `json:"namespace"`
+	Pod       string `json:"pod"`
+	Container string `json:"container"`
+	// Kind is "pod" for an archive of a whole pod, "" for one container.
+	Kind    string    `json:"kind,omitempty"`
+	Size    int64     `json:"size"`
+	Created time.Time `json:"created"`
+	SHA256  string    `json:"sha256"`
 }
 
 // ArchiveList is the answer to GET /checkpoints.

@@ -86,7 +86,7 @@ func (r *Runtime) SyncPods(ctx context.Context, manifests []*corev1.Pod) []error
 				continue
 			}
 		}
-		if _, _, err := r.createPod(ctx, pod, originManifest, hash, nil); err != nil {
+		if _, _, err := r.createPod(ctx, pod, originManifest, hash, nil, nil); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -118,8 +118,9 @@ func (r *Runtime) removeLegacyContainers(ctx context.Context, errs *[]error) {
 type restoreInputs map[string]*restoreInput
 
 // createPod starts a pod: its sandbox, then each container. A pod that
-// fails to start leaves nothing behind.
-func (r *Runtime) createPod(ctx context.Context, pod *corev1.Pod, origin, hash string, restore restoreInputs) (_ *podRecord, out []runtime.Container, err error) {
+// fails to start leaves nothing behind. volumes maps emptyDir names to the
+// tar of their content (a pod restore), applied before any container runs.
+func (r *Runtime) createPod(ctx context.Context, pod *corev1.Pod, origin, hash string, restore restoreInputs, volumes map[string]string) (_ *podRecord, out []runtime.Container, err error) {
 	// Every image first: a pod that cannot start makes no sandbox.
 	for _, c := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
 		if _, err := r.images.Resolve(c.Image); err != nil {
@@ -141,6 +142,9 @@ func (r *Runtime) createPod(ctx context.Context, pod *corev1.Pod, origin, hash s
 			r.removePod(context.WithoutCancel(ctx), p)
 		}
 	}()
+	if err := r.fillVolumes(pod, p, volumes); err != nil {
+		return nil, nil, err
+	}
 	if restore == nil {
 		done, err := r.runInitContainers(ctx, p, pod)
 		if err != nil {

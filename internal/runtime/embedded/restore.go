@@ -82,12 +82,12 @@ func (r *Runtime) restoreExtracted(ctx context.Context, staging string, o Restor
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 	}
 	defer root.Close()
-	var cfg lib.ContainerConfig
-	if err := readJSONIn(root, lib.ConfigDumpFile, maxPodJSON, &cfg); err != nil {
-		return runtime.Container{}, fmt.Errorf("restore %s: read %s: %v: %w", o.Source, lib.ConfigDumpFile, err, runtime.ErrInvalid)
+	if _, err := root.Lstat(PodDumpMember); err == nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: this is a pod archive: restore it as a pod (POST /restore/NAMESPACE/POD, ckpt restore): %w", o.Source, runtime.ErrInvalid)
 	}
-	if st, err := root.Lstat(lib.CheckpointDirectory); err != nil || !st.IsDir() {
-		return runtime.Container{}, fmt.Errorf("restore %s: archive has no %s/ directory: %w", o.Source, lib.CheckpointDirectory, runtime.ErrInvalid)
+	var cfg lib.ContainerConfig
+	if err := readConfigDump(root, &cfg); err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 	}
 	pod, ctrName, err := archivedPod(root, &cfg)
 	if err != nil {
@@ -106,9 +106,6 @@ func (r *Runtime) restoreExtracted(ctx context.Context, staging string, o Restor
 	if _, err := r.images.Resolve(ctr.Image); err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: the checkpoint's image %q is not on this node (import it with `ckpt image import`): %w", o.Source, ctr.Image, err)
 	}
-	if _, err := rearmExpiredTimerfds(root); err != nil {
-		return runtime.Container{}, fmt.Errorf("restore %s: %v: %w", o.Source, err, runtime.ErrInvalid)
-	}
 	// ckpt's own archives get their mounts from pod.json's volumes; an
 	// archive of another runtime only the external mounts every pod has.
 	var binds podBinds
@@ -121,22 +118,49 @@ func (r *Runtime) restoreExtracted(ctx context.Context, staging string, o Restor
 		share := true
 		pod.Spec.ShareProcessNamespace = &share
 	}
-	in := &restoreInput{imagesDir: filepath.Join(staging, lib.CheckpointDirectory), source: o.Source, createdAt: cfg.CreatedTime, lazy: lazy, binds: binds}
+	in, err := loadRestoreInput(root, staging, o.Source, &cfg, lazy)
+	if err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+	}
+	in.binds = binds
+	_, ctrs, err := r.createPod(ctx, pod, originRestore, "", restoreInputs{ctr.Name: in}, nil)
+	if err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s as %s/%s/%s: %w", o.Source, pod.Namespace, pod.Name, ctr.Name, err)
+	}
+	return ctrs[0], nil
+}
+
+// readConfigDump reads config.dump and checks that the CRIU images'
+// directory is there.
+func readConfigDump(root *os.Root, cfg *lib.ContainerConfig) error {
+	if err := readJSONIn(root, lib.ConfigDumpFile, maxPodJSON, cfg); err != nil {
+		return fmt.Errorf("read %s: %v: %w", lib.ConfigDumpFile, err, runtime.ErrInvalid)
+	}
+	if st, err := root.Lstat(lib.CheckpointDirectory); err != nil || !st.IsDir() {
+		return fmt.Errorf("archive has no %s/ directory: %w", lib.CheckpointDirectory, runtime.ErrInvalid)
+	}
+	return nil
+}
+
+// loadRestoreInput reads what restores one container from its extracted
+// (and verified) archive members in root, which is dir on disk: the CRIU
+// images (expired timerfds re-armed), rootfs-diff.tar and deleted.files.
+func loadRestoreInput(root *os.Root, dir, source string, cfg *lib.ContainerConfig, lazy *lazyInput) (*restoreInput, error) {
+	if _, err := rearmExpiredTimerfds(root); err != nil {
+		return nil, fmt.Errorf("%v: %w", err, runtime.ErrInvalid)
+	}
+	in := &restoreInput{imagesDir: filepath.Join(dir, lib.CheckpointDirectory), source: source, createdAt: cfg.CreatedTime, lazy: lazy}
 	if st, err := root.Lstat(lib.RootFsDiffTar); err == nil && st.Mode().IsRegular() {
-		in.rootfsDiff = filepath.Join(staging, lib.RootFsDiffTar)
+		in.rootfsDiff = filepath.Join(dir, lib.RootFsDiffTar)
 	}
 	// archive.RemoveDeleted bounds deleted.files itself, with its own message.
 	switch data, err := readIn(root, lib.DeletedFilesFile, maxDeletedJSON); {
 	case err == nil:
 		in.deletedJSON = data
 	case !errors.Is(err, os.ErrNotExist):
-		return runtime.Container{}, fmt.Errorf("restore %s: %s: %v: %w", o.Source, lib.DeletedFilesFile, err, runtime.ErrInvalid)
+		return nil, fmt.Errorf("%s: %v: %w", lib.DeletedFilesFile, err, runtime.ErrInvalid)
 	}
-	_, ctrs, err := r.createPod(ctx, pod, originRestore, "", restoreInputs{ctr.Name: in})
-	if err != nil {
-		return runtime.Container{}, fmt.Errorf("restore %s as %s/%s/%s: %w", o.Source, pod.Namespace, pod.Name, ctr.Name, err)
-	}
-	return ctrs[0], nil
+	return in, nil
 }
 
 // archivedPod returns the pod an archive's container ran in, and the
