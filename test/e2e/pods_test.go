@@ -446,3 +446,60 @@ spec:
 		t.Errorf("a passing liveness probe restarted its container: %v", g)
 	}
 }
+
+// TestPodsInitContainerRetries: a failing init container is retried as the
+// kubelet retries it: with restartPolicy Always or OnFailure it runs again
+// (at once, then after the 10 s back-off) until it succeeds, and only then
+// do the app containers start; with Never the pod fails and they never do.
+func TestPodsInitContainerRetries(t *testing.T) {
+	a := newAgent(t)
+	manifest := func(name, policy string) string {
+		return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: %s
+spec:
+  restartPolicy: %s
+  volumes:
+  - name: w
+    emptyDir: {}
+  initContainers:
+  - name: init
+    image: localhost/busybox:latest
+    command: [/bin/busybox, sh, -c, 'n=$(cat /w/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /w/n; echo "attempt $n"; [ $n -ge 3 ]']
+    volumeMounts:
+    - name: w
+      mountPath: /w
+  containers:
+  - name: app
+    image: localhost/busybox:latest
+    command: [/bin/busybox, sh, -c, 'echo "app after $(cat /w/n) attempts"; exec sleep 3600']
+    volumeMounts:
+    - name: w
+      mountPath: /w
+`, name, policy)
+	}
+	cases := []struct{ pod, policy string }{{"always", "Always"}, {"onfailure", "OnFailure"}, {"never", "Never"}}
+	for _, c := range cases {
+		a.addPod(c.pod, manifest(c.pod, c.policy))
+	}
+	for _, c := range cases[:2] {
+		pod := c.pod + "-n1"
+		app := a.waitRunning(pod, "app")
+		if l := a.waitLog(app, "app after"); !strings.Contains(l, "app after 3 attempts") {
+			t.Errorf("%s: %q, want the app to start after the third attempt", c.policy, l)
+		}
+		f := strings.Fields(a.psLine(pod, "init"))
+		if len(f) < 12 || f[5] != "exited" || f[len(f)-2] != "2" || f[len(f)-3] != "0" {
+			t.Errorf("%s: init container %v, want exited 0 after 2 restarts", c.policy, f)
+		}
+	}
+	// Never: one attempt, the pod failed, no app container.
+	f := strings.Fields(a.psLine("never-n1", "init"))
+	if len(f) < 12 || f[5] != "exited" || f[len(f)-2] != "0" || f[len(f)-3] != "1" {
+		t.Errorf("Never: init container %v, want exited 1, no restart", f)
+	}
+	if l := a.psLine("never-n1", "app"); l != "" {
+		t.Errorf("Never: the app container started after a failed init container: %s", l)
+	}
+}

@@ -247,9 +247,10 @@ func (r *Runtime) podOf(rec *record) (*podRecord, *corev1.Pod, error) {
 }
 
 // runInitContainers runs the pod's init containers one by one, each to
-// completion, before the app containers start. With restartPolicy Never
-// (ckpt's only policy so far) a failed init container fails the pod, as
-// the kubelet does: done is false, and the app containers never start.
+// completion, before the app containers start. A failed one stops it (done
+// is false): with restartPolicy Never the pod has failed, as the kubelet
+// has it, and the app containers never start; otherwise RestartExited
+// (advanceInit) restarts it with the back-off and goes on from there.
 // The exited init containers stay, so that `ckpt ps` shows how they ended.
 func (r *Runtime) runInitContainers(ctx context.Context, p *podRecord, pod *corev1.Pod) (done bool, err error) {
 	for _, c := range pod.Spec.InitContainers {

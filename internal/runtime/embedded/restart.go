@@ -113,5 +113,83 @@ func (r *Runtime) RestartExited(ctx context.Context) []error {
 			errs = append(errs, fmt.Errorf("restart %s/%s/%s: remove the exited container: %w", rec.Namespace, rec.Pod, rec.Name, err))
 		}
 	}
+	return append(errs, r.advanceInit(ctx, recs, now)...)
+}
+
+// advanceInit moves on the pods whose init containers have not all
+// succeeded yet (createPod stops at a failed one), as the kubelet does: a
+// failed init container is restarted with the back-off unless the
+// restartPolicy is Never (the pod has failed); once it succeeds the next
+// one runs, and after the last the app containers start. It never waits
+// for a container: the next pass sees how it ended.
+func (r *Runtime) advanceInit(ctx context.Context, recs []*record, now time.Time) []error {
+	byPod := map[string][]*record{}
+	for _, rec := range recs {
+		if rec.PodUID != "" {
+			byPod[rec.PodUID] = append(byPod[rec.PodUID], rec)
+		}
+	}
+	var errs []error
+	for podID, podRecs := range byPod {
+		p, pod, err := r.loadPod(podID)
+		if err != nil || len(pod.Spec.InitContainers) == 0 {
+			continue
+		}
+		if err := r.advancePodInit(ctx, p, pod, podRecs, now); err != nil {
+			errs = append(errs, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err))
+		}
+	}
 	return errs
+}
+
+func (r *Runtime) advancePodInit(ctx context.Context, p *podRecord, pod *corev1.Pod, recs []*record, now time.Time) error {
+	inits := map[string]*record{}
+	for _, rec := range recs {
+		switch rec.Kind {
+		case "":
+			return nil // the app containers run: the init phase is over
+		case kindInit:
+			inits[rec.Name] = rec
+		}
+	}
+	for _, c := range pod.Spec.InitContainers {
+		rec := inits[c.Name]
+		if rec == nil {
+			_, err := r.createContainerAs(ctx, p, pod, c, nil, kindInit)
+			return err
+		}
+		var st exitStatus
+		if readJSON(filepath.Join(r.containerDir(rec.ID), fileExit), &st) != nil {
+			return nil // running
+		}
+		if st.Code == 0 {
+			continue
+		}
+		if rec.Stopped || !shouldRestart(pod.Spec.RestartPolicy, st.Code) {
+			return nil // the pod has failed
+		}
+		offs := map[string]*backoff{}
+		readJSON(filepath.Join(r.podDir(p.ID), fileBackoff), &offs)
+		key := "init:" + c.Name
+		at, next := nextRestart(offs[key], st.FinishedAt, now)
+		if now.Before(at) {
+			return nil
+		}
+		offs[key] = &next
+		if err := writeJSONAtomic(filepath.Join(r.podDir(p.ID), fileBackoff), offs); err != nil {
+			return err
+		}
+		prev := *rec
+		prev.LastExit = &st
+		if _, err := r.createContainerAs(ctx, p, pod, c, nil, kindInit, &prev); err != nil {
+			return fmt.Errorf("restart init container %s: %w", c.Name, err)
+		}
+		return r.removeContainer(ctx, rec.ID)
+	}
+	for _, c := range pod.Spec.Containers {
+		if _, err := r.createContainer(ctx, p, pod, c, nil); err != nil {
+			return err
+		}
+	}
+	return nil
 }
