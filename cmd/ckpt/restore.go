@@ -94,6 +94,21 @@ func newRestoreCommand(g *globalOptions) *cobra.Command {
 			}
 			p := newProgress(cmd.ErrOrStderr(), label, -1)
 			src.Progress = p.set
+			if !pod && src.Image != "" {
+				// The server finds the image; a pod image is refused on the
+				// container route with this hint, and restored on the pod's.
+				restored, err := c.Restore(cmd.Context(), ref, src)
+				if err == nil || !strings.Contains(err.Error(), "this is a pod archive") {
+					elapsed := p.finish()
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "restored %s/%s/%s (%.12s) %s in %s\n", restored.Namespace, restored.Pod, restored.Container,
+						restored.ID, restored.State, elapsed.Round(time.Millisecond))
+					return nil
+				}
+				pod = true
+			}
 			if pod {
 				if target.name != "" || lazy {
 					p.finish()

@@ -22,6 +22,10 @@ const (
 	AnnotationCRIOName = "io.kubernetes.cri-o.annotations.checkpoint.name"
 	AnnotationName     = metadata.CheckpointAnnotationName
 
+	// AnnotationPod is ckpt's own, on a pod image (a pod archive's): the
+	// pod, NAMESPACE/NAME. A pod image has no container name annotation.
+	AnnotationPod = "dev.ckpt.checkpoint.pod"
+
 	// AnnotationArchiveFormat is ckpt's own: the layer is the archive's plain
 	// tar stream, byte for byte.
 	AnnotationArchiveFormat = "dev.ckpt.checkpoint.archive"
@@ -44,6 +48,17 @@ type Info struct {
 	CRIUVersion string
 	Kernel      string
 	Arch        string
+	// PodArchive: the archive holds a whole pod (its Containers).
+	PodArchive bool
+	Containers []string
+}
+
+// what names the checkpoint for people: a container, or "pod NS/NAME".
+func (info Info) what() string {
+	if info.PodArchive {
+		return "pod " + info.Namespace + "/" + info.Pod
+	}
+	return info.Container
 }
 
 // annotations is the image's annotation set for info.
@@ -63,6 +78,11 @@ func (info Info) annotations() map[string]string {
 		metadata.CheckpointAnnotationHostArch:                 info.Arch,
 		AnnotationArchiveFormat:                               "tar",
 	}
+	if info.PodArchive {
+		delete(a, AnnotationName)
+		delete(a, AnnotationCRIOName)
+		a[AnnotationPod] = info.Namespace + "/" + info.Pod
+	}
 	for k, v := range a {
 		if v == "" {
 			delete(a, k)
@@ -72,12 +92,15 @@ func (info Info) annotations() map[string]string {
 }
 
 // IsCheckpoint says whether annotations mark a checkpoint image, and names
-// its container.
+// its container (or "pod NAMESPACE/NAME" for a pod image).
 func IsCheckpoint(a map[string]string) (string, bool) {
 	for _, k := range []string{AnnotationName, AnnotationCRIOName} {
 		if v, ok := a[k]; ok {
 			return v, true
 		}
+	}
+	if v, ok := a[AnnotationPod]; ok {
+		return "pod " + v, true
 	}
 	return "", false
 }

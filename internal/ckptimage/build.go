@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"hash"
 	goruntime "runtime"
+	"strings"
 	"time"
 
 	metadata "github.com/checkpoint-restore/checkpointctl/lib"
@@ -72,8 +74,9 @@ func Build(tarStream io.Reader, workDir string, lim archive.Limits) (_ *Built, r
 	}()
 	h := sha256.New()
 	tee := io.TeeReader(tarStream, io.MultiWriter(f, h))
-	var cfgJSON, specJSON, dumpLog []byte
-	var hasImages bool
+	var cfgJSON, specJSON, dumpLog, podDump []byte
+	var hasImages, hasPodJSON, first = false, false, true
+	podImages := map[string]bool{}
 	err = archive.Walk(tee, lim, func(hdr *tar.Header, body io.Reader) error {
 		read := func(max int64) ([]byte, error) {
 			if hdr.Size > max {
@@ -82,6 +85,26 @@ func Build(tarStream io.Reader, workDir string, lim archive.Limits) (_ *Built, r
 			return io.ReadAll(body)
 		}
 		var err error
+		isFirst := first
+		first = false
+		if podDump != nil || (isFirst && hdr.Name == archive.PodDumpFile) {
+			// A pod archive: pod.dump first, containers/<name>/ each.
+			switch {
+			case hdr.Name == archive.PodDumpFile && hdr.Typeflag == tar.TypeReg:
+				podDump, err = read(maxDumpJSON)
+			case hdr.Name == "pod.json" && hdr.Typeflag == tar.TypeReg:
+				hasPodJSON = true
+			case strings.HasPrefix(hdr.Name, archive.PodContainersDir+"/"):
+				name, rest, _ := strings.Cut(strings.TrimPrefix(hdr.Name, archive.PodContainersDir+"/"), "/")
+				if rest == metadata.CheckpointDirectory || strings.HasPrefix(rest, metadata.CheckpointDirectory+"/") {
+					podImages[name] = true
+				}
+				if rest == metadata.DumpLogFile && dumpLog == nil && hdr.Typeflag == tar.TypeReg {
+					dumpLog, err = io.ReadAll(io.LimitReader(body, maxLogHead))
+				}
+			}
+			return err
+		}
 		switch {
 		case hdr.Name == metadata.ConfigDumpFile && hdr.Typeflag == tar.TypeReg:
 			cfgJSON, err = read(maxDumpJSON)
@@ -101,6 +124,9 @@ func Build(tarStream io.Reader, workDir string, lim archive.Limits) (_ *Built, r
 	// The end-of-archive blocks belong to the stream too.
 	if _, err := io.Copy(io.Discard, tee); err != nil {
 		return nil, fmt.Errorf("build checkpoint image: read archive: %w", err)
+	}
+	if podDump != nil {
+		return buildPod(f, h, podDump, hasPodJSON, podImages, dumpLog)
 	}
 	switch {
 	case cfgJSON == nil:
@@ -138,6 +164,47 @@ func Build(tarStream io.Reader, workDir string, lim archive.Limits) (_ *Built, r
 	return &Built{Image: img, Info: info, layer: l}, nil
 }
 
+// buildPod finishes Build for a pod archive: a pod image, whose
+// annotations name the pod (AnnotationPod) and none of the container keys,
+// so that CRI-O and containerd do not take it for one container's.
+func buildPod(f *os.File, h hash.Hash, podDump []byte, hasPodJSON bool, images map[string]bool, dumpLog []byte) (*Built, error) {
+	var d struct {
+		Namespace        string    `json:"namespace"`
+		Pod              string    `json:"pod"`
+		Containers       []string  `json:"containers"`
+		CheckpointedTime time.Time `json:"checkpointedTime"`
+	}
+	if err := json.Unmarshal(podDump, &d); err != nil {
+		return nil, &NotCheckpointError{What: "the archive", Reason: "pod archive: " + archive.PodDumpFile + ": " + err.Error()}
+	}
+	switch {
+	case d.Pod == "" || d.Namespace == "" || len(d.Containers) == 0:
+		return nil, &NotCheckpointError{What: "the archive", Reason: "pod archive: " + archive.PodDumpFile + " names no pod or containers"}
+	case !hasPodJSON:
+		return nil, &NotCheckpointError{What: "the archive", Reason: "pod archive: no pod.json"}
+	}
+	for _, c := range d.Containers {
+		if !images[c] {
+			return nil, &NotCheckpointError{What: "the archive", Reason: "pod archive: no CRIU images for container " + c}
+		}
+	}
+	size, err := f.Seek(0, io.SeekCurrent)
+	if err == nil {
+		err = f.Close()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("build checkpoint image: %w", err)
+	}
+	l := &fileLayer{path: f.Name(), size: size, digest: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}}
+	info := Info{Engine: "ckpt", Pod: d.Pod, Namespace: d.Namespace, PodArchive: true, Containers: d.Containers}
+	info.CRIUVersion, info.Kernel, info.Arch = fromDumpLog(dumpLog)
+	img, err := newImage(l, info, d.CheckpointedTime.UTC())
+	if err != nil {
+		return nil, fmt.Errorf("build checkpoint image: %w", err)
+	}
+	return &Built{Image: img, Info: info, layer: l}, nil
+}
+
 // newImage assembles the one-layer image. Its config and manifest depend
 // only on the archive, so the same archive always gives the same digest.
 func newImage(l v1.Layer, info Info, created time.Time) (v1.Image, error) {
@@ -146,7 +213,7 @@ func newImage(l v1.Layer, info Info, created time.Time) (v1.Image, error) {
 	img, err := mutate.Append(img, mutate.Addendum{
 		Layer:     l,
 		MediaType: types.OCIUncompressedLayer,
-		History:   v1.History{Created: v1.Time{Time: created}, CreatedBy: "ckpt image from-checkpoint", Comment: "checkpoint of " + info.Container},
+		History:   v1.History{Created: v1.Time{Time: created}, CreatedBy: "ckpt image from-checkpoint", Comment: "checkpoint of " + info.what()},
 	})
 	if err != nil {
 		return nil, err

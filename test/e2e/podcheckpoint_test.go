@@ -362,3 +362,59 @@ func TestPodCheckpointFailures(t *testing.T) {
 		t.Errorf("staging holds %v", left)
 	}
 }
+
+// TestPodImage: a pod archive becomes a pod image (`ckpt image
+// from-checkpoint`), which `ckpt inspect` reads, `ckpt restore REF` restores
+// as a whole pod, and so does POST /restore/NS/POD?image=REF.
+func TestPodImage(t *testing.T) {
+	a := newAgent(t)
+	hostPort := freePort(t)
+	a.addPod("duo", duoPod("duo", hostPort))
+	a.waitRunning("duo-n1", "server")
+	a.waitRunning("duo-n1", "client")
+	a.waitFor(func() bool { got := seqOf(t, a.podVolumeFile("data", "seq.log")); return got["a"] > 10 && got["b"] > 10 }, "both counters")
+	path, resp := a.checkpoint("default/duo-n1", "?tcpEstablished=true")
+	if path == "" {
+		t.Fatalf("pod checkpoint: %d %s\nfailure logs:\n%s", resp.status, resp.body, a.failureLogs())
+	}
+	const ref = "localhost/ckpt/duo:1"
+	if out := a.ckpt("image", "from-checkpoint", path, ref); !strings.Contains(out, "checkpoint of pod default/duo-n1") {
+		t.Errorf("from-checkpoint: %s", out)
+	}
+	if out := a.ckpt("inspect", ref); strings.Count(out, "Pod archive: default/duo-n1") != 2 {
+		t.Errorf("inspect of the pod image:\n%s", out)
+	}
+	os.Remove(filepath.Join(a.manifests, "duo.yaml"))
+	a.waitPodGone("duo-n1")
+	page := fmt.Sprintf("http://127.0.0.1:%d/index.html", hostPort)
+
+	// From the CLI: the local image's archive is streamed, and told a pod's.
+	if out := a.ckpt("restore", ref, "--pod", "default/duo-img"); !strings.Contains(out, "restored pod default/duo-img") {
+		t.Fatalf("ckpt restore %s: %s", ref, out)
+	}
+	a.waitRunning("duo-img", "server")
+	if body, err := httpGet(t, page); err != nil || body != "pod-page" {
+		t.Fatalf("pod restored from the image, on its hostPort: %q %v", body, err)
+	}
+	seqOf(t, a.podVolumeFile("data", "seq.log"))
+	a.ckpt("rm", "default/duo-img/server", "default/duo-img/client")
+	a.waitPodGoneCtr("duo-img", "server")
+
+	// From the API, by reference.
+	got, err := a.do("POST", "/restore/default/duo-api?image="+ref, testToken)
+	if err != nil || got.status != http.StatusCreated {
+		t.Fatalf("POST /restore/default/duo-api?image=%s: %d %s %v", ref, got.status, got.body, err)
+	}
+	var rp client.RestoredPod
+	if err := json.Unmarshal([]byte(got.body), &rp); err != nil || rp.Pod != "duo-api" || len(rp.Containers) != 2 {
+		t.Errorf("answer %s: %v", got.body, err)
+	}
+	a.waitRunning("duo-api", "client")
+	if body, err := httpGet(t, page); err != nil || body != "pod-page" {
+		t.Fatalf("pod restored by reference, on its hostPort: %q %v", body, err)
+	}
+	// The container route refuses the pod image, naming the pod route.
+	if got, _ := a.do("POST", "/restore/default/x/server?image="+ref, testToken); got.status != http.StatusBadRequest || !strings.Contains(got.body, "pod archive") {
+		t.Errorf("pod image on the container route: %d %s", got.status, got.body)
+	}
+}
