@@ -372,7 +372,10 @@ func TestPodImage(t *testing.T) {
 	a.addPod("duo", duoPod("duo", hostPort))
 	a.waitRunning("duo-n1", "server")
 	a.waitRunning("duo-n1", "client")
-	a.waitFor(func() bool { got := seqOf(t, a.podVolumeFile("data", "seq.log")); return got["a"] > 10 && got["b"] > 10 }, "both counters")
+	a.waitFor(func() bool {
+		got := seqOf(t, a.podVolumeFile("data", "seq.log"))
+		return got["a"] > 10 && got["b"] > 10
+	}, "both counters")
 	path, resp := a.checkpoint("default/duo-n1", "?tcpEstablished=true")
 	if path == "" {
 		t.Fatalf("pod checkpoint: %d %s\nfailure logs:\n%s", resp.status, resp.body, a.failureLogs())
