@@ -30,6 +30,7 @@ prints the path of the archive it wrote on the server's node. As root on the
 node, with no --server or --context, it talks to the local agent through its
 socket <root-dir>/ckpt.sock.`,
 		Example: `  ckpt checkpoint default/web/app
+  ckpt checkpoint default/web-node1          # every container of the pod, one archive
   ckpt checkpoint default/web/app --context node-1 --timeout 5m
   ckpt checkpoint default/web/app --server https://node-1:10250 --cacert ckpt.crt --token-file token`,
 		Args: cobra.ExactArgs(1),

@@ -55,6 +55,9 @@ func newCheckpointsCommand(g *globalOptions) *cobra.Command {
 				fmt.Fprintln(tw, "NAME\tNAMESPACE\tPOD\tCONTAINER\tSIZE\tAGE\tSHA256")
 			}
 			for _, a := range list {
+				if a.Kind == "pod" {
+					a.Container = "(whole pod)"
+				}
 				if format == "wide" {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", a.Name, a.Namespace, a.Pod, a.Container,
 						a.Size, a.Created.UTC().Format(time.RFC3339), a.SHA256, a.Path)
