@@ -67,7 +67,7 @@ func (s *Service) CheckpointPod(ctx context.Context, namespace, pod string, opts
 	res, err = pc.CheckpointPod(ctx, cs, tmp, opts)
 	if err != nil {
 		if ctx.Err() != nil {
-			return "", fmt.Errorf("%w (checkpoint of %s did not finish within %s)", timeoutErr(ctx.Err(), timeout), what, timeout)
+			return "", fmt.Errorf("%w (checkpoint of %s did not finish within %s; every container is thawed: %v)", timeoutErr(ctx.Err(), timeout), what, timeout, err)
 		}
 		return "", err
 	}

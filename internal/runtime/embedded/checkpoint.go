@@ -131,12 +131,22 @@ func (r *Runtime) dump(ctx context.Context, id, images, criuWork string, tcpEsta
 	case <-ctx.Done():
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-waitErr
+		// A killed CRIU leaves its network lock (every packet of the
+		// namespace dropped) and may leave the tasks frozen.
+		unlocked, unlockErr := r.unlockNetwork(id)
 		r.thaw(id)
+		note := ""
+		switch {
+		case unlockErr != nil:
+			note = fmt.Sprintf(" (and %v)", unlockErr)
+		case unlocked:
+			note = " (CRIU's network lock removed)"
+		}
 		cause := ctx.Err()
 		if errors.Is(cause, context.DeadlineExceeded) {
-			return fmt.Errorf("checkpoint container %s: dump stopped at the deadline: %w", id, runtime.ErrTimeout)
+			return fmt.Errorf("checkpoint container %s: dump stopped at the deadline%s: %w", id, note, runtime.ErrTimeout)
 		}
-		return fmt.Errorf("checkpoint container %s: dump cancelled: %w", id, cause)
+		return fmt.Errorf("checkpoint container %s: dump cancelled%s: %w", id, note, cause)
 	}
 	if err != nil {
 		r.thaw(id)

@@ -443,6 +443,7 @@ func (r *Runtime) ThawAll() []string {
 	var thawed []string
 	for _, rec := range recs {
 		if r.Frozen(rec.ID) {
+			r.unlockNetwork(rec.ID) // the killed CRIU's lock, if it left one
 			r.thaw(rec.ID)
 			thawed = append(thawed, rec.ID)
 		}
