@@ -143,10 +143,34 @@ func TestCheckpointCommandErrors(t *testing.T) {
 	}
 }
 
+// podStub also checkpoints whole pods.
+type podStub struct {
+	stubCheckpointer
+	pod  string
+	opts runtime.CheckpointOptions
+}
+
+func (s *podStub) CheckpointPod(_ context.Context, ns, pod string, opts runtime.CheckpointOptions) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pod, s.opts = ns+"/"+pod, opts
+	return "/var/lib/kubelet/checkpoints/checkpoint-" + pod + "_" + ns + "-x.tar", nil
+}
+
 // NAMESPACE/POD asks for the pod route, POST /checkpoint/NS/POD.
 func TestCheckpointPodCommand(t *testing.T) {
-	url, ca := startServer(t, &stubCheckpointer{})
-	_, _, err := runCLI("checkpoint", "default/web", "--server", url, "--cacert", ca, "--token", "s3cret")
+	stub := &podStub{}
+	url, ca := startServer(t, stub)
+	out, _, err := runCLI("checkpoint", "default/web", "--server", url, "--cacert", ca, "--token", "s3cret", "--tcp-established", "--timeout", "90s")
+	if err != nil || strings.TrimSpace(out) != "/var/lib/kubelet/checkpoints/checkpoint-web_default-x.tar" {
+		t.Fatalf("out %q, err %v", out, err)
+	}
+	if stub.pod != "default/web" || !stub.opts.TCPEstablished || stub.opts.Timeout != 90*time.Second || stub.ref != (runtime.Ref{}) {
+		t.Errorf("server got pod %q %+v, container %+v", stub.pod, stub.opts, stub.ref)
+	}
+
+	url, ca = startServer(t, &stubCheckpointer{})
+	_, _, err = runCLI("checkpoint", "default/web", "--server", url, "--cacert", ca, "--token", "s3cret")
 	// This server has no pod route: a 404 naming the pod call.
 	if err == nil || !strings.Contains(err.Error(), "checkpoint pod default/web: server answered 404") {
 		t.Fatalf("err = %v", err)
