@@ -26,8 +26,8 @@ func checkImage(img v1.Image, what string) error {
 		return fmt.Errorf("read manifest of %s: %w", what, err)
 	}
 	if _, ok := IsCheckpoint(m.Annotations); !ok {
-		return &NotCheckpointError{What: what, Reason: fmt.Sprintf("image: its manifest has no %s or %s annotation "+
-			"(build one with `ckpt image from-checkpoint ARCHIVE REF`)", AnnotationName, AnnotationCRIOName)}
+		return &NotCheckpointError{What: what, Reason: fmt.Sprintf("image: its manifest has no %s or %s annotation, nor a pod image's %s "+
+			"(build one with `ckpt image from-checkpoint ARCHIVE REF`)", AnnotationName, AnnotationCRIOName, AnnotationPod)}
 	}
 	if len(m.Layers) != 1 {
 		return &NotCheckpointError{What: what, Reason: fmt.Sprintf("image: it has %d layers, a checkpoint image has one", len(m.Layers))}
