@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -419,5 +420,23 @@ func TestPodImage(t *testing.T) {
 	// The container route refuses the pod image, naming the pod route.
 	if got, _ := a.do("POST", "/restore/default/x/server?image="+ref, testToken); got.status != http.StatusBadRequest || !strings.Contains(got.body, "pod archive") {
 		t.Errorf("pod image on the container route: %d %s", got.status, got.body)
+	}
+	a.ckpt("rm", "default/duo-api/server", "default/duo-api/client")
+	a.waitPodGoneCtr("duo-api", "server")
+
+	// Through a registry: a client with nothing local names the image, the
+	// agent pulls it, and the CLI goes to the pod route for a pod image.
+	reg := startRegistry(t, false)
+	remoteRef := reg.addr + "/ckpt/duo:1"
+	a.ckpt("image", "push", ref, remoteRef)
+	cli := exec.Command(ckptBin, "--root-dir", t.TempDir(), "restore", remoteRef, "--pod", "default/duo-reg",
+		"--server", a.url(""), "--token", testToken)
+	cliOut, err := cli.CombinedOutput()
+	if err != nil || !strings.Contains(string(cliOut), "restored pod default/duo-reg") {
+		t.Fatalf("ckpt restore %s: %v\n%s", remoteRef, err, cliOut)
+	}
+	a.waitRunning("duo-reg", "server")
+	if body, err := httpGet(t, page); err != nil || body != "pod-page" {
+		t.Fatalf("pod restored from the registry, on its hostPort: %q %v", body, err)
 	}
 }
