@@ -117,6 +117,15 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	live, err := parseBool(r.URL.Query(), "live")
+	if err != nil {
+		writeText(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if live {
+		s.restoreLive(w, r, target)
+		return
+	}
 	la, canLazy := s.a.(LazyArchives)
 	if lazy && !canLazy {
 		writeText(w, http.StatusBadRequest, "this agent cannot restore lazily")

@@ -42,6 +42,15 @@ func (s *server) checkpoint(w http.ResponseWriter, r *http.Request) {
 		writeText(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	live, err := parseBool(query, "live")
+	if err != nil {
+		writeText(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if live {
+		s.checkpointLive(w, r, ref, opts, query)
+		return
+	}
 	path, err := s.c.Checkpoint(r.Context(), ref, opts)
 	if err != nil {
 		status, msg := errorResponse(ref, err)
@@ -82,6 +91,11 @@ func errorResponse(ref runtime.Ref, err error) (status int, body string) {
 // writeArchiveError answers the archive and restore routes; like
 // errorResponse, it is where their errors become statuses.
 func writeArchiveError(w http.ResponseWriter, err error) {
+	writeText(w, archiveStatus(err), err.Error())
+}
+
+// archiveStatus is the status of an archive or restore error.
+func archiveStatus(err error) int {
 	status := http.StatusInternalServerError
 	switch {
 	case errors.Is(err, checkpoint.ErrArchiveNotFound), errors.Is(err, ErrImageNotFound), errors.Is(err, runtime.ErrPodNotFound),
@@ -96,7 +110,7 @@ func writeArchiveError(w http.ResponseWriter, err error) {
 		// names it.
 		status = http.StatusNotImplemented
 	}
-	writeText(w, status, err.Error())
+	return status
 }
 
 // parseRef validates the three path segments as the API server validates
