@@ -27,7 +27,12 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-0}
 build() { # name ref entrypoint
 	local name=$1 ref=$2 entry=$3
 	local bin="$out/.build/$name" stamp="$out/.build/$name.stamp" tar="$out/$name.tar"
-	CGO_ENABLED=0 "$GO" build -trimpath -ldflags='-s -w' -o "$bin" "./examples/$name"
+	if [[ -f examples/$name/$name.c ]]; then
+		# One static thread (see examples/pause/pause.c).
+		${CC:-cc} -static -Os -s -o "$bin" "examples/$name/$name.c"
+	else
+		CGO_ENABLED=0 "$GO" build -trimpath -ldflags='-s -w' -o "$bin" "./examples/$name"
+	fi
 	local want
 	want=$(cat "$bin" "$out/.build/mkimage" | sha256sum | cut -d' ' -f1)
 	want="$want $ref $entry $SOURCE_DATE_EPOCH"

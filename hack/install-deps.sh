@@ -24,6 +24,9 @@ done
 # The real-application tests build their images from Debian packages
 # (internal/testutil/debimage) and check them against Debian's keyring.
 [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need_apt+=(debian-archive-keyring)
+# The pause image is one static C thread (examples/pause/pause.c).
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f "/usr/lib/$(uname -m)-linux-gnu/libc.a" ] || need_apt+=(libc6-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
 	log "installing ${need_apt[*]} from the distribution"
 	apt-get update -qq

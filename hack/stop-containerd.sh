@@ -12,6 +12,7 @@ set -uo pipefail
 
 BIN=${CKPT_CONTAINERD_BIN:-/opt/ckpt/containerd/bin}
 log() { printf 'stop-containerd: %s\n' "$*" >&2; }
+. "$(dirname "$0")/lib.sh"
 
 DIR=${1:-}
 [ -n "$DIR" ] && [ -d "$DIR" ] || { log "usage: $0 DIR (a directory given to start-containerd.sh)"; exit 2; }
@@ -35,14 +36,7 @@ if alive && [ -S "$SOCK" ]; then
 	done
 fi
 
-if alive; then
-	kill -TERM "$PID"
-	for _ in $(seq 1 100); do alive || break; sleep 0.1; done
-	if alive; then
-		log "containerd $PID ignored SIGTERM; sending SIGKILL"
-		kill -KILL "$PID"
-	fi
-fi
+[ -n "$PID" ] && stop_pid "$PID" containerd
 
 # Shims of this containerd that are still there: their command line names
 # our socket, which no other containerd uses.
@@ -56,18 +50,5 @@ for p in /proc/[0-9]*; do
 	esac
 done
 
-# Unmount whatever is left under DIR, deepest first.
-for _ in 1 2 3; do
-	mapfile -t mounts < <(awk -v d="$DIR/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r)
-	[ ${#mounts[@]} -eq 0 ] && break
-	for m in "${mounts[@]}"; do
-		m=$(printf '%b' "$m") # mountinfo escapes spaces as \040
-		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "cannot unmount $m"
-	done
-done
-if awk -v d="$DIR/" 'index($5, d) == 1 {found=1} END {exit !found}' /proc/self/mountinfo; then
-	log "mounts remain under $DIR; not removing it"
-	exit 1
-fi
-rm -rf "$DIR"
-log "stopped and removed $DIR"
+# Unmount whatever is left under DIR, deepest first, and remove DIR.
+remove_dir "$DIR"

@@ -15,6 +15,7 @@ CRIO_VERSION=${CRIO_VERSION:-v1.34.0}
 BIN=${CKPT_CRIO_PREFIX:-/opt/ckpt/crio/$CRIO_VERSION}/bin
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 log() { printf 'stop-crio: %s\n' "$*" >&2; }
+. "$(dirname "$0")/lib.sh"
 
 DIR=${1:-}
 [ -n "$DIR" ] && [ -d "$DIR" ] || { log "usage: $0 DIR (a directory given to start-crio.sh)"; exit 2; }
@@ -42,14 +43,7 @@ if [ -f "$DIR/crio.log" ]; then
 	mapfile -t -O ${#ids[@]} ids < <(grep -oE '\b[0-9a-f]{64}\b' "$DIR/crio.log" | sort -u)
 fi
 
-if alive; then
-	kill -TERM "$PID"
-	for _ in $(seq 1 100); do alive || break; sleep 0.1; done
-	if alive; then
-		log "crio $PID ignored SIGTERM; sending SIGKILL"
-		kill -KILL "$PID"
-	fi
-fi
+[ -n "$PID" ] && stop_pid "$PID" crio
 
 # conmon processes of this crio: their command line names DIR.
 for p in /proc/[0-9]*; do
@@ -82,18 +76,5 @@ for cg in /sys/fs/cgroup/*/crio; do
 	[ -d "$cg" ] && rmdir "$cg" 2>/dev/null
 done
 
-# Unmount whatever is left under DIR, deepest first.
-for _ in 1 2 3; do
-	mapfile -t mounts < <(awk -v d="$DIR/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r)
-	[ ${#mounts[@]} -eq 0 ] && break
-	for m in "${mounts[@]}"; do
-		m=$(printf '%b' "$m")
-		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "cannot unmount $m"
-	done
-done
-if awk -v d="$DIR/" 'index($5, d) == 1 {found=1} END {exit !found}' /proc/self/mountinfo; then
-	log "mounts remain under $DIR; not removing it"
-	exit 1
-fi
-rm -rf "$DIR"
-log "stopped and removed $DIR"
+# Unmount whatever is left under DIR, deepest first, and remove DIR.
+remove_dir "$DIR"

@@ -61,7 +61,7 @@ func openEmbedded(ctx context.Context, g *globalOptions, o *serveOptions, log *s
 		return nil, nil, err
 	}
 	probeCtx, cancel := context.WithTimeout(ctx, time.Minute)
-	err = criuprobe.Probe(probeCtx, rt.CriuPath())
+	err = criuprobe.Cached(probeCtx, rt.CriuPath(), criuprobe.DefaultCacheDir)
 	cancel()
 	if err != nil {
 		return nil, nil, fmt.Errorf("the embedded runtime needs a CRIU that dumps sockets (run hack/install-deps.sh, or use --container-runtime-endpoint): %w", err)

@@ -116,14 +116,75 @@ func Walk(r io.Reader, lim Limits, fn func(hdr *tar.Header, body io.Reader) erro
 // filter sees cleaned names ("checkpoint/pages-1.img"). Digests of members
 // that the filter skips are not checked. On error, what this call created is
 // removed.
-func Extract(r io.Reader, dest string, lim Limits, filter func(name string) bool) (_ *Manifest, retErr error) {
+func Extract(r io.Reader, dest string, lim Limits, filter func(name string) bool) (*Manifest, error) {
+	m, _, err := extract(r, dest, lim, filter, nil)
+	return m, err
+}
+
+// ExtractLate is Extract, except that the members late selects are written
+// at copy speed and hashed afterwards, from the extracted files, while the
+// caller goes on: the returned LateCheck says whether they match the
+// manifest. Until it has said so, nothing may run from them. Everything
+// else (the signature's manifest, the other members, limits) is checked
+// before ExtractLate returns, as by Extract. Without a manifest the
+// LateCheck is nil.
+func ExtractLate(r io.Reader, dest string, lim Limits, filter, late func(name string) bool) (*Manifest, *LateCheck, error) {
+	return extract(r, dest, lim, filter, late)
+}
+
+// LateCheck is the verification of the members ExtractLate hashes after it
+// returned.
+type LateCheck struct {
+	done chan struct{}
+	err  error
+}
+
+// Wait returns once every late member is hashed: nil if all match the
+// manifest.
+func (l *LateCheck) Wait() error {
+	<-l.done
+	return l.err
+}
+
+type lateMember struct {
+	name string
+	f    *os.File
+}
+
+// start hashes the late members' files in the background.
+func (l *LateCheck) start(m *Manifest, members []lateMember) {
+	go func() {
+		defer close(l.done)
+		defer closeLate(members)
+		h := sha256.New()
+		for _, lm := range members {
+			h.Reset()
+			if _, err := io.Copy(h, lm.f); err != nil {
+				l.err = memberErr(lm.name, err)
+				return
+			}
+			if got := hex.EncodeToString(h.Sum(nil)); got != m.Sums[lm.name] {
+				l.err = memberErr(lm.name, fmt.Errorf("%w: %s says %s, content is %s", ErrChecksum, ManifestFile, m.Sums[lm.name], got))
+				return
+			}
+		}
+	}()
+}
+
+func closeLate(members []lateMember) {
+	for _, lm := range members {
+		lm.f.Close()
+	}
+}
+
+func extract(r io.Reader, dest string, lim Limits, filter, late func(name string) bool) (_ *Manifest, _ *LateCheck, retErr error) {
 	created, err := mkdirIfMissing(dest)
 	if err != nil {
-		return nil, fmt.Errorf("extract archive into %s: %w", dest, err)
+		return nil, nil, fmt.Errorf("extract archive into %s: %w", dest, err)
 	}
 	root, err := os.OpenRoot(dest)
 	if err != nil {
-		return nil, fmt.Errorf("extract archive into %s: %w", dest, err)
+		return nil, nil, fmt.Errorf("extract archive into %s: %w", dest, err)
 	}
 	defer root.Close()
 
@@ -157,6 +218,12 @@ func Extract(r io.Reader, dest string, lim Limits, filter func(name string) bool
 	}
 
 	got := make(map[string]string) // extracted member -> digest
+	var lates []lateMember         // hashed after the walk
+	defer func() {
+		if retErr != nil {
+			closeLate(lates)
+		}
+	}()
 	var c collector
 	h := sha256.New()
 	bufs := [2][]byte{make([]byte, copyBufSize), make([]byte, copyBufSize)}
@@ -190,6 +257,22 @@ func Extract(r io.Reader, dest string, lim Limits, filter func(name string) bool
 		if err != nil {
 			return memberErr(hdr.Name, err)
 		}
+		if late != nil && hdr.Typeflag == tar.TypeReg && late(hdr.Name) {
+			_, err = io.CopyBuffer(f, body, bufs[0])
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return memberErr(hdr.Name, err)
+			}
+			rf, err := root.OpenFile(hdr.Name, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+			if err != nil {
+				return memberErr(hdr.Name, err)
+			}
+			lates = append(lates, lateMember{hdr.Name, rf})
+			got[hdr.Name] = "" // checked by the LateCheck
+			return nil
+		}
 		h.Reset()
 		_, err = hashCopy(f, body, h, &bufs)
 		if cerr := f.Close(); err == nil {
@@ -202,15 +285,25 @@ func Extract(r io.Reader, dest string, lim Limits, filter func(name string) bool
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if c.manifest == nil {
-		return nil, nil
+		closeLate(lates)
+		lates = nil
+		return nil, nil, nil
+	}
+	for _, lm := range lates {
+		// Listed, or refused now; the content is the LateCheck's.
+		if want, ok := c.manifest.Sums[lm.name]; ok {
+			got[lm.name] = want
+		}
 	}
 	if err := c.manifest.verify(got, filter); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return c.manifest, nil
+	check := &LateCheck{done: make(chan struct{})}
+	check.start(c.manifest, lates)
+	return c.manifest, check, nil
 }
 
 // verify compares extracted digests with the manifest.

@@ -292,3 +292,56 @@ func TestTarAndSha256sum(t *testing.T) {
 		t.Fatalf("sha256sum -c: %v\n%s", err, out)
 	}
 }
+
+// TestExtractLate: late members are written before they are hashed, and
+// their verdict comes from the LateCheck; everything else is checked by
+// ExtractLate itself.
+func TestExtractLate(t *testing.T) {
+	line := func(name, body string) string {
+		sum := sha256.Sum256([]byte(body))
+		return hex.EncodeToString(sum[:]) + "  " + name + "\n"
+	}
+	isPages := func(name string) bool { return strings.HasPrefix(name, "pages-") }
+	tests := []struct {
+		name      string
+		members   []member
+		wantErr   error // from ExtractLate
+		wantLate  error // from LateCheck.Wait
+		noCheck   bool
+		extracted string // content of pages-1.img after a successful ExtractLate
+	}{
+		{"good", []member{reg("pages-1.img", "PAGES"), reg("a", "a"), reg(ManifestFile, line("pages-1.img", "PAGES")+line("a", "a"))}, nil, nil, false, "PAGES"},
+		{"tampered late member", []member{reg("pages-1.img", "EVIL!"), reg("a", "a"), reg(ManifestFile, line("pages-1.img", "PAGES")+line("a", "a"))}, nil, ErrChecksum, false, "EVIL!"},
+		{"tampered other member", []member{reg("pages-1.img", "PAGES"), reg("a", "b"), reg(ManifestFile, line("pages-1.img", "PAGES")+line("a", "a"))}, ErrChecksum, nil, false, ""},
+		{"unlisted late member", []member{reg("pages-1.img", "PAGES"), reg("a", "a"), reg(ManifestFile, line("a", "a"))}, ErrUnlisted, nil, false, ""},
+		{"missing late member", []member{reg("a", "a"), reg(ManifestFile, line("pages-1.img", "PAGES")+line("a", "a"))}, ErrMissing, nil, false, ""},
+		{"no manifest", []member{reg("pages-1.img", "PAGES")}, nil, nil, true, "PAGES"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dest := filepath.Join(t.TempDir(), "x")
+			m, check, err := ExtractLate(bytes.NewReader(mkTar(t, tc.members...)), dest, Limits{}, nil, isPages)
+			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
+				t.Fatalf("ExtractLate: %v, want %v", err, tc.wantErr)
+			}
+			if err != nil {
+				if _, serr := os.Stat(dest); !errors.Is(serr, os.ErrNotExist) {
+					t.Errorf("a refused archive left %s", dest)
+				}
+				return
+			}
+			if (check == nil) != tc.noCheck || (m == nil) != tc.noCheck {
+				t.Fatalf("manifest %v, check %v; want them only with a manifest", m, check)
+			}
+			if got, _ := os.ReadFile(filepath.Join(dest, "pages-1.img")); string(got) != tc.extracted {
+				t.Errorf("pages-1.img = %q, want %q", got, tc.extracted)
+			}
+			if check == nil {
+				return
+			}
+			if err := check.Wait(); !errors.Is(err, tc.wantLate) || (tc.wantLate == nil) != (err == nil) {
+				t.Errorf("late check: %v, want %v", err, tc.wantLate)
+			}
+		})
+	}
+}

@@ -2,6 +2,7 @@ package criuprobe
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,5 +55,51 @@ exit 1
 	msg := err.Error()
 	if !strings.Contains(msg, "Can't get 1:34 opt") || !strings.Contains(msg, "install-deps") || strings.Contains(msg, "RLIMIT_NOFILE") {
 		t.Fatalf("error %q: want the socket error, the fix, and no RLIMIT_NOFILE noise", msg)
+	}
+}
+
+// TestCachedProbesOncePerBinary counts the runs of a fake criu: a pass is
+// remembered until the binary changes, a failure never.
+func TestCachedProbesOncePerBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a child process")
+	}
+	dir := t.TempDir()
+	runs := filepath.Join(dir, "runs")
+	fake := filepath.Join(dir, "criu")
+	write := func(exit int) {
+		script := fmt.Sprintf("#!/bin/sh\necho run >> %s\nexit %d\n", runs, exit)
+		if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func() int {
+		b, _ := os.ReadFile(runs)
+		return strings.Count(string(b), "run\n")
+	}
+	cache := filepath.Join(dir, "cache")
+	ctx := context.Background()
+	for _, c := range []struct {
+		name    string
+		rewrite bool
+		exit    int
+		wantErr bool
+		runs    int
+	}{
+		{"first probe runs", true, 0, false, 1},
+		{"a pass is remembered", false, 0, false, 1},
+		{"a changed binary is probed", true, 1, true, 2},
+		{"a failure is not remembered", false, 1, true, 3},
+		{"a fixed binary is probed", true, 0, false, 4},
+		{"and remembered", false, 0, false, 4},
+	} {
+		if c.rewrite {
+			time.Sleep(10 * time.Millisecond) // a new modification time
+			write(c.exit)
+		}
+		err := Cached(ctx, fake, cache)
+		if (err != nil) != c.wantErr || count() != c.runs {
+			t.Errorf("%s: err %v, %d runs; want error %v, %d runs", c.name, err, count(), c.wantErr, c.runs)
+		}
 	}
 }

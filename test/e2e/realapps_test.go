@@ -483,11 +483,13 @@ func TestRealAppFileWriter(t *testing.T) {
 func TestRealAppForeignArchives(t *testing.T) {
 	for _, c := range []struct {
 		name, fixture, image, log string
+		pid                       int // the archived process's PID in its namespace
 	}{
-		// The containerd 2.4.2 fixture is left out: its restore into the
-		// pod's shared PID namespace fails here with CRIU's "Can't fork
-		// for 12: File exists" (issue 12 stays open for it).
-		{"podman", "podman-4.3.1-export-counter.tar", imgPodmanCounter, "ctr.log"},
+		// containerd's process shared its pod's PID namespace, so it comes
+		// back as PID 12 beside the new sandbox's pause (a single thread, so
+		// it holds no PID a restored process needs).
+		{"containerd", "containerd-2.4.2-cri-counter.tar", imgContainerdCounter, "container.log", 12},
+		{"podman", "podman-4.3.1-export-counter.tar", imgPodmanCounter, "ctr.log", 1},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			img := debImage(t, c.image)
@@ -519,6 +521,9 @@ func TestRealAppForeignArchives(t *testing.T) {
 			}
 			pid := a.containerPid("copy-"+c.name, "counter")
 			requireLoUp(t, "restored "+c.name, pid)
+			if got := nsPid(t, pid); got != c.pid {
+				t.Errorf("restored %s runs as PID %d in its PID namespace, want %d as archived", c.name, got, c.pid)
+			}
 			resumesAt(t, a.containerLog(r.ID[:12]), k)
 			file, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/tmp/counter.log", pid))
 			if err != nil {
@@ -529,6 +534,23 @@ func TestRealAppForeignArchives(t *testing.T) {
 			}
 		})
 	}
+}
+
+// nsPid returns pid's PID in its innermost PID namespace.
+func nsPid(t *testing.T, pid int) int {
+	t.Helper()
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(st), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "NSpid:" {
+			n, _ := strconv.Atoi(f[len(f)-1])
+			return n
+		}
+	}
+	t.Fatalf("no NSpid in /proc/%d/status", pid)
+	return 0
 }
 
 // stateLines returns the "state N KIND=VALUE" lines of a CRI log: N and VALUE.
