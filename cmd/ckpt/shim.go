@@ -30,6 +30,7 @@ func newShimCommand(*globalOptions) *cobra.Command {
 	f.StringArrayVar(&o.Forward, "forward", nil, "serve a hostPort into the container's network namespace (proto:hostIP:hostPort:containerPort)")
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections")
 	f.BoolVar(&o.Lazy, "lazy", false, "restore memory lazily from the archive on fd 4")
+	f.BoolVar(&o.Verify, "verify", false, "resume the restored tasks only once the page images are verified")
 	return cmd
 }
 
@@ -37,16 +38,17 @@ func init() { register(newMemoryWaitCommand) }
 
 // newMemoryWaitCommand is CRIU's pre-resume hook of an in-place restore.
 func newMemoryWaitCommand(*globalOptions) *cobra.Command {
-	var dir, id string
+	var dir, id, state string
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:    "memory-wait",
 		Short:  "Wait until a restored container's memory is complete (CRIU hook; not for direct use)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
-		RunE:   func(*cobra.Command, []string) error { return embedded.MemoryWait(dir, id, timeout) },
+		RunE:   func(*cobra.Command, []string) error { return embedded.WaitState(dir, state, id, timeout) },
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "container directory")
+	cmd.Flags().StringVar(&state, "state", "memory.json", "the state file in the container directory")
 	cmd.Flags().StringVar(&id, "id", "", "container ID")
 	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up (and kill the restored tasks) after this long")
 	return cmd

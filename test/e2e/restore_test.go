@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ckpt-dev/ckpt/internal/archive"
 	"github.com/ckpt-dev/ckpt/pkg/client"
 )
 
@@ -226,4 +227,62 @@ func TestMigrateToSecondAgent(t *testing.T) {
 	if resp, _ := src.do("POST", "/stop/default/nopod/counter", testToken); resp.status != 404 {
 		t.Errorf("stopping a missing pod: %d %s, want 404", resp.status, resp.body)
 	}
+}
+
+// TestRestoreRefusesTamperedPages: the page images are hashed while CRIU
+// restores them, and the tasks resume only on a good verdict. An archive
+// whose pages-1.img was changed after it was written (its signed manifest
+// intact) is refused with the member named, and leaves no container, no
+// sandbox and no process behind.
+func TestRestoreRefusesTamperedPages(t *testing.T) {
+	a := newAgent(t)
+	a.addPod("counter", counterManifest("counter", nil))
+	a.waitRunning("counter-n1", "counter")
+	path, resp := a.checkpoint("default/counter-n1/counter", "")
+	if path == "" {
+		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
+	}
+	dirsBefore := len(a.containerDirs())
+	tampered := filepath.Join(t.TempDir(), "tampered.tar")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tampered, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(tampered, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	members, _, err := archive.Locate(f, archive.DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages, ok := members["checkpoint/pages-1.img"]
+	if !ok || pages.Size == 0 {
+		t.Fatalf("no pages-1.img in %s: %v", path, members)
+	}
+	b := make([]byte, 1)
+	off := pages.Offset + pages.Size/2
+	f.ReadAt(b, off)
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	_, resp = a.restoreUpload(tampered, "tampered")
+	if resp.status != 400 || !strings.Contains(resp.body, "pages-1.img") || !strings.Contains(resp.body, "checksum") {
+		t.Fatalf("restore of a tampered pages-1.img: %d %q, want 400 naming the member and the checksum", resp.status, resp.body)
+	}
+	if line := a.psLine("tampered", "counter"); line != "" {
+		t.Errorf("the refused restore left a container: %s", line)
+	}
+	if n := len(a.containerDirs()); n != dirsBefore {
+		t.Errorf("%d container directories after the refused restore, %d before", n, dirsBefore)
+	}
+	// The intact archive still restores.
+	r := a.restoreArchive(filepath.Base(path), "default", "intact", "counter")
+	resumesAt(t, a.containerLog(r.ID[:12]), archivedCount(t, path))
 }

@@ -611,10 +611,16 @@ func siginfoStatus(info *unix.Siginfo) daemonExit {
 // returns. (SIGKILL here would hang CRIU: its failure path waits for tasks
 // that runc, not CRIU, is the parent of.)
 func MemoryWait(dir, id string, timeout time.Duration) error {
+	return WaitState(dir, fileMemory, id, timeout)
+}
+
+// WaitState is MemoryWait on any MemoryState file in dir (memory.json of an
+// in-place restore, verify.json of a verified one).
+func WaitState(dir, file, id string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		var m MemoryState
-		if err := readJSON(filepath.Join(dir, fileMemory), &m); err == nil {
+		if err := readJSON(filepath.Join(dir, filepath.Base(file)), &m); err == nil {
 			switch m.State {
 			case MemoryComplete:
 				return nil

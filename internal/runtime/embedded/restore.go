@@ -34,6 +34,8 @@ type RestoreOptions struct {
 	// checked against (nil: none) whether the archive may be used: the
 	// signature check (internal/trust). It runs before anything else.
 	Verify func(*archive.Manifest) error
+
+	late *archive.LateCheck // see restoreInput.late
 }
 
 // PodMember is the archive member holding the container's pod (a validated
@@ -62,7 +64,10 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 	}
 	defer os.RemoveAll(staging)
-	m, err := archive.Extract(tarStream, staging, archive.DefaultLimits(), nil)
+	// The page images are hashed while the restore goes on (the tasks
+	// resume only once they match): the one large copy is not also waited
+	// on for its hash.
+	m, late, err := archive.ExtractLate(tarStream, staging, archive.DefaultLimits(), nil, pagesImage.MatchString)
 	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 	}
@@ -71,7 +76,14 @@ func (r *Runtime) Restore(ctx context.Context, tarStream io.Reader, o RestoreOpt
 			return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 		}
 	}
-	return r.restoreExtracted(ctx, staging, o, nil)
+	o.late = late
+	c, err := r.restoreExtracted(ctx, staging, o, nil)
+	if err != nil && late != nil {
+		if lerr := late.Wait(); lerr != nil {
+			return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, lerr)
+		}
+	}
+	return c, err
 }
 
 // restoreExtracted restores from an archive extracted (and verified) into
@@ -121,7 +133,7 @@ func (r *Runtime) restoreExtracted(ctx context.Context, staging string, o Restor
 		share := true
 		pod.Spec.ShareProcessNamespace = &share
 	}
-	in := &restoreInput{imagesDir: filepath.Join(staging, lib.CheckpointDirectory), source: o.Source, createdAt: cfg.CreatedTime, lazy: lazy, binds: binds}
+	in := &restoreInput{imagesDir: filepath.Join(staging, lib.CheckpointDirectory), source: o.Source, createdAt: cfg.CreatedTime, lazy: lazy, late: o.late, binds: binds}
 	if st, err := root.Lstat(lib.RootFsDiffTar); err == nil && st.Mode().IsRegular() {
 		in.rootfsDiff = filepath.Join(staging, lib.RootFsDiffTar)
 	}
@@ -320,7 +332,10 @@ type restoreInput struct {
 	rootfsDiff  string     // path of rootfs-diff.tar, "" if none
 	deletedJSON []byte     // deleted.files
 	lazy        *lazyInput // set for a lazy restore
-	binds       podBinds   // mounts the dumped container had from outside
+	// late, when set, is still verifying the page images: the tasks may
+	// resume only on its good verdict.
+	late  *archive.LateCheck
+	binds podBinds // mounts the dumped container had from outside
 }
 
 // prepareRootfs applies the archive's file system changes to a fresh rootfs.

@@ -52,10 +52,14 @@ func exampleRootfs(t *testing.T, name string) string {
 	t.Helper()
 	rootfs := t.TempDir()
 	out := filepath.Join(rootfs, name)
-	cmd := exec.Command("go", "build", "-o", out, "../../../examples/"+name)
+	src := "../../../examples/" + name
+	cmd := exec.Command("go", "build", "-o", out, src)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if c := filepath.Join(src, name+".c"); fileExists(c) {
+		cmd = exec.Command("cc", "-static", "-Os", "-o", out, c) // examples/pause
+	}
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build counter: %v\n%s", err, b)
+		t.Fatalf("build %s: %v\n%s", name, err, b)
 	}
 	for _, d := range []string{"tmp", "proc", "dev", "sys"} {
 		os.Mkdir(filepath.Join(rootfs, d), 0o755)
@@ -292,4 +296,9 @@ func extractMember(t *testing.T, archivePath, name string) string {
 			return out
 		}
 	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }

@@ -37,6 +37,9 @@ type ShimOptions struct {
 	TCPEstablished bool
 	// Lazy restores memory lazily from the archive on fd 4 (see lazy.go).
 	Lazy bool
+	// Verify: the page images are verified during the restore, and the
+	// tasks may run only on a good verdict (see verifygate.go).
+	Verify bool
 }
 
 // Args renders the options as the shim's command line.
@@ -53,6 +56,9 @@ func (o ShimOptions) Args() []string {
 	}
 	if o.Lazy {
 		args = append(args, "--lazy")
+	}
+	if o.Verify {
+		args = append(args, "--verify")
 	}
 	return args
 }
@@ -92,6 +98,13 @@ func (r *Runtime) startShim(ctx context.Context, rec *record, restore *restoreIn
 		if err := restore.lazy.prepare(dir, &opts, cmd); err != nil {
 			readyW.Close()
 			return fmt.Errorf("prepare lazy restore of container %s: %w", rec.ID, err)
+		}
+		cmd.Args = append([]string{r.cfg.Shim}, opts.Args()...)
+	}
+	if restore != nil && restore.late != nil {
+		if err := prepareVerifyGate(dir, rec.ID, r.cfg.Shim, restore.late, &opts); err != nil {
+			readyW.Close()
+			return fmt.Errorf("prepare verified restore of container %s: %w", rec.ID, err)
 		}
 		cmd.Args = append([]string{r.cfg.Shim}, opts.Args()...)
 	}
@@ -186,6 +199,19 @@ func RunShim(o ShimOptions) error {
 			}
 		} else if lazy != nil {
 			err = lazy.started()
+		}
+		if err == nil && o.Verify {
+			if verr := verifiedBeforeResume(o.Dir); verr != nil {
+				killCgroupProcs(o.ID)
+				rc.Kill(ctx, o.ID, int(syscall.SIGKILL), &gorunc.KillOpts{All: true})
+				if b, rerr := os.ReadFile(pidFile); rerr == nil {
+					if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); pid > 0 {
+						waitForPid(pid)
+					}
+				}
+				rc.Delete(ctx, o.ID, &gorunc.DeleteOpts{Force: true})
+				return fail(verr)
+			}
 		}
 	} else {
 		if err = rc.Create(ctx, o.ID, bundle, &gorunc.CreateOpts{IO: pio, PidFile: pidFile}); err == nil {
