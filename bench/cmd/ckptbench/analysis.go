@@ -290,9 +290,15 @@ the same single copy.
 	cs := r.sizes("c")
 	b.WriteString("**Checkpoint against the targets (from this run).** ")
 	fmt.Fprintf(&b, "ckpt's API end to end (c) against the bare `runc checkpoint` into a directory (a): %s. ",
-		list(cs, func(mib int) (string, bool) { s, ok := r.get("c", mib); return times(s.LatencyRatio), ok && s.LatencyRatio > 0 }))
+		list(cs, func(mib int) (string, bool) {
+			s, ok := r.get("c", mib)
+			return times(s.LatencyRatio), ok && s.LatencyRatio > 0
+		}))
 	fmt.Fprintf(&b, "Freeze against a's: %s. ",
-		list(cs, func(mib int) (string, bool) { s, ok := r.get("c", mib); return times(s.FreezeRatio), ok && s.FreezeRatio > 0 }))
+		list(cs, func(mib int) (string, bool) {
+			s, ok := r.get("c", mib)
+			return times(s.FreezeRatio), ok && s.FreezeRatio > 0
+		}))
 	if x := r.ratio("c", "f", 1024); x > 0 {
 		fmt.Fprintf(&b, "Against Podman at 1024 MiB: %s. ", times(x))
 	}
