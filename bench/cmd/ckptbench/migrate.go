@@ -267,11 +267,14 @@ func (e *env) rowMigrateLive(ctx context.Context, t target, run int) (sample, er
 		return sample{}, err
 	}
 	pod := fmt.Sprintf("live-%d-%d", t.mib, run)
+	from.resetPeakRSS()
+	to.resetPeakRSS()
 	start := time.Now()
 	if _, err := m.migrate(ctx, from, to, ns+"/"+m.livePod+"/counter", ns+"/"+pod, "--live"); err != nil {
 		return sample{}, err
 	}
 	total := time.Since(start)
+	rss := max(from.peakRSS(), to.peakRSS())
 	counts, err := countLines(srcLog)
 	if err != nil || len(counts) == 0 {
 		return sample{}, fmt.Errorf("source log %s: %v", srcLog, err)
@@ -288,12 +291,13 @@ func (e *env) rowMigrateLive(ctx context.Context, t target, run int) (sample, er
 	// The next run moves it back; the ended source goes.
 	from.ckpt(context.Background(), "rm", ns+"/"+m.livePod+"/counter")
 	m.liveOn, m.livePod = to, pod
-	e.liveTotal = &sample{Latency: total}
-	return sample{Latency: first.Sub(last.t)}, nil
+	e.liveTotal = &sample{Latency: total, RSS: rss}
+	return sample{Latency: first.Sub(last.t), RSS: rss}, nil
 }
 
 // rowLiveTotal reports row ml's time until every page had moved (migrate
-// returns when the source has ended).
+// returns when the source has ended). RSS is the larger of the two agents'
+// peaks during the migration.
 func (e *env) rowLiveTotal(ctx context.Context, t target, run int) (sample, error) {
 	if e.liveTotal == nil {
 		return sample{}, errors.New("no live migration from row ml")
