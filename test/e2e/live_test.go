@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ckpt-dev/ckpt/internal/auth/authtest"
+	"github.com/ckpt-dev/ckpt/pkg/client"
 )
 
 // nodes are two network namespaces joined by a veth pair whose ends live
@@ -140,6 +143,37 @@ func TestLiveMigration(t *testing.T) {
 			t.Fatalf("the source after a live migration: %q", line)
 		}
 		dst.rmContainer(id)
+	})
+
+	t.Run("archive taken, link dropped", func(t *testing.T) {
+		// A client that takes the source's archive and goes: the source
+		// runs on, and the archive (without its pages) restores nowhere.
+		src.addPod("counter3", counterManifest("counter3", nil))
+		orig := src.waitRunning("counter3-n1", "counter")
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		conn, err := src.api(testToken, nil).MigrateLiveFrom(ctx, client.Ref{Namespace: "default", Pod: "counter3-n1", Container: "counter"}, client.CheckpointOptions{}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n [8]byte
+		if _, err := io.ReadFull(conn, n[:]); err != nil {
+			t.Fatal(err)
+		}
+		archive := make([]byte, binary.BigEndian.Uint64(n[:]))
+		if _, err := io.ReadFull(conn, archive); err != nil {
+			t.Fatal(err)
+		}
+		conn.Close()
+		src.waitFor(func() bool { return strings.Contains(src.psLine("counter3-n1", "counter"), " running ") }, "the source running")
+		keepsCounting(t, src.containerLog(orig))
+		resp, err := dst.send("POST", "/restore/default/counter-stolen/counter", testToken, bytes.NewReader(archive))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.status != 400 || !strings.Contains(resp.body, "restores only within its migration") {
+			t.Fatalf("restoring a live dump's archive: %d %s, want 400", resp.status, resp.body)
+		}
 	})
 
 	t.Run("broken link", func(t *testing.T) {

@@ -16,6 +16,7 @@ package embedded
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -210,10 +211,32 @@ func (d *liveDump) writeArchive(rec *record, path, images, none string, frozen F
 		return err
 	}
 	defer f.Close()
-	if err := d.r.writeArchive(archive.NewWriter(f), rec, images, none, frozen); err != nil {
+	marker, err := json.Marshal(map[string]any{"container": rec.ID, "dumped": time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	if err := d.r.writeArchive(&markedWriter{Writer: archive.NewWriter(f), marker: marker}, rec, images, none, frozen); err != nil {
 		return err
 	}
 	return f.Close()
+}
+
+// LiveMember marks the archive of a live dump: it lacks the memory pages,
+// so it restores only within its migration (RestoreLiveFile), and nothing
+// else restores it.
+const LiveMember = "live-migration.json"
+
+// markedWriter adds LiveMember last.
+type markedWriter struct {
+	*archive.Writer
+	marker []byte
+}
+
+func (w *markedWriter) Close() error {
+	if err := w.AddBytes(LiveMember, w.marker); err != nil {
+		return err
+	}
+	return w.Writer.Close()
 }
 
 var acceptedFrom = regexp.MustCompile(`Accepted connection from 127\.0\.0\.1:([0-9]+)`)
