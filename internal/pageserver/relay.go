@@ -117,7 +117,15 @@ func (s *Source) Relay(tunnel deadliner) (Outcome, error) {
 	s.CRIU.SetLinger(0) // any close but commit's is a reset, never an EOF
 	expect := make(chan struct{}, 4096)
 	replies := make(chan error, 1)
-	go func() { replies <- s.forwardReplies(tunnel, expect) }()
+	go func() {
+		err := s.forwardReplies(tunnel, expect)
+		if c, ok := tunnel.(io.Closer); ok && err != nil {
+			// CRIU failed (and resumes the source) or the tunnel did:
+			// the destination must learn it now, not at its next wait.
+			c.Close()
+		}
+		replies <- err
+	}()
 	wait := s.First
 	for {
 		if wait > 0 {

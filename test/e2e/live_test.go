@@ -226,4 +226,32 @@ func TestLiveMigration(t *testing.T) {
 			}
 		}
 	})
+	t.Run("source agent killed", func(t *testing.T) {
+		// The agent that relays CRIU's page server dies half way: CRIU
+		// sees its connection reset, fails the session and resumes the
+		// source; the destination's copy loses its pages and is stopped.
+		src.addPod("counter4", counterManifest("counter4", map[string]string{"COUNTER_MEM_MIB": "256"}))
+		orig := src.waitRunning("counter4-n1", "counter")
+		srcLog := src.containerLog(orig)
+		waitMemsum(t, srcLog, 1)
+		ip(t, "netns", "exec", n.nsA, "tc", "qdisc", "add", "dev", n.vethA, "root", "tbf", "rate", "40mbit", "burst", "64kb", "latency", "200ms")
+		defer exec.Command("ip", "netns", "exec", n.nsA, "tc", "qdisc", "del", "dev", n.vethA, "root").Run()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		done := make(chan string, 1)
+		go func() {
+			out, _ := migrateLive(ctx, n, src, dst, ca, "default/counter4-n1/counter", "default/counter-orphan", "--link-timeout", "3s")
+			done <- out
+		}()
+		dst.waitFor(func() bool { return strings.Contains(dst.psLine("counter-orphan", "counter"), " running ") }, "the destination runs")
+		src.stopWith(syscall.SIGKILL)
+		out := <-done
+		if !strings.Contains(out, "the source runs on") {
+			t.Errorf("migrate with the source agent killed: %s", out)
+		}
+		src.start()
+		src.waitFor(func() bool { return strings.Contains(src.psLine("counter4-n1", "counter"), " running ") }, "the source running")
+		keepsCounting(t, srcLog)
+		dst.waitFor(func() bool { return !strings.Contains(dst.psLine("counter-orphan", "counter"), " running ") }, "the destination's copy stopped")
+	})
 }

@@ -188,6 +188,11 @@ func (r *Runtime) CheckpointLive(ctx context.Context, c runtime.Container, archi
 		kill()
 		return nil, fmt.Errorf("checkpoint container %s live: connect to CRIU's page server: %w", rec.ID, err)
 	}
+	// From now on, any end of this connection but a clean close after the
+	// destination's must fail CRIU's session (a reset, not an EOF, which
+	// CRIU takes for a finished session and ends the source): this agent
+	// dying mid-migration leaves the source running.
+	conn.SetLinger(0)
 	d.criu = conn
 	if err := d.checkPeer(conn.LocalAddr().(*net.TCPAddr).Port); err != nil {
 		d.abortCRIU()
