@@ -254,4 +254,29 @@ func TestLiveMigration(t *testing.T) {
 		keepsCounting(t, srcLog)
 		dst.waitFor(func() bool { return !strings.Contains(dst.psLine("counter-orphan", "counter"), " running ") }, "the destination's copy stopped")
 	})
+	t.Run("destination agent killed", func(t *testing.T) {
+		src.addPod("counter5", counterManifest("counter5", map[string]string{"COUNTER_MEM_MIB": "256"}))
+		orig := src.waitRunning("counter5-n1", "counter")
+		srcLog := src.containerLog(orig)
+		waitMemsum(t, srcLog, 1)
+		ip(t, "netns", "exec", n.nsA, "tc", "qdisc", "add", "dev", n.vethA, "root", "tbf", "rate", "40mbit", "burst", "64kb", "latency", "200ms")
+		defer exec.Command("ip", "netns", "exec", n.nsA, "tc", "qdisc", "del", "dev", n.vethA, "root").Run()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		done := make(chan string, 1)
+		go func() {
+			out, _ := migrateLive(ctx, n, src, dst, ca, "default/counter5-n1/counter", "default/counter-lost", "--link-timeout", "3s")
+			done <- out
+		}()
+		dst.waitFor(func() bool { return strings.Contains(dst.psLine("counter-lost", "counter"), " running ") }, "the destination runs")
+		dst.stopWith(syscall.SIGKILL)
+		out := <-done
+		if !strings.Contains(out, "the source runs on") {
+			t.Errorf("migrate with the destination agent killed: %s", out)
+		}
+		src.waitFor(func() bool { return strings.Contains(src.psLine("counter5-n1", "counter"), " running ") }, "the source running")
+		keepsCounting(t, srcLog)
+		dst.start()
+		dst.waitFor(func() bool { return !strings.Contains(dst.psLine("counter-lost", "counter"), " running ") }, "the destination's copy stopped")
+	})
 }
