@@ -236,12 +236,7 @@ func TestMigrateToSecondAgent(t *testing.T) {
 // sandbox and no process behind.
 func TestRestoreRefusesTamperedPages(t *testing.T) {
 	a := newAgent(t)
-	a.addPod("counter", counterManifest("counter", nil))
-	a.waitRunning("counter-n1", "counter")
-	path, resp := a.checkpoint("default/counter-n1/counter", "")
-	if path == "" {
-		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
-	}
+	path := a.counterCheckpoint("counter")
 	dirsBefore := len(a.containerDirs())
 	tampered := filepath.Join(t.TempDir(), "tampered.tar")
 	data, err := os.ReadFile(path)
@@ -272,7 +267,7 @@ func TestRestoreRefusesTamperedPages(t *testing.T) {
 	}
 	f.Close()
 
-	_, resp = a.restoreUpload(tampered, "tampered")
+	_, resp := a.restoreUpload(tampered, "tampered")
 	if resp.status != 400 || !strings.Contains(resp.body, "pages-1.img") || !strings.Contains(resp.body, "checksum") {
 		t.Fatalf("restore of a tampered pages-1.img: %d %q, want 400 naming the member and the checksum", resp.status, resp.body)
 	}
@@ -285,4 +280,17 @@ func TestRestoreRefusesTamperedPages(t *testing.T) {
 	// The intact archive still restores.
 	r := a.restoreArchive(filepath.Base(path), "default", "intact", "counter")
 	resumesAt(t, a.containerLog(r.ID[:12]), archivedCount(t, path))
+}
+
+// counterCheckpoint runs the counter as static pod name and returns the
+// path of a checkpoint of it.
+func (a *agent) counterCheckpoint(name string) string {
+	a.t.Helper()
+	a.addPod(name, counterManifest(name, nil))
+	a.waitRunning(name+"-n1", "counter")
+	path, resp := a.checkpoint("default/"+name+"-n1/counter", "")
+	if path == "" {
+		a.t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
+	}
+	return path
 }

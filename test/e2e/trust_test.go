@@ -150,12 +150,7 @@ func TestArchiveFromAnotherNode(t *testing.T) {
 // allows only signed archives, whatever signs it.
 func TestSignatureRefusals(t *testing.T) {
 	a := newAgent(t)
-	a.addPod("src", counterManifest("src", nil))
-	a.waitRunning("src-n1", "counter")
-	path, resp := a.checkpoint("default/src-n1/counter", "")
-	if path == "" {
-		t.Fatalf("checkpoint: %d %s", resp.status, resp.body)
-	}
+	path := a.counterCheckpoint("src")
 	members := readMembers(t, path)
 	var nodeSig []byte
 	for _, m := range members {
