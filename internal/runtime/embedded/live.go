@@ -89,7 +89,7 @@ func (r *Runtime) CheckpointLive(ctx context.Context, c runtime.Container, archi
 	if err := os.WriteFile(hook, []byte(frozen.hookScript(r.cfg.Shim)), 0o700); err != nil {
 		return nil, err
 	}
-	restorePipes, err := raisePipeMaxSize()
+	restorePipes, err := raisePipeMaxSize(filepath.Join(r.cfg.StateDir, filePipeMaxSize))
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint container %s live: %w", rec.ID, err)
 	}
@@ -256,11 +256,25 @@ func (d *liveDump) checkPeer(port int) error {
 			if string(m[1]) != strconv.Itoa(port) {
 				return fmt.Errorf("CRIU's page server accepted 127.0.0.1:%s, not this agent (127.0.0.1:%d): aborted", m[1], port)
 			}
+			d.waitTeePipe(deadline)
 			return nil
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
 	return errors.New("CRIU's page server did not log the connection it accepted")
+}
+
+// waitTeePipe waits until CRIU has sized the pipe it serves pages through
+// (it logs it once it accepted us), and then puts fs.pipe-max-size back:
+// it is raised for as short a time as can be.
+func (d *liveDump) waitTeePipe(deadline time.Time) {
+	for time.Now().Before(deadline) {
+		if data, _ := os.ReadFile(d.dumpLog); strings.Contains(string(data), "Created tee pipe size") {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	d.restorePipes()
 }
 
 // abortCRIU fails the lazy dump (CRIU resumes the container) and waits for
@@ -342,12 +356,11 @@ const criuTeePipe = 819 << 12
 // last live migration in progress (CRIU sizes its pipe once, at the start
 // of the session). Root with CAP_SYS_RESOURCE would not need it, but CRIU
 // cannot be told so; without the capability, the sysctl is the way.
-func raisePipeMaxSize() (restore func(), err error) {
-	const path = "/proc/sys/fs/pipe-max-size"
+func raisePipeMaxSize(orig string) (restore func(), err error) {
 	pipeMu.Lock()
 	defer pipeMu.Unlock()
 	if pipeUsers == 0 {
-		b, err := os.ReadFile(path)
+		b, err := os.ReadFile(pipeMaxSizePath)
 		if err != nil {
 			return func() {}, nil
 		}
@@ -355,10 +368,16 @@ func raisePipeMaxSize() (restore func(), err error) {
 		if err != nil || n >= criuTeePipe {
 			return func() {}, nil
 		}
-		if err := os.WriteFile(path, []byte(strconv.Itoa(1<<22)), 0); err != nil {
+		// Kept on disk too: an agent that dies before it puts the value
+		// back does it when it starts again (RecoverInterruptedDumps).
+		if err := os.WriteFile(orig, []byte(strconv.Itoa(n)), 0o600); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(pipeMaxSizePath, []byte(strconv.Itoa(1<<22)), 0); err != nil {
+			os.Remove(orig)
 			return nil, fmt.Errorf("CRIU's lazy page server needs fs.pipe-max-size >= %d (is %d): %w", criuTeePipe, n, err)
 		}
-		pipeOld = n
+		pipeOld, pipeOrig = n, orig
 	}
 	pipeUsers++
 	var once sync.Once
@@ -367,7 +386,8 @@ func raisePipeMaxSize() (restore func(), err error) {
 			pipeMu.Lock()
 			defer pipeMu.Unlock()
 			if pipeUsers--; pipeUsers == 0 && pipeOld > 0 {
-				os.WriteFile(path, []byte(strconv.Itoa(pipeOld)), 0)
+				os.WriteFile(pipeMaxSizePath, []byte(strconv.Itoa(pipeOld)), 0)
+				os.Remove(pipeOrig)
 				pipeOld = 0
 			}
 		})
@@ -377,8 +397,33 @@ func raisePipeMaxSize() (restore func(), err error) {
 var (
 	pipeMu    sync.Mutex
 	pipeUsers int
-	pipeOld   int // the value to put back; 0: none
+	pipeOld   int    // the value to put back; 0: none
+	pipeOrig  string // the file that keeps it
 )
+
+const (
+	pipeMaxSizePath = "/proc/sys/fs/pipe-max-size"
+	filePipeMaxSize = "pipe-max-size.orig"
+)
+
+// recoverPipeMaxSize puts back a fs.pipe-max-size that an agent raised
+// for a live migration and could not restore (it died).
+func (r *Runtime) recoverPipeMaxSize() string {
+	orig := filepath.Join(r.cfg.StateDir, filePipeMaxSize)
+	b, err := os.ReadFile(orig)
+	if err != nil {
+		return ""
+	}
+	defer os.Remove(orig)
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n <= 0 {
+		return ""
+	}
+	if err := os.WriteFile(pipeMaxSizePath, []byte(strconv.Itoa(n)), 0); err != nil {
+		return ""
+	}
+	return fmt.Sprintf("put fs.pipe-max-size back to %d after an interrupted live migration", n)
+}
 
 // freeCRIUPort returns a TCP port free on 127.0.0.1 now.
 func freeCRIUPort() (int, error) {
