@@ -37,16 +37,17 @@ type liveOutcome struct {
 func (m liveMigration) run(ctx context.Context, src, dst *client.Client, ref, into client.Ref, copts client.CheckpointOptions) (liveOutcome, error) {
 	var out liveOutcome
 	start := time.Now()
-	sconn, err := src.MigrateLiveFrom(ctx, ref, copts, m.linkTimeout)
-	if err != nil {
-		return out, err // nothing happened: the source runs on
-	}
-	defer sconn.Close()
+	// The destination first: the source is frozen from its answer on.
 	dconn, err := dst.MigrateLiveTo(ctx, into, m.linkTimeout)
 	if err != nil {
 		return out, fmt.Errorf("%w (the source runs on)", err)
 	}
 	defer dconn.Close()
+	sconn, err := src.MigrateLiveFrom(ctx, ref, copts, m.linkTimeout)
+	if err != nil {
+		return out, err // nothing happened: the source runs on
+	}
+	defer sconn.Close()
 	var n [8]byte
 	if _, err := io.ReadFull(sconn, n[:]); err != nil {
 		return out, fmt.Errorf("read the archive from %s: %w (the source runs on)", m.from, err)
@@ -61,24 +62,51 @@ func (m liveMigration) run(ctx context.Context, src, dst *client.Client, ref, in
 	if _, err := io.CopyN(dconn, sconn, out.archive); err != nil {
 		return out, fmt.Errorf("move the archive from %s to %s: %w (the source runs on)", m.from, m.to, err)
 	}
-	// Pages: either direction's end ends both.
+	// Pages: either direction's end ends both. Once the destination has
+	// restored, pages flow until the end: a link silent for longer than the
+	// agents' own limit is broken, and closing both connections here
+	// unblocks a write stuck on it.
 	var pages atomic.Int64
-	var closed atomic.Bool
+	var closed, restored atomic.Bool
+	var last atomic.Int64
+	progress := func() { last.Store(time.Now().UnixNano()) }
+	progress()
 	results := make(chan client.LiveResult, 1)
 	toDst := make(chan error, 1)
 	toSrc := make(chan error, 1)
-	go func() {
-		n, err := io.Copy(dconn, sconn)
-		pages.Store(n)
-		toDst <- err
+	closeBoth := func() {
 		dconn.Close()
 		sconn.Close()
+	}
+	silence := m.linkTimeout
+	if silence <= 0 {
+		silence = 10 * time.Second
+	}
+	silence += 2 * time.Second
+	go func() {
+		toDst <- copyPages(dconn, sconn, &pages, progress, silence, closeBoth)
+		closeBoth()
 	}()
 	go func() {
-		err := forwardRequests(dconn, sconn, results, &closed)
-		toSrc <- err
-		dconn.Close()
-		sconn.Close()
+		toSrc <- forwardRequests(dconn, sconn, results, &closed, &restored, progress)
+		closeBoth()
+	}()
+	stopWatch := make(chan struct{})
+	defer close(stopWatch)
+	go func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopWatch:
+				return
+			case <-t.C:
+				if restored.Load() && time.Since(time.Unix(0, last.Load())) > silence {
+					closeBoth()
+					return
+				}
+			}
+		}
 	}()
 	var res *client.LiveResult
 	var errDst, errSrc error
@@ -113,9 +141,10 @@ func (m liveMigration) run(ctx context.Context, src, dst *client.Client, ref, in
 // forwardRequests copies the destination's page requests to the source,
 // taking the destination's results out, until the destination's stream
 // ends.
-func forwardRequests(dconn io.Reader, sconn io.Writer, results chan<- client.LiveResult, closed *atomic.Bool) error {
+func forwardRequests(dconn io.Reader, sconn io.Writer, results chan<- client.LiveResult, closed, restored *atomic.Bool, progress func()) error {
 	for {
 		h, err := pageserver.ReadHeader(dconn)
+		progress()
 		if err == io.EOF {
 			return nil
 		}
@@ -134,6 +163,7 @@ func forwardRequests(dconn io.Reader, sconn io.Writer, results chan<- client.Liv
 			if err := json.Unmarshal(b, &r); err != nil {
 				return fmt.Errorf("the destination's result: %w", err)
 			}
+			restored.Store(true)
 			results <- r
 			continue
 		}
@@ -143,5 +173,59 @@ func forwardRequests(dconn io.Reader, sconn io.Writer, results chan<- client.Liv
 		if _, err := sconn.Write(h.Bytes()); err != nil {
 			return err
 		}
+		progress()
 	}
+}
+
+// copyPages copies the source's answers to the destination. Reads and
+// writes run apart, so that the source's end is seen even while a write to
+// a dead link is stuck: a write stuck for longer than stuck closes both
+// connections.
+func copyPages(dconn io.Writer, sconn io.Reader, n *atomic.Int64, progress func(), stuck time.Duration, closeBoth func()) error {
+	chunks := make(chan []byte, 16)
+	written := make(chan error, 1)
+	go func() {
+		for b := range chunks {
+			if _, err := dconn.Write(b); err != nil {
+				written <- err
+				for range chunks {
+				}
+				return
+			}
+			n.Add(int64(len(b)))
+			progress()
+		}
+		written <- nil
+	}()
+	var rerr error
+	for rerr == nil {
+		buf := make([]byte, 256<<10)
+		k, err := sconn.Read(buf)
+		if k > 0 {
+			progress()
+			select {
+			case chunks <- buf[:k]:
+			case <-time.After(stuck):
+				closeBoth()
+				rerr = errors.New("the link to the destination is stuck")
+			}
+		}
+		if err != nil && rerr == nil {
+			rerr = err
+		}
+	}
+	close(chunks)
+	select {
+	case werr := <-written:
+		if werr != nil {
+			return werr
+		}
+	case <-time.After(stuck):
+		closeBoth()
+		return errors.New("the link to the destination is stuck")
+	}
+	if rerr == io.EOF {
+		return nil
+	}
+	return rerr
 }

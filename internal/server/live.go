@@ -46,6 +46,9 @@ type LiveRestorer interface {
 // while a page is awaited, before the migration counts it broken.
 const defaultLinkTimeout = 10 * time.Second
 
+// firstArchiveWait bounds the wait for the source's archive.
+const firstArchiveWait = 10 * time.Minute
+
 // maxLiveArchive bounds the archive of a live migration (no memory pages).
 const maxLiveArchive = 64 << 30
 
@@ -110,12 +113,14 @@ func (s *server) checkpointLive(w http.ResponseWriter, r *http.Request, ref runt
 		writeText(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	dumpStart := time.Now()
 	src, err := lc.CheckpointLive(r.Context(), ref, opts)
 	if err != nil {
 		status, msg := errorResponse(ref, err)
 		writeText(w, status, msg)
 		return
 	}
+	slog.Info("live migration: dumped without the pages", "container", ref.String(), "took", time.Since(dumpStart).Round(time.Millisecond), "archive", src.Size)
 	conn, err := upgrade(w)
 	if err != nil {
 		src.Abort()
@@ -187,8 +192,10 @@ func (s *server) restoreLive(w http.ResponseWriter, r *http.Request, target runt
 	go func() { relayed <- dest.Relay(agentEnd, conn) }()
 	// A restore outlives a client that goes away: it is undone only by
 	// its own failure (the page link's end is one).
+	restoreStart := time.Now()
 	c, err := lr.RestoreLive(context.WithoutCancel(r.Context()), spool, daemonEnd, target, "live migration from "+r.RemoteAddr)
 	daemonEnd.Close()
+	slog.Info("live migration: restored", "took", time.Since(restoreStart).Round(time.Millisecond), "pages so far", dest.Received.Load(), "error", err)
 	if err != nil {
 		fail(err)
 		return
@@ -204,15 +211,18 @@ func (s *server) restoreLive(w http.ResponseWriter, r *http.Request, target runt
 // receiveArchive reads the length-prefixed archive into an unlinked spool
 // file.
 func receiveArchive(conn net.Conn, dir string, idle time.Duration) (*os.File, error) {
-	in := &idleReader{c: conn, idle: idle}
+	// The client may open this connection before the source's dump,
+	// which takes up to the checkpoint's timeout.
+	conn.SetReadDeadline(time.Now().Add(firstArchiveWait + idle))
 	var n [8]byte
-	if _, err := io.ReadFull(in, n[:]); err != nil {
+	if _, err := io.ReadFull(conn, n[:]); err != nil {
 		return nil, fmt.Errorf("%w: read the archive's length: %v", pageserver.ErrLinkBroken, err)
 	}
 	size := binary.BigEndian.Uint64(n[:])
 	if size > maxLiveArchive {
 		return nil, fmt.Errorf("archive of %d bytes: more than %d: %w", size, int64(maxLiveArchive), runtime.ErrInvalid)
 	}
+	in := &idleReader{c: conn, idle: idle}
 	f, err := os.CreateTemp(dir, "live-*.tar")
 	if err != nil {
 		return nil, err
