@@ -101,7 +101,9 @@ func (m liveMigration) run(ctx context.Context, src, dst *client.Client, ref, in
 			case <-stopWatch:
 				return
 			case <-t.C:
-				if restored.Load() && time.Since(time.Unix(0, last.Load())) > silence {
+				// The destination sends keepalives while it restores:
+				// silence at any time is a dead link.
+				if time.Since(time.Unix(0, last.Load())) > silence {
 					closeBoth()
 					return
 				}

@@ -27,6 +27,11 @@ import (
 // length of the JSON that follows. The CLI takes it out of the stream.
 const CmdResult = 0x10c0
 
+// CmdKeepalive is not CRIU's either: the destination agent sends it while
+// it restores, before it asks for pages, so that the source (which skips
+// it) and the CLI can tell a slow restore from a dead link.
+const CmdKeepalive = 0x10c1
+
 // cmdAbort is no command CRIU knows: sent to CRIU's page server, it fails
 // the lazy dump, and CRIU resumes the source's tasks. (A plain end of the
 // connection would not do: CRIU takes EOF for a finished session.)
@@ -140,6 +145,8 @@ func (s *Source) Relay(tunnel deadliner) (Outcome, error) {
 			return s.broken(fmt.Errorf("%w: %v", ErrLinkBroken, err))
 		}
 		switch {
+		case h.Cmd == CmdKeepalive:
+			continue
 		case h.IsClose():
 			close(expect)
 			if err := <-replies; err != nil {

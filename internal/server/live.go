@@ -137,8 +137,9 @@ func (s *server) checkpointLive(w http.ResponseWriter, r *http.Request, ref runt
 		slog.Error("live migration: send the archive", "container", ref.String(), "error", err)
 		return
 	}
-	// The destination restores the rest before it asks for a page.
-	if err := src.ServePages(conn, opts.Timeout+idle, idle); err != nil {
+	// The destination restores the rest before it asks for a page; it
+	// sends keepalives meanwhile.
+	if err := src.ServePages(conn, 2*idle, idle); err != nil {
 		slog.Error("live migration", "container", ref.String(), "error", err)
 		return
 	}
@@ -182,6 +183,29 @@ func (s *server) restoreLive(w http.ResponseWriter, r *http.Request, target runt
 		return
 	}
 	defer spool.Close()
+	// Until the restore returns, tell both sides the link is alive.
+	restoring := make(chan struct{})
+	go func() {
+		t := time.NewTicker(max(idle/4, 100*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-restoring:
+				return
+			case <-t.C:
+				if dest.WriteFrame(conn, pageserver.CmdKeepalive, nil) != nil {
+					return
+				}
+			}
+		}
+	}()
+	defer func() {
+		select {
+		case <-restoring:
+		default:
+			close(restoring)
+		}
+	}()
 	agentEnd, daemonEnd, err := pageSockets()
 	if err != nil {
 		fail(err)
@@ -195,6 +219,7 @@ func (s *server) restoreLive(w http.ResponseWriter, r *http.Request, target runt
 	restoreStart := time.Now()
 	c, err := lr.RestoreLive(context.WithoutCancel(r.Context()), spool, daemonEnd, target, "live migration from "+r.RemoteAddr)
 	daemonEnd.Close()
+	close(restoring)
 	slog.Info("live migration: restored", "took", time.Since(restoreStart).Round(time.Millisecond), "pages so far", dest.Received.Load(), "error", err)
 	if err != nil {
 		fail(err)

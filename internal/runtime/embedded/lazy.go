@@ -739,3 +739,124 @@ func reaped(pid int, ws unix.WaitStatus) {
 	default:
 	}
 }
+
+// stuckRestoreAfter is how long a restore may go on after `criu lazy-pages`
+// ended under it (a live migration's link broke during the restore).
+const stuckRestoreAfter = 5 * time.Second
+
+// watchStuckRestore ends a runc restore that CRIU hangs: when the daemon
+// dies while CRIU restores, CRIU's failure path waits for the restored
+// tasks, which are runc's children (--restore-sibling), not CRIU's, and
+// runc waits for CRIU. Once the daemon has been gone for
+// stuckRestoreAfter, the tasks and CRIU are killed, and runc restore
+// returns its error. done closes when runc restore returned.
+func (l *lazyShim) watchStuckRestore(done <-chan struct{}) {
+	var goneSince time.Time
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		if !processGone(l.daemon.Process.Pid) {
+			continue
+		}
+		if goneSince.IsZero() {
+			goneSince = time.Now()
+			continue
+		}
+		if time.Since(goneSince) < stuckRestoreAfter {
+			continue
+		}
+		m := l.memory()
+		m.State, m.Error = MemoryFailed, "lazy restore stopped the container: criu lazy-pages ended during the restore; "+
+			tailErrors(filepath.Join(l.o.Dir, "restore-work", fileLazyLog), 3)
+		writeJSONAtomic(filepath.Join(l.o.Dir, fileMemory), m)
+		fmt.Fprintf(os.Stderr, "lazy restore of %s: criu lazy-pages ended during the restore; killing the stuck restore\n", l.o.ID)
+		killCgroupProcs(l.o.ID)
+		killOwnNamespaceProcs(l.o.ID) // CRIU, in the container's cgroup
+		return
+	}
+}
+
+// processGone reports whether pid has exited (a zombie counts).
+func processGone(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(data), ')')
+	return i < 0 || i+2 >= len(data) || data[i+2] == 'Z'
+}
+
+// killOwnNamespaceProcs SIGKILLs the processes of the container's cgroup
+// that live in our pid namespace (CRIU during a restore), but never this
+// process or its ancestors.
+func killOwnNamespaceProcs(id string) {
+	self, _ := os.Readlink("/proc/self/ns/pid")
+	skip := map[int]bool{}
+	for pid := os.Getpid(); pid > 1 && !skip[pid]; pid = parentOf(pid) {
+		skip[pid] = true
+	}
+	cg := filepath.Join(defaultContainerCgroup, id)
+	for _, f := range []string{filepath.Join("/sys/fs/cgroup/freezer", cg, "cgroup.procs"), filepath.Join("/sys/fs/cgroup", cg, "cgroup.procs")} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Fields(string(data)) {
+			pid, err := strconv.Atoi(line)
+			if err != nil || pid <= 1 || skip[pid] {
+				continue
+			}
+			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err == nil && ns == self {
+				unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+	}
+}
+
+// unmountUnder detaches every mount below dir, deepest first: what a CRIU
+// killed during a restore leaves (its cgroup yard, runc's criu-root).
+func unmountUnder(dir string) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var points []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		p := unescapeMountPath(f[4])
+		if p == dir || strings.HasPrefix(p, dir+"/") {
+			points = append(points, p)
+		}
+	}
+	sort.Slice(points, func(i, j int) bool { return len(points[i]) > len(points[j]) })
+	for _, p := range points {
+		unix.Unmount(p, unix.MNT_DETACH)
+	}
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMountPath(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
