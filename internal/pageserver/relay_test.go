@@ -79,10 +79,12 @@ func TestRelays(t *testing.T) {
 		name      string
 		stopAfter int  // daemon requests before the link breaks (0: none)
 		quiet     bool // the link goes quiet instead of closing
+		keepalive bool // the destination sends keepalives first, longer than Idle in all
 		want      Outcome
 		criuErr   string // how the fake CRIU's session ended ("" = cleanly)
 	}{
 		{name: "every page, then close", want: Committed},
+		{name: "keepalives while restoring, then every page", keepalive: true, want: Committed},
 		{name: "link closes half way", stopAfter: 2, want: Aborted, criuErr: "unexpected page-server command 0xdead"},
 		{name: "link goes quiet half way", stopAfter: 2, quiet: true, want: Aborted, criuErr: "unexpected page-server command 0xdead"},
 		{name: "link closes after the last page", stopAfter: pages / 4, want: Committed},
@@ -103,6 +105,14 @@ func TestRelays(t *testing.T) {
 			dmn, agent := net.Pipe()
 			dst := &Dest{Idle: 300 * time.Millisecond}
 			relayed := make(chan error, 1)
+			if tc.keepalive {
+				for i := 0; i < 5; i++ { // 5 × 100 ms: more than Idle, never silent for as long
+					if err := dst.WriteFrame(dstEnd, CmdKeepalive, nil); err != nil {
+						t.Fatal(err)
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+			}
 			go func() { relayed <- dst.Relay(agent, dstEnd) }()
 			if err := daemon(t, dmn, data, 4, tc.stopAfter); err != nil {
 				t.Fatalf("daemon: %v", err)
