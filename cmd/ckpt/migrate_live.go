@@ -200,13 +200,13 @@ func copyPages(dconn io.Writer, sconn io.Reader, n *atomic.Int64, progress func(
 		written <- nil
 	}()
 	var rerr error
+	buf := make([]byte, 256<<10)
 	for rerr == nil {
-		buf := make([]byte, 256<<10)
 		k, err := sconn.Read(buf)
 		if k > 0 {
 			progress()
 			select {
-			case chunks <- buf[:k]:
+			case chunks <- append([]byte(nil), buf[:k]...): // a TLS record, mostly
 			case <-time.After(stuck):
 				closeBoth()
 				rerr = errors.New("the link to the destination is stuck")

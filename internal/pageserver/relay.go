@@ -41,6 +41,19 @@ const cmdAbort = 0xdead
 // most what was asked; lazy-pages asks for at most a few MiB).
 const maxPagesPerReply = 1 << 18
 
+// copyBuffer is each relay's one buffer for pages (io.CopyN would
+// allocate one per answer).
+const copyBuffer = 256 << 10
+
+// copyN copies exactly n bytes through buf.
+func copyN(w io.Writer, r io.Reader, n int64, buf []byte) error {
+	got, err := io.CopyBuffer(w, io.LimitReader(r, n), buf)
+	if err == nil && got < n {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
+
 // ErrLinkBroken is a tunnel that failed or went quiet before the session
 // ended.
 var ErrLinkBroken = errors.New("migration link broken")
@@ -174,6 +187,7 @@ func (s *Source) Relay(tunnel deadliner) (Outcome, error) {
 
 // forwardReplies sends CRIU's answers to the tunnel, one per request.
 func (s *Source) forwardReplies(tunnel io.Writer, expect <-chan struct{}) error {
+	buf := make([]byte, copyBuffer)
 	for range expect {
 		h, err := ReadHeader(s.CRIU)
 		if err != nil {
@@ -186,7 +200,7 @@ func (s *Source) forwardReplies(tunnel io.Writer, expect <-chan struct{}) error 
 			return fmt.Errorf("%w: %v", ErrLinkBroken, err)
 		}
 		n := int64(h.Nr * PageSize)
-		if _, err := io.CopyN(tunnel, s.CRIU, n); err != nil {
+		if err := copyN(tunnel, s.CRIU, n, buf); err != nil {
 			return fmt.Errorf("%w: send pages: %v", ErrLinkBroken, err)
 		}
 		s.Sent.Add(n)
@@ -326,6 +340,7 @@ func (d *Dest) write(tunnel io.Writer, b []byte) error {
 }
 
 func (d *Dest) forwardReplies(daemon io.Writer, tunnel deadliner, expect <-chan struct{}) error {
+	buf := make([]byte, copyBuffer)
 	for range expect {
 		tunnel.SetReadDeadline(time.Now().Add(d.Idle))
 		h, err := ReadHeader(tunnel)
@@ -340,7 +355,7 @@ func (d *Dest) forwardReplies(daemon io.Writer, tunnel deadliner, expect <-chan 
 		}
 		n := int64(h.Nr * PageSize)
 		tunnel.SetReadDeadline(time.Now().Add(d.Idle + time.Duration(n>>20)*time.Second))
-		if _, err := io.CopyN(daemon, tunnel, n); err != nil {
+		if err := copyN(daemon, tunnel, n, buf); err != nil {
 			return fmt.Errorf("%w: receive pages: %v", ErrLinkBroken, err)
 		}
 		d.Received.Add(n)
