@@ -227,6 +227,9 @@ func (r results) migrationSection() string {
 			how = "grows far less than memory"
 		}
 		if x < 1.5 {
+			how = "barely grows with memory"
+		}
+		if x < 1.1 {
 			how = "does not grow with memory"
 		}
 		return fmt.Sprintf("from %d to %d MiB (%.0f × the memory) it goes from %.3f s to %.3f s (%.2f ×): it %s",
@@ -317,12 +320,12 @@ the same single copy.
 	}
 	maxRSS, at := 0.0, 0
 	for _, s := range r.sums {
-		if (s.Row == "c" || s.Row == "rc" || s.Row == "rl") && s.RSS > maxRSS {
+		if s.Row == "c" && s.RSS > maxRSS {
 			maxRSS, at = s.RSS, s.MiB
 		}
 	}
 	if maxRSS > 0 {
-		fmt.Fprintf(&b, "The agent's peak RSS was at most %.0f MiB (at %d MiB)", maxRSS/(1<<20), at)
+		fmt.Fprintf(&b, "The agent's peak RSS while checkpointing was at most %.0f MiB (at %d MiB)", maxRSS/(1<<20), at)
 		if maxRSS < 64<<20 {
 			b.WriteString(", under 64 MiB: nothing of the pages passes through user space but the 1 MiB hashing buffer")
 		}
