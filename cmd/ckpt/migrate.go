@@ -21,8 +21,10 @@ func newMigrateCommand(g *globalOptions) *cobra.Command {
 	var target restoreTarget
 	var stopSource bool
 	var via, identity string
+	var live bool
+	var linkTimeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "migrate NAMESPACE/POD/CONTAINER --from URL --to URL",
+		Use:   "migrate NAMESPACE/POD/CONTAINER --from URL --to URL [--live]",
 		Short: "Checkpoint a container on one node and restore it on another",
 		Long: "migrate checkpoints the container through the source agent's kubelet API, streams the\n" +
 			"archive from the source's GET /checkpoints/{name} into the destination's POST /restore,\n" +
@@ -30,7 +32,11 @@ func newMigrateCommand(g *globalOptions) *cobra.Command {
 			"destination pull and restore it (for nodes that cannot reach each other; the image stays),\n" +
 			"and prints where it runs now. By default the source container keeps running (a\n" +
 			"checkpoint never stops it); --stop-source stops it once the copy runs. The archive\n" +
-			"stays on the source. Both agents take the same credentials; --cacert may hold both CAs.",
+			"stays on the source. Both agents take the same credentials; --cacert may hold both CAs.\n\n" +
+			"--live migrates post-copy: the source is dumped without its memory, the destination runs at\n" +
+			"once and pulls the pages from the source through both agents' HTTPS, and the source ends\n" +
+			"when every page has moved. If the link breaks before that, the copy on the destination is\n" +
+			"stopped and the source runs on (see docs/restore.md).",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref, err := client.ParseRef(args[0])
@@ -50,6 +56,30 @@ func newMigrateCommand(g *globalOptions) *cobra.Command {
 			}
 			ctx := cmd.Context()
 			stderr := cmd.ErrOrStderr()
+			if target.pod == "" {
+				target.pod = ref.Namespace + "/" + ref.Pod
+			}
+			if target.name == "" {
+				target.name = ref.Container
+			}
+			if live {
+				if via != "" || stopSource {
+					return fmt.Errorf("--live moves the pages between the agents and always ends the source: no --via or --stop-source")
+				}
+				into, err := target.ref()
+				if err != nil {
+					return err
+				}
+				m := liveMigration{from: from, to: to, linkTimeout: linkTimeout}
+				res, err := m.run(ctx, src, dst, ref, into, copts)
+				if err != nil {
+					return fmt.Errorf("migrate %s live: %w", args[0], err)
+				}
+				r := res.restored
+				fmt.Fprintf(cmd.OutOrStdout(), "migrated %s live to %s as %s/%s/%s (%.12s) in %s: %.1f MiB of images, then %.1f MiB of pages; the source ended\n",
+					args[0], to, r.Namespace, r.Pod, r.Container, r.ID, res.took.Round(time.Millisecond), float64(res.archive)/(1<<20), float64(res.pages)/(1<<20))
+				return nil
+			}
 			start := time.Now()
 			path, err := runCheckpoint(ctx, src, ref, copts, stderr)
 			if err != nil {
@@ -64,12 +94,6 @@ func newMigrateCommand(g *globalOptions) *cobra.Command {
 				return err
 			}
 			defer d.Close()
-			if target.pod == "" {
-				target.pod = ref.Namespace + "/" + ref.Pod
-			}
-			if target.name == "" {
-				target.name = ref.Container
-			}
 			into, err := target.ref()
 			if err != nil {
 				p.finish()
@@ -114,6 +138,8 @@ func newMigrateCommand(g *globalOptions) *cobra.Command {
 	cmd.Flags().StringVar(&target.name, "name", "", "container name on the destination (default: the same)")
 	cmd.Flags().StringVar(&via, "via", "", "move the checkpoint as an image through REGISTRY/REPO[:TAG] (pushed from here, pulled by the destination)")
 	cmd.Flags().StringVar(&identity, "identity", "", "age identity file, for --via with a source that encrypts its archives")
+	cmd.Flags().BoolVar(&live, "live", false, "migrate post-copy: the destination runs at once and pulls the memory from the source")
+	cmd.Flags().DurationVar(&linkTimeout, "link-timeout", 0, "with --live: how long the link may stay silent before the migration counts it broken (0: the agents' default, 10s)")
 	cmd.Flags().BoolVar(&stopSource, "stop-source", false, "stop the source container once the copy runs (default: leave it running)")
 	return cmd
 }

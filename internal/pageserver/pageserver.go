@@ -71,6 +71,9 @@ type Pagemap struct {
 	PagesID uint32
 	extents []extent
 	Bytes   int64 // bytes of pages present in the page image
+	// Remote is the bytes of pages a lazy dump left in the process (marked
+	// lazy and not present): a live migration's destination pulls them.
+	Remote int64
 }
 
 // ReadPagemap decodes a pagemap image and checks that its entries are
@@ -137,6 +140,9 @@ func decodePagemap(f *os.File) (pm *Pagemap, err error) {
 		}
 		next = vaddr + nr*PageSize
 		if !present {
+			if lazy {
+				pm.Remote += int64(nr * PageSize)
+			}
 			continue
 		}
 		pm.extents = append(pm.extents, extent{vaddr: vaddr, nr: nr, off: pm.Bytes, lazy: lazy})

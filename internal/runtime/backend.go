@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"time"
 )
 
 // Backend is what every runtime backend implements: find a container and
@@ -69,6 +70,38 @@ type PodRestorer interface {
 	RestorePodStream(ctx context.Context, tarStream io.Reader, target Ref, source string, check ArchiveCheck) ([]Container, error)
 }
 
+// LiveCheckpointer dumps a running container for live migration: all of
+// it but the memory pages, which stay with the frozen container to be
+// pulled by the destination (the embedded runtime: runc checkpoint
+// --lazy-pages). The archive at archivePath holds the rest.
+type LiveCheckpointer interface {
+	CheckpointLive(ctx context.Context, c Container, archivePath string, opts CheckpointOptions) (LiveDump, error)
+}
+
+// LiveDump is a container frozen by a live checkpoint.
+type LiveDump interface {
+	// ServePages answers the destination's page requests arriving on
+	// tunnel until the destination holds every page (nil: the source
+	// container has ended) or the migration aborts (an error: the source
+	// runs on). It answers the destination's final close itself.
+	ServePages(tunnel LiveTunnel, first, idle time.Duration) error
+	// Abort resumes a container whose pages were never served.
+	Abort()
+}
+
+// LiveTunnel is the connection the page traffic rides on.
+type LiveTunnel interface {
+	io.ReadWriter
+	SetReadDeadline(time.Time) error
+}
+
+// LiveRestorer restores a live-migrated container from a plain archive
+// file (everything but the memory pages), its pages pulled through pages,
+// a socket whose other end the caller relays to the source.
+type LiveRestorer interface {
+	RestoreLiveFile(ctx context.Context, archive, pages *os.File, target Ref, source string, check ArchiveCheck) (Container, error)
+}
+
 // Stopper stops a container by ID (migration's --stop-source).
 type Stopper interface {
 	Stop(ctx context.Context, id string) error
@@ -87,6 +120,8 @@ type Capabilities struct {
 	// LazyRestore and InPlaceRestore come with StreamRestore.
 	LazyRestore    LazyRestorer
 	InPlaceRestore InPlaceRestorer
+	LiveCheckpoint LiveCheckpointer
+	LiveRestore    LiveRestorer
 	Stop           Stopper
 	Health         HealthChecker
 	PodCheckpoint  PodCheckpointer
@@ -101,6 +136,8 @@ func Discover(b Backend) Capabilities {
 	c.FileRestore, _ = b.(FileRestorer)
 	c.LazyRestore, _ = b.(LazyRestorer)
 	c.InPlaceRestore, _ = b.(InPlaceRestorer)
+	c.LiveCheckpoint, _ = b.(LiveCheckpointer)
+	c.LiveRestore, _ = b.(LiveRestorer)
 	c.Stop, _ = b.(Stopper)
 	c.Health, _ = b.(HealthChecker)
 	c.PodCheckpoint, _ = b.(PodCheckpointer)

@@ -117,6 +117,15 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	live, err := parseBool(r.URL.Query(), "live")
+	if err != nil {
+		writeText(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if live {
+		s.restoreLive(w, r, target)
+		return
+	}
 	la, canLazy := s.a.(LazyArchives)
 	if lazy && !canLazy {
 		writeText(w, http.StatusBadRequest, "this agent cannot restore lazily")
@@ -227,6 +236,12 @@ func (s *server) restorePod(w http.ResponseWriter, r *http.Request) {
 	if v := query["lazy"]; len(v) > 0 {
 		if lazy, err := strconv.ParseBool(v[len(v)-1]); err != nil || lazy {
 			writeText(w, http.StatusBadRequest, "a pod is not restored lazily (lazy=true is for containers)")
+			return
+		}
+	}
+	if v := query["live"]; len(v) > 0 {
+		if live, err := strconv.ParseBool(v[len(v)-1]); err != nil || live {
+			writeText(w, http.StatusBadRequest, "a pod is not migrated live (live=true is for containers)")
 			return
 		}
 	}

@@ -58,6 +58,19 @@ func (s *server) checkpoint(w http.ResponseWriter, r *http.Request) {
 		writeText(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	live, err := parseBool(query, "live")
+	if err != nil {
+		writeText(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if live && whole {
+		writeText(w, http.StatusBadRequest, "live migration moves one container; a whole pod cannot be migrated live")
+		return
+	}
+	if live {
+		s.checkpointLive(w, r, ref, opts, query)
+		return
+	}
 	var path string
 	if whole {
 		path, err = s.c.(PodCheckpointer).CheckpointPod(r.Context(), ref.Namespace, ref.Pod, opts)
@@ -106,6 +119,11 @@ func errorResponse(ref runtime.Ref, err error) (status int, body string) {
 // writeArchiveError answers the archive and restore routes; like
 // errorResponse, it is where their errors become statuses.
 func writeArchiveError(w http.ResponseWriter, err error) {
+	writeText(w, archiveStatus(err), err.Error())
+}
+
+// archiveStatus is the status of an archive or restore error.
+func archiveStatus(err error) int {
 	status := http.StatusInternalServerError
 	switch {
 	case errors.Is(err, checkpoint.ErrArchiveNotFound), errors.Is(err, ErrImageNotFound), errors.Is(err, runtime.ErrPodNotFound),
@@ -120,7 +138,7 @@ func writeArchiveError(w http.ResponseWriter, err error) {
 		// names it.
 		status = http.StatusNotImplemented
 	}
-	writeText(w, status, err.Error())
+	return status
 }
 
 // parseRef validates the three path segments as the API server validates

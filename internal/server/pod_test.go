@@ -74,6 +74,8 @@ func TestPodRoutes(t *testing.T) {
 		{"restore taken", "POST", "/restore/default/copy?archive=a.tar", "", nil, fmt.Errorf("x: %w", runtime.ErrExists), 409, "x:", runtime.Ref{Namespace: "default", Pod: "copy"}},
 		{"restore unsupported", "POST", "/restore/default/copy?archive=a.tar", "", nil, fmt.Errorf("x: %w", runtime.ErrUnsupported), 501, "x:", runtime.Ref{Namespace: "default", Pod: "copy"}},
 		{"restore lazy", "POST", "/restore/default/copy?archive=a.tar&lazy=true", "", nil, nil, 400, "not restored lazily", runtime.Ref{}},
+		{"restore live", "POST", "/restore/default/copy?archive=a.tar&live=true", "", nil, nil, 400, "not migrated live", runtime.Ref{}},
+		{"checkpoint live", "POST", "/checkpoint/default/web?live=true", "", nil, nil, 400, "cannot be migrated live", runtime.Ref{}},
 		{"restore both", "POST", "/restore/default/copy?archive=a.tar&image=x", "", nil, nil, 400, "either archive or image", runtime.Ref{}},
 		{"restore bad name", "POST", "/restore/default/Copy_", "", nil, nil, 400, "invalid pod name", runtime.Ref{}},
 	} {

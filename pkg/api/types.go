@@ -46,3 +46,17 @@ type RestoredPod struct {
 	Pod        string     `json:"pod"`
 	Containers []Restored `json:"containers"`
 }
+
+// LiveProtocol is the Upgrade token of a live migration's connections:
+// POST /checkpoint/{ns}/{pod}/{ctr}?live=true on the source and
+// POST /restore/{ns}/{pod}/{ctr}?live=true on the destination.
+const LiveProtocol = "ckpt-live-migration/1"
+
+// LiveResult is what the destination of a live migration reports on its
+// connection once the restore returned: the container, or why it failed
+// (Status is the HTTP status the error would have had).
+type LiveResult struct {
+	Restored *Restored `json:"restored,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	Status   int       `json:"status,omitempty"`
+}

@@ -18,7 +18,7 @@ var allowed = map[string][]string{
 	"cmd/ckpt":                    nil,
 	"pkg/api":                     {},
 	"pkg/client":                  {"pkg/api"},
-	"internal/server":             {"internal/checkpoint", "internal/runtime", "pkg/api"},
+	"internal/server":             {"internal/checkpoint", "internal/pageserver", "internal/runtime", "pkg/api"},
 	"internal/auth":               {},
 	"internal/auth/authtest":      {},
 	"internal/checkpoint":         {"internal/archive", "internal/runtime", "pkg/api"},

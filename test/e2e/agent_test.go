@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,6 +40,8 @@ type agent struct {
 	cmd       *exec.Cmd
 	logPath   string
 	caPool    *x509.CertPool // the agent's self-signed certificate (HTTPS)
+	netns     string         // run in this network namespace (ip netns exec)
+	addr      string         // listen address (default 127.0.0.1)
 }
 
 type agentOption func(*agent)
@@ -91,7 +94,7 @@ func (a *agent) start() {
 	if a.port == 0 {
 		a.port = freePort(a.t)
 	}
-	args := []string{"--root-dir", a.rootDir, "serve", "--address", "127.0.0.1", "--port", strconv.Itoa(a.port),
+	args := []string{"--root-dir", a.rootDir, "serve", "--address", a.host(), "--port", strconv.Itoa(a.port),
 		"--pod-manifest-path", a.manifests, "--file-check-frequency", "500ms", "--hostname-override", testNode}
 	if !a.https {
 		args = append(args, "--plain-http")
@@ -103,11 +106,17 @@ func (a *agent) start() {
 	}
 	defer logf.Close()
 	a.cmd = exec.Command(ckptBin, args...)
+	if a.netns != "" {
+		// nsenter, not `ip netns exec`: that also gives the agent a mount
+		// namespace with a fresh /sys, which hides the cgroup v1 mounts
+		// under /sys/fs/cgroup (and CRIU then cannot dump).
+		a.cmd = exec.Command("nsenter", append([]string{"--net=/run/netns/" + a.netns, "--", ckptBin}, args...)...)
+	}
 	a.cmd.Stdout, a.cmd.Stderr = logf, logf
 	if err := a.cmd.Start(); err != nil {
 		a.t.Fatal(err)
 	}
-	if a.https {
+	if a.https && a.caPool == nil {
 		a.waitFor(func() bool { _, err := os.Stat(filepath.Join(a.rootDir, "pki", "ckpt.crt")); return err == nil }, "self-signed certificate")
 		pem, _ := os.ReadFile(filepath.Join(a.rootDir, "pki", "ckpt.crt"))
 		a.caPool = x509.NewCertPool()
@@ -136,7 +145,14 @@ func (a *agent) url(path string) string {
 	if a.https {
 		scheme = "https"
 	}
-	return fmt.Sprintf("%s://127.0.0.1:%d%s", scheme, a.port, path)
+	return fmt.Sprintf("%s://%s%s", scheme, net.JoinHostPort(a.host(), strconv.Itoa(a.port)), path)
+}
+
+func (a *agent) host() string {
+	if a.addr != "" {
+		return a.addr
+	}
+	return "127.0.0.1"
 }
 
 type response struct {
@@ -155,6 +171,13 @@ func (a *agent) api(token string, cert *tls.Certificate) *client.Client {
 		if cert != nil {
 			cfg.TLS.Certificates = []tls.Certificate{*cert}
 		}
+	}
+	if a.netns != "" {
+		// The agent's address is only reachable from its namespace.
+		pid := a.cmd.Process.Pid
+		tr := &http.Transport{DialContext: func(_ context.Context, _, addr string) (net.Conn, error) { return dialIn(pid, addr) }}
+		tr.TLSClientConfig = cfg.TLS
+		cfg.Transport = tr
 	}
 	c, err := client.New(cfg)
 	if err != nil {

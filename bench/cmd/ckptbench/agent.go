@@ -157,7 +157,13 @@ func staticPod(name string) string { return name + "-" + benchNode }
 // counts (the memory is touched before the first line). It returns the
 // container's full ID; the pod is staticPod(name).
 func (a *agent) addCounterPod(ctx context.Context, name string, mib, fileMiB int) (string, error) {
-	manifest := fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata:\n  name: %s\n  namespace: default\nspec:\n  containers:\n  - name: counter\n    image: localhost/counter:latest\n    env:\n    - name: COUNTER_MEM_MIB\n      value: \"%d\"\n    - name: COUNTER_FILE_MIB\n      value: \"%d\"\n", name, mib, fileMiB)
+	return a.addCounterPodEvery(ctx, name, mib, fileMiB, time.Second)
+}
+
+// addCounterPodEvery is addCounterPod with a counter that ticks every
+// interval.
+func (a *agent) addCounterPodEvery(ctx context.Context, name string, mib, fileMiB int, interval time.Duration) (string, error) {
+	manifest := fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata:\n  name: %s\n  namespace: default\nspec:\n  containers:\n  - name: counter\n    image: localhost/counter:latest\n    env:\n    - name: COUNTER_MEM_MIB\n      value: \"%d\"\n    - name: COUNTER_FILE_MIB\n      value: \"%d\"\n    - name: COUNTER_INTERVAL\n      value: %s\n", name, mib, fileMiB, interval)
 	pod := staticPod(name)
 	if err := os.WriteFile(filepath.Join(a.manifests, name+".yaml"), []byte(manifest), 0o644); err != nil {
 		return "", err

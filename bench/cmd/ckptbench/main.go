@@ -12,10 +12,14 @@
 //	e  crictl checkpoint --export on containerd 2.4
 //	f  podman container checkpoint -R --export --compress none
 //
-// Restore rows: runc restore from a's directory, ckpt restore (API, archive
-// on the server, extracted), ckpt's lazy
+// Restore rows: runc restore from a's directory, CRIU's own time in it,
+// ckpt restore (API, archive on the server, extracted), ckpt's lazy
 // restore (time until the container runs, and until its memory is
 // complete), podman container restore --import.
+//
+// Migration rows (migrate.go), between two agents in two network
+// namespaces: copy-first and live downtime (the source's last tick to the
+// destination's first), and the live migration's total.
 //
 // Every row gets one discarded warm-up run per memory size, then the rows
 // take turns (a b c ... a b c ...) so that slow first-touch memory and
@@ -64,7 +68,7 @@ func main() {
 	flag.StringVar(&o.doc, "doc", "docs/benchmarks.md", "Markdown report to write")
 	flag.StringVar(&sizes, "sizes", "64,256,1024,4096", "container memory sizes in MiB")
 	flag.IntVar(&o.runs, "runs", 3, "measured runs per row and size (after one warm-up)")
-	flag.StringVar(&rows, "rows", "a,b,c,cf,d,e,f,ra,rc,rl,rm,rf", "rows to run")
+	flag.StringVar(&rows, "rows", "a,b,c,cf,d,e,f,ra,rr,rc,rl,rm,rf,mc,ml,mlt", "rows to run")
 	flag.IntVar(&o.parallel, "parallel", 4, "containers checkpointed at once in the parallel run (0: skip)")
 	flag.IntVar(&o.parMiB, "parallel-mib", 256, "memory of each container in the parallel run")
 	renderOnly := flag.Bool("render", false, "only write the chart and the Markdown again from the results in -out")
@@ -165,10 +169,14 @@ var rowInfo = []struct{ id, name string }{
 	{"e", "crictl checkpoint, containerd 2.4"},
 	{"f", "podman checkpoint --export"},
 	{"ra", "runc restore (from a's dir)"},
+	{"rr", "criu restore of a's dir (CRIU's restore_time in ra)"},
 	{"rc", "ckpt restore (API)"},
 	{"rl", "ckpt lazy restore: running"},
 	{"rm", "ckpt lazy restore: memory complete"},
 	{"rf", "podman restore --import"},
+	{"mc", "ckpt migrate (copy-first): downtime"},
+	{"ml", "ckpt migrate --live: downtime"},
+	{"mlt", "ckpt migrate --live: until every page moved"},
 }
 
 func rowName(id string) string {

@@ -58,7 +58,7 @@ func summarize(samples []sample) []summary {
 		}
 	}
 	for i, s := range out {
-		if b, ok := base[s.MiB]; ok && !strings.HasPrefix(s.Row, "r") {
+		if b, ok := base[s.MiB]; ok && !strings.HasPrefix(s.Row, "r") && !strings.HasPrefix(s.Row, "m") {
 			if b.Latency > 0 {
 				out[i].LatencyRatio = s.Latency / b.Latency
 			}
@@ -97,7 +97,7 @@ func writeResults(o options, e *env, samples []sample, par *parallelResult, star
 	if err := writeState(o.out, e, par, started); err != nil {
 		return err
 	}
-	return os.WriteFile(o.doc, []byte(markdown(o, e, sums, par, started)), 0o644)
+	return os.WriteFile(o.doc, []byte(markdown(o, e, sums, samples, par, started)), 0o644)
 }
 
 func writeCSV(path string, samples []sample) error {
@@ -201,7 +201,7 @@ func writeChart(path string, sums []summary) error {
 	return p.Save(10*vg.Inch, 6.5*vg.Inch, path)
 }
 
-func markdown(o options, e *env, sums []summary, par *parallelResult, started time.Time) string {
+func markdown(o options, e *env, sums []summary, samples []sample, par *parallelResult, started time.Time) string {
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	w("# Benchmarks\n\n")
@@ -297,6 +297,17 @@ func markdown(o options, e *env, sums []summary, par *parallelResult, started ti
 			w("| full restore (rc) ≤ 1.2 × runc restore of a dir (ra) at %d MiB | %.2f × | %s |\n", mib, r, met(r <= 1.2))
 		}
 	}
+	for _, mib := range []int{1024, 4096} {
+		rc, ok1 := get("rc", mib)
+		rr, ok2 := get("rr", mib)
+		if ok1 && ok2 && rr.Latency > 0 {
+			r := rc.Latency / rr.Latency
+			w("| full restore (rc) ≤ 1.2 × raw criu restore (rr) at %d MiB | %.2f × | %s |\n", mib, r, met(r <= 1.2))
+		}
+	}
+	if ml, ok := get("ml", 4096); ok {
+		w("| live migration downtime (ml) ≤ 1 s at 4096 MiB | %.3f s | %s |\n", ml.Latency, met(ml.Latency <= 1))
+	}
 	if rl, ok := get("rl", 4096); ok {
 		w("| lazy restore running (rl) ≤ 0.5 s at 4096 MiB | %.3f s | %s |\n", rl.Latency, met(rl.Latency <= 0.5))
 	}
@@ -316,8 +327,7 @@ func markdown(o options, e *env, sums []summary, par *parallelResult, started ti
 		}
 	}
 	w("\n%s", analysisMarker)
-	b.WriteString(restoreAnalysis(sums))
-	b.WriteString(analysis)
+	b.WriteString(analysisText(sums, samples, par, e.versions))
 	return b.String()
 }
 

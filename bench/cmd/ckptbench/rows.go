@@ -35,6 +35,13 @@ type env struct {
 	failures []string
 	// lazyMemory is row rl's last time to memory complete, for row rm.
 	lazyMemory *sample
+	// criuRestore is CRIU's own restore time in row ra's last run, for
+	// row rr.
+	criuRestore *sample
+	// mig is the two nodes of the migration rows; liveTotal is row ml's
+	// last time until every page moved, for row mlt.
+	mig       *migration
+	liveTotal *sample
 }
 
 func newEnv(o options) *env { return &env{o: o, versions: map[string]string{}} }
@@ -78,6 +85,11 @@ func (e *env) start(ctx context.Context) error {
 			return err
 		}
 	}
+	if e.need("mc", "ml", "mlt") {
+		if _, err := e.startMigration(ctx); err != nil {
+			return fmt.Errorf("migration nodes: %w", err)
+		}
+	}
 	if e.need("f", "rf") {
 		if _, err := exec.LookPath("podman"); err != nil {
 			return errors.New("podman not found: run hack/install-bench-deps.sh")
@@ -97,6 +109,7 @@ func (e *env) close() {
 		e.emb.ckpt(ctx, "rm", "--all")
 		e.emb.stop()
 	}
+	e.mig.close()
 	e.cri.stop()
 	if e.ctrdDir != "" {
 		cmd := exec.CommandContext(ctx, filepath.Join(e.o.repo, "hack/stop-containerd.sh"), e.ctrdDir)
@@ -185,6 +198,13 @@ func (e *env) measureSize(ctx context.Context, mib int) ([]sample, error) {
 		t.criID = ctrID
 		defer e.crictl(context.Background(), "rmp", "-f", podID)
 	}
+	if e.mig != nil {
+		cleanup, err := e.prepareMigration(ctx, mib)
+		defer cleanup()
+		if err != nil {
+			return nil, err
+		}
+	}
 	if e.podman {
 		t.podName = fmt.Sprintf("bench-%d", mib)
 		if err := e.podmanRun(ctx, t.podName, mib); err != nil {
@@ -198,7 +218,8 @@ func (e *env) measureSize(ctx context.Context, mib int) ([]sample, error) {
 		fn func(context.Context, target, int) (sample, error)
 	}{
 		{"a", e.rowRaw}, {"b", e.rowRawTar}, {"c", e.rowCkpt}, {"cf", e.rowCkptFiles}, {"d", e.rowCkptCRI}, {"e", e.rowCrictl}, {"f", e.rowPodman},
-		{"ra", e.rowRuncRestore}, {"rc", e.rowCkptRestore}, {"rl", e.rowCkptLazyRestore}, {"rm", e.rowLazyMemory}, {"rf", e.rowPodmanRestore},
+		{"ra", e.rowRuncRestore}, {"rr", e.rowCriuRestore}, {"rc", e.rowCkptRestore}, {"rl", e.rowCkptLazyRestore}, {"rm", e.rowLazyMemory}, {"rf", e.rowPodmanRestore},
+		{"mc", e.rowMigrateCopy}, {"ml", e.rowMigrateLive}, {"mlt", e.rowLiveTotal},
 	}
 	var out []sample
 	broken := map[string]bool{}
@@ -423,7 +444,23 @@ func (e *env) rowRuncRestore(ctx context.Context, t target, run int) (sample, er
 		detail, _ := os.ReadFile(filepath.Join(work, "restore.log"))
 		return sample{}, fmt.Errorf("runc restore: %v: %s", err, lastLines(string(detail), 5))
 	}
+	e.criuRestore = nil
+	if st, err := crit.GetRestoreStats(work); err == nil && st.GetRestoreTime() > 0 {
+		e.criuRestore = &sample{Latency: time.Duration(st.GetRestoreTime()) * time.Microsecond}
+	}
 	return sample{Latency: elapsed}, nil
+}
+
+// rowCriuRestore reports CRIU's own restore time (restore_time of its
+// stats-restore) in row ra's run: the images restored straight from a
+// directory, without runc around CRIU.
+func (e *env) rowCriuRestore(ctx context.Context, t target, run int) (sample, error) {
+	if e.criuRestore == nil {
+		return sample{}, errors.New("no CRIU restore statistics from row ra")
+	}
+	s := *e.criuRestore
+	e.criuRestore = nil
+	return s, nil
 }
 
 func (e *env) rowCkptRestore(ctx context.Context, t target, run int) (sample, error) {

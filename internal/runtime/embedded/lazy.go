@@ -69,11 +69,14 @@ type lazyConfig struct {
 	Pages map[uint32]lazyPages `json:"pages"` // by pages id
 	// InPlace: the tasks resume only when memory is complete.
 	InPlace bool `json:"inPlace,omitempty"`
+	// Remote: the pages come from a live migration's source, through a
+	// socket on fd 4 that the agent relays (live.go).
+	Remote bool `json:"remote,omitempty"`
 }
 
 // lazyInput is what a lazy restore serves pages from.
 type lazyInput struct {
-	archive *os.File
+	archive *os.File // the archive file; a live restore's page socket
 	cfg     lazyConfig
 	// inPlace holds the restored tasks stopped (CRIU's pre-resume hook)
 	// until every page has moved and the digests match: a full restore
@@ -311,37 +314,19 @@ func startLazy(o ShimOptions, rc *gorunc.Runc) (*lazyShim, error) {
 		return nil, err
 	}
 	unix.CloseOnExec(lazyArchiveFd)
-	l.archive = os.NewFile(lazyArchiveFd, "archive")
-	idx, err := pageserver.LoadIndex(o.Restore, func(id uint32) (io.ReaderAt, int64, error) {
-		lp, ok := l.cfg.Pages[id]
-		if !ok {
-			return nil, 0, fmt.Errorf("no pages-%d.img in the archive", id)
+	var theirs *os.File
+	if l.cfg.Remote {
+		// Live migration: fd 4 is a socket the agent relays to the
+		// source's page server; the daemon talks on it directly.
+		theirs = os.NewFile(lazyArchiveFd, "pages")
+		l.srv = &pageserver.Server{}
+	} else {
+		var err error
+		if theirs, err = l.serveArchive(); err != nil {
+			return nil, err
 		}
-		return io.NewSectionReader(l.archive, lp.Offset, lp.Size), lp.Size, nil
-	})
-	if err != nil {
-		return nil, err
 	}
-	l.srv = &pageserver.Server{Index: idx}
-	// The page server talks to the daemon over a socket pair that no other
-	// process can reach.
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	// Large socket buffers: the daemon asks for up to 4 MiB at a time, and
-	// the default (about 200 KiB) costs a context switch every 50 pages.
-	for _, fd := range fds {
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer)
-		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketBuffer)
-	}
-	ours, theirs := os.NewFile(uintptr(fds[0]), "page-server"), os.NewFile(uintptr(fds[1]), "lazy-pages")
 	defer theirs.Close()
-	if l.conn, err = net.FileConn(ours); err != nil {
-		ours.Close()
-		return nil, err
-	}
-	ours.Close()
 	status, statusW, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -394,14 +379,53 @@ func startLazy(o ShimOptions, rc *gorunc.Runc) (*lazyShim, error) {
 		l.daemon.Process.Kill()
 		return nil, fmt.Errorf("criu lazy-pages did not start within %s", lazyReadyLimit)
 	}
-	go func() {
-		if err := l.srv.Serve(l.conn); err != nil {
-			l.fail(fmt.Errorf("page server: %w", err))
-		}
-		// The connection closes only after fail has stopped the container.
-		l.conn.Close()
-	}()
+	if l.conn != nil {
+		go func() {
+			if err := l.srv.Serve(l.conn); err != nil {
+				l.fail(fmt.Errorf("page server: %w", err))
+			}
+			// The connection closes only after fail has stopped the container.
+			l.conn.Close()
+		}()
+	}
 	return l, nil
+}
+
+// serveArchive opens the page index of the archive on fd 4 and returns the
+// daemon's end of a socket pair whose other end the shim serves from it.
+func (l *lazyShim) serveArchive() (*os.File, error) {
+	l.archive = os.NewFile(lazyArchiveFd, "archive")
+	idx, err := pageserver.LoadIndex(l.o.Restore, func(id uint32) (io.ReaderAt, int64, error) {
+		lp, ok := l.cfg.Pages[id]
+		if !ok {
+			return nil, 0, fmt.Errorf("no pages-%d.img in the archive", id)
+		}
+		return io.NewSectionReader(l.archive, lp.Offset, lp.Size), lp.Size, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	l.srv = &pageserver.Server{Index: idx}
+	// The page server talks to the daemon over a socket pair that no other
+	// process can reach.
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	// Large socket buffers: the daemon asks for up to 4 MiB at a time, and
+	// the default (about 200 KiB) costs a context switch every 50 pages.
+	for _, fd := range fds {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer)
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketBuffer)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "page-server"), os.NewFile(uintptr(fds[1]), "lazy-pages")
+	if l.conn, err = net.FileConn(ours); err != nil {
+		ours.Close()
+		theirs.Close()
+		return nil, err
+	}
+	ours.Close()
+	return theirs, nil
 }
 
 // abort ends a lazy restore whose runc restore failed; it returns why
@@ -409,7 +433,9 @@ func startLazy(o ShimOptions, rc *gorunc.Runc) (*lazyShim, error) {
 func (l *lazyShim) abort() error {
 	l.once.Do(func() { close(l.failed) })
 	l.daemon.Process.Kill()
-	l.conn.Close()
+	if l.conn != nil {
+		l.conn.Close()
+	}
 	var m MemoryState
 	if readJSON(filepath.Join(l.o.Dir, fileMemory), &m) == nil && m.State == MemoryFailed {
 		return errors.New(m.Error)
@@ -521,7 +547,9 @@ func (l *lazyShim) run() {
 	m := l.memory()
 	m.State, m.Complete = MemoryComplete, time.Now().UTC()
 	writeJSONAtomic(filepath.Join(l.o.Dir, fileMemory), m)
-	l.archive.Close()
+	if l.archive != nil {
+		l.archive.Close()
+	}
 	os.RemoveAll(l.o.Restore)
 }
 
@@ -710,4 +738,125 @@ func reaped(pid int, ws unix.WaitStatus) {
 	case ch <- ex:
 	default:
 	}
+}
+
+// stuckRestoreAfter is how long a restore may go on after `criu lazy-pages`
+// ended under it (a live migration's link broke during the restore).
+const stuckRestoreAfter = 5 * time.Second
+
+// watchStuckRestore ends a runc restore that CRIU hangs: when the daemon
+// dies while CRIU restores, CRIU's failure path waits for the restored
+// tasks, which are runc's children (--restore-sibling), not CRIU's, and
+// runc waits for CRIU. Once the daemon has been gone for
+// stuckRestoreAfter, the tasks and CRIU are killed, and runc restore
+// returns its error. done closes when runc restore returned.
+func (l *lazyShim) watchStuckRestore(done <-chan struct{}) {
+	var goneSince time.Time
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		if !processGone(l.daemon.Process.Pid) {
+			continue
+		}
+		if goneSince.IsZero() {
+			goneSince = time.Now()
+			continue
+		}
+		if time.Since(goneSince) < stuckRestoreAfter {
+			continue
+		}
+		m := l.memory()
+		m.State, m.Error = MemoryFailed, "lazy restore stopped the container: criu lazy-pages ended during the restore; "+
+			tailErrors(filepath.Join(l.o.Dir, "restore-work", fileLazyLog), 3)
+		writeJSONAtomic(filepath.Join(l.o.Dir, fileMemory), m)
+		fmt.Fprintf(os.Stderr, "lazy restore of %s: criu lazy-pages ended during the restore; killing the stuck restore\n", l.o.ID)
+		killCgroupProcs(l.o.ID)
+		killOwnNamespaceProcs(l.o.ID) // CRIU, in the container's cgroup
+		return
+	}
+}
+
+// processGone reports whether pid has exited (a zombie counts).
+func processGone(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(data), ')')
+	return i < 0 || i+2 >= len(data) || data[i+2] == 'Z'
+}
+
+// killOwnNamespaceProcs SIGKILLs the processes of the container's cgroup
+// that live in our pid namespace (CRIU during a restore), but never this
+// process or its ancestors.
+func killOwnNamespaceProcs(id string) {
+	self, _ := os.Readlink("/proc/self/ns/pid")
+	skip := map[int]bool{}
+	for pid := os.Getpid(); pid > 1 && !skip[pid]; pid = parentOf(pid) {
+		skip[pid] = true
+	}
+	cg := filepath.Join(defaultContainerCgroup, id)
+	for _, f := range []string{filepath.Join("/sys/fs/cgroup/freezer", cg, "cgroup.procs"), filepath.Join("/sys/fs/cgroup", cg, "cgroup.procs")} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Fields(string(data)) {
+			pid, err := strconv.Atoi(line)
+			if err != nil || pid <= 1 || skip[pid] {
+				continue
+			}
+			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err == nil && ns == self {
+				unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+	}
+}
+
+// unmountUnder detaches every mount below dir, deepest first: what a CRIU
+// killed during a restore leaves (its cgroup yard, runc's criu-root).
+func unmountUnder(dir string) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var points []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		p := unescapeMountPath(f[4])
+		if p == dir || strings.HasPrefix(p, dir+"/") {
+			points = append(points, p)
+		}
+	}
+	sort.Slice(points, func(i, j int) bool { return len(points[i]) > len(points[j]) })
+	for _, p := range points {
+		unix.Unmount(p, unix.MNT_DETACH)
+	}
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMountPath(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }

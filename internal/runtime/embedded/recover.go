@@ -32,6 +32,9 @@ func (r *Runtime) forgetDump(id string) { os.Remove(filepath.Join(r.dumpsDir(), 
 // what it did, one line each.
 func (r *Runtime) RecoverInterruptedDumps() []string {
 	var done []string
+	if what := r.recoverPipeMaxSize(); what != "" {
+		done = append(done, what)
+	}
 	entries, _ := os.ReadDir(r.dumpsDir())
 	for _, e := range entries {
 		id := e.Name()

@@ -101,6 +101,15 @@ func (r *Runtime) restoreExtracted(ctx context.Context, staging string, o Restor
 	if err := readConfigDump(root, &cfg); err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 	}
+	// A live dump lacks its pages: it restores only as its migration's
+	// destination, which pulls them; a live restore takes nothing else
+	// (the pages it pulls are not covered by the archive's checksums).
+	_, lerr := root.Lstat(LiveMember)
+	if live := lazy != nil && lazy.cfg.Remote; lerr == nil && !live {
+		return runtime.Container{}, fmt.Errorf("restore %s: a live migration's dump, without its memory pages, restores only within its migration: %w", o.Source, runtime.ErrInvalid)
+	} else if live && lerr != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: not a live migration's dump (no %s): %w", o.Source, LiveMember, runtime.ErrInvalid)
+	}
 	pod, ctrName, err := archivedPod(root, &cfg)
 	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)

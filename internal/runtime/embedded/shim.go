@@ -189,10 +189,15 @@ func RunShim(o ShimOptions) error {
 			}
 			lazy.before()
 		}
+		restored := make(chan struct{})
+		if lazy != nil {
+			go lazy.watchStuckRestore(restored)
+		}
 		_, err = rc.Restore(ctx, o.ID, bundle, &gorunc.RestoreOpts{
 			CheckpointOpts: gorunc.CheckpointOpts{ImagePath: o.Restore, WorkDir: filepath.Join(o.Dir, "restore-work"), FileLocks: true, AllowOpenTCP: o.TCPEstablished, LazyPages: o.Lazy},
 			IO:             pio, Detach: true, PidFile: pidFile,
 		})
+		close(restored)
 		if err != nil && lazy != nil {
 			if cause := lazy.abort(); cause != nil {
 				err = fmt.Errorf("%v: %w", cause, err)
@@ -220,6 +225,11 @@ func RunShim(o ShimOptions) error {
 	}
 	if err != nil {
 		rc.Delete(ctx, o.ID, &gorunc.DeleteOpts{Force: true})
+		if o.Restore != "" {
+			// A CRIU that was killed leaves its mounts behind.
+			unmountUnder(filepath.Join(o.Dir, "restore-work"))
+			unmountUnder(filepath.Join(o.RuncRoot, o.ID))
+		}
 		restoreLog := filepath.Join(o.Dir, "restore-work", "restore.log")
 		detail := dropStagingLogPath(lastRuncError(runcLog, restoreLog))
 		kept := keepFailureLogs(filepath.Dir(filepath.Dir(o.Dir)), o.ID, "restore", runcLog, restoreLog)

@@ -1,0 +1,46 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// The analysis must follow the numbers: the same run with other numbers
+// says other things.
+func TestAnalysisFollowsTheNumbers(t *testing.T) {
+	sum := func(row string, mib int, lat float64) summary { return summary{Row: row, MiB: mib, Latency: lat} }
+	for _, tc := range []struct {
+		name      string
+		sums      []summary
+		want, not []string
+	}{
+		{
+			name: "flat live downtime, restore within target",
+			sums: []summary{sum("ml", 64, 0.20), sum("ml", 4096, 0.24), sum("mc", 64, 0.5), sum("mc", 4096, 6),
+				sum("rr", 1024, 1), sum("ra", 1024, 1.1), sum("rc", 1024, 1.15)},
+			want: []string{"0.200 s to 0.240 s (1.20 ×): it barely grows with memory", "grows with memory", "| 4096 | 6.000 s | 0.240 s | 0.04 × |",
+				"Live downtime ≤ 1 s at 4096 MiB**: 0.240 s (yes)", "Full restore ≤ 1.2 × raw CRIU's** (the target is set at 1024 and 4096 MiB): within it, 1.15 × at 1024 MiB"},
+			not: []string{"missed", "over it"},
+		},
+		{
+			name: "live downtime grows, restore misses",
+			sums: []summary{sum("ml", 64, 0.2), sum("ml", 4096, 3), sum("rr", 1024, 1), sum("ra", 1024, 1.2), sum("rc", 1024, 2.5)},
+			want: []string{"(15.00 ×): it grows", "Live downtime ≤ 1 s at 4096 MiB**: 3.000 s (no)", "over it by 2.50 × at 1024 MiB",
+				"takes 17 % at 1024 MiB", "ckpt adds 1.300 s at 1024 MiB"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := analysisText(tc.sums, nil, nil, map[string]string{"cpus": "2"})
+			for _, w := range tc.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("missing %q in:\n%s", w, got)
+				}
+			}
+			for _, n := range tc.not {
+				if strings.Contains(got, n) {
+					t.Errorf("has %q:\n%s", n, got)
+				}
+			}
+		})
+	}
+}
