@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"math"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -252,21 +251,57 @@ func (r results) migrationSection() string {
 
 // --- checkpoint -------------------------------------------------------------
 
+// phaseMedian is the median of one frozen-time phase over a row's runs at
+// mib (0: none measured).
+func (r results) phaseMedian(row string, mib int, f func(freezePhases) time.Duration) float64 {
+	var v []float64
+	for _, s := range r.samples {
+		if s.Row == row && s.MiB == mib && s.Phases.Frozen > 0 {
+			v = append(v, f(s.Phases).Seconds())
+		}
+	}
+	return median(v)
+}
+
+// freezeSplit says where c's frozen time went against a's at mib, from
+// the phases CRIU's dump.log shows, and which phase holds most of the
+// difference ("" when either row has none).
+func (r results) freezeSplit(mib int) string {
+	phases := []struct {
+		name, why string
+		f         func(freezePhases) time.Duration
+	}{
+		{"page transfers", "CRIU waits whenever a pages FIFO is full, until ckpt's reader has drained it", func(p freezePhases) time.Duration { return p.Pages }},
+		{"waits for the parasite", "the parasite runs in the frozen task, on CPUs the run shares with everything else", func(p freezePhases) time.Duration { return p.Acks }},
+		{"action scripts", "ckpt's post-dump hook (a shell, then `ckpt capture-frozen`) runs at each of CRIU's actions while frozen", func(p freezePhases) time.Duration { return p.Scripts }},
+	}
+	if r.phaseMedian("c", mib, func(p freezePhases) time.Duration { return p.Frozen }) == 0 ||
+		r.phaseMedian("a", mib, func(p freezePhases) time.Duration { return p.Frozen }) == 0 {
+		return ""
+	}
+	var parts []string
+	most, mostExtra := -1, 0.0
+	for i, p := range phases {
+		c, a := r.phaseMedian("c", mib, p.f), r.phaseMedian("a", mib, p.f)
+		parts = append(parts, fmt.Sprintf("%s %.2f s against %.2f s", p.name, c, a))
+		if c-a > mostExtra {
+			most, mostExtra = i, c-a
+		}
+	}
+	msg := "Where the frozen time went (medians, from CRIU's dump.log, c against a): " + strings.Join(parts, "; ") + "."
+	if most >= 0 {
+		msg += fmt.Sprintf(" Most of c's extra freeze is in the %s (%.2f s more): %s.", phases[most].name, mostExtra, phases[most].why)
+	}
+	return msg
+}
+
 // designDump is DESIGN.md's `criu dump` medians (CRIU 4.1.1, ext4, 2
 // vCPUs), the reference the noise paragraph compares the floor with.
 var designDump = map[int]float64{256: 0.17, 1024: 0.49, 4096: 2.4}
 
-func pipeMaxSize() string {
-	b, err := os.ReadFile("/proc/sys/fs/pipe-max-size")
-	if err != nil {
-		return "fs.pipe-max-size"
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return "fs.pipe-max-size"
-	}
-	return fmt.Sprintf("fs.pipe-max-size (%d KiB on the machine that wrote this page)", n>>10)
-}
+// fifoMiB is the size ckpt grows its pages FIFOs to
+// (internal/runtime/embedded fifoPipeSize).
+const fifoMiB = 16
 
 func (r results) checkpointSection() string {
 	var b strings.Builder
@@ -277,9 +312,10 @@ files and splices the pages in; ckpt splices them on into the archive file behin
 512-byte tar header slot that it fills in once the size is known, and hashes them
 (for `+"`checksums.sha256`"+`) from the page cache on a nice-19 thread, starting
 write-back with sync_file_range as it goes, so that the final fsync is short. The
-FIFOs are grown to %s: at the default 64 KiB, CRIU waits for ckpt every 16 pages.
-The other images are small and are appended after the dump. See
-internal/runtime/embedded/stream.go.
+FIFOs are grown to %d MiB before the dump (raising fs.pipe-max-size for those few
+calls where the agent lacks CAP_SYS_RESOURCE): CRIU waits for ckpt each time a FIFO
+is full, 16 pages at the default 64 KiB. The other images are small and are appended
+after the dump. See internal/runtime/embedded/stream.go.
 
 **Why not CRIU's stream mode.** CRIU has `+"`--stream`"+` (the criu-image-streamer
 protocol over `+"`streamer-capture.sock`"+`), and runc does pass CRIU the
@@ -289,7 +325,7 @@ directory is opened with the swrk mode, for which `+"`socket_name_for_mode()`"+`
 socket name and hits BUG(). The FIFO route needs nothing from CRIU or runc and gives
 the same single copy.
 
-`, pipeMaxSize())
+`, fifoMiB)
 	cs := r.sizes("c")
 	b.WriteString("**Checkpoint against the targets (from this run).** ")
 	fmt.Fprintf(&b, "ckpt's API end to end (c) against the bare `runc checkpoint` into a directory (a): %s. ",
@@ -350,7 +386,11 @@ the same single copy.
 			}
 			msg += ". "
 		}
-		msg += "This run does not tell the cause."
+		if split := r.freezeSplit(mib); split != "" {
+			msg += split
+		} else {
+			msg += "This run has no dump.log phases to tell the cause."
+		}
 		missed = append(missed, msg)
 	}
 	for _, mib := range r.sizes("d") {

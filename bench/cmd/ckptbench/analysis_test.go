@@ -44,3 +44,30 @@ func TestAnalysisFollowsTheNumbers(t *testing.T) {
 		})
 	}
 }
+
+// TestFreezeSplitFollowsThePhases: the missed freeze target names the
+// phase that holds most of c's extra frozen time in this run's samples.
+func TestFreezeSplitFollowsThePhases(t *testing.T) {
+	s := func(row string, pages, acks, scripts float64) sample {
+		p := freezePhases{Pages: seconds(pages), Acks: seconds(acks), Scripts: seconds(scripts)}
+		p.Frozen = p.Pages + p.Acks + p.Scripts + seconds(0.1)
+		return sample{Row: row, MiB: 1024, Freeze: p.Frozen, Phases: p}
+	}
+	sums := []summary{{Row: "a", MiB: 1024, Latency: 1, Freeze: 1}, {Row: "c", MiB: 1024, Latency: 1.1, Freeze: 2, FreezeRatio: 2}}
+	for _, tc := range []struct {
+		name    string
+		samples []sample
+		want    string
+	}{
+		{"pages", []sample{s("a", 0.5, 0.1, 0), s("c", 1.4, 0.2, 0.1)}, "in the page transfers (0.90 s more)"},
+		{"acks", []sample{s("a", 0.5, 0.1, 0), s("c", 0.6, 1.3, 0.1)}, "in the waits for the parasite (1.20 s more)"},
+		{"none", []sample{s("c", 1, 1, 1)}, "no dump.log phases"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := analysisText(sums, tc.samples, nil, map[string]string{"cpus": "2"})
+			if !strings.Contains(got, tc.want) {
+				t.Errorf("missing %q in:\n%s", tc.want, got)
+			}
+		})
+	}
+}

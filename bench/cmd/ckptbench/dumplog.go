@@ -1,8 +1,10 @@
 package main
 
 import (
+	"archive/tar"
 	"bufio"
 	"io"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -68,4 +70,35 @@ func parseFreezePhases(r io.Reader) (freezePhases, error) {
 		prev = t
 	}
 	return p, sc.Err()
+}
+
+// phasesIn reads a dump.log file (zero phases when there is none).
+func phasesIn(path string) freezePhases {
+	f, err := os.Open(path)
+	if err != nil {
+		return freezePhases{}
+	}
+	defer f.Close()
+	p, _ := parseFreezePhases(f)
+	return p
+}
+
+// phasesInArchive reads the dump.log member of a plain checkpoint archive.
+func phasesInArchive(path string) freezePhases {
+	f, err := os.Open(path)
+	if err != nil {
+		return freezePhases{}
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		hdr, err := tr.Next()
+		if err != nil {
+			return freezePhases{}
+		}
+		if strings.TrimPrefix(hdr.Name, "./") == "dump.log" {
+			p, _ := parseFreezePhases(io.LimitReader(tr, 64<<20))
+			return p
+		}
+	}
 }

@@ -157,6 +157,7 @@ type sample struct {
 	Freeze  time.Duration // CRIU's frozen time (0: not known)
 	Size    int64         // archive (or image directory) bytes
 	RSS     int64         // agent's peak RSS during the request, bytes (0: not measured)
+	Phases  freezePhases  // where the frozen time went (rows a and c; zero: not known)
 }
 
 // rowInfo describes the rows in report order.

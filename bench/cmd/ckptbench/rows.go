@@ -282,7 +282,7 @@ func (e *env) rowRaw(ctx context.Context, t target, run int) (sample, error) {
 	if err != nil {
 		return sample{}, err
 	}
-	s := sample{Latency: time.Since(start), Size: size, Freeze: freezeIn(work)}
+	s := sample{Latency: time.Since(start), Size: size, Freeze: freezeIn(work), Phases: phasesIn(filepath.Join(work, "dump.log"))}
 	// The images stay for the runc restore row.
 	return s, nil
 }
@@ -314,7 +314,7 @@ func (e *env) rowCkpt(ctx context.Context, t target, run int) (sample, error) {
 	if err != nil {
 		return sample{}, err
 	}
-	s := sample{Latency: time.Since(start), RSS: e.emb.peakRSS(), Size: fileSize(path), Freeze: freezeInArchive(path)}
+	s := sample{Latency: time.Since(start), RSS: e.emb.peakRSS(), Size: fileSize(path), Freeze: freezeInArchive(path), Phases: phasesInArchive(path)}
 	// Keep the newest archive for the restore row.
 	if last := filepath.Join(e.o.work, "ckpt-last"); true {
 		os.Remove(readLink(last))
@@ -337,7 +337,7 @@ func (e *env) rowCkptFiles(ctx context.Context, t target, run int) (sample, erro
 	if err != nil {
 		return sample{}, err
 	}
-	s := sample{Latency: time.Since(start), RSS: e.emb.peakRSS(), Size: fileSize(path), Freeze: freezeInArchive(path)}
+	s := sample{Latency: time.Since(start), RSS: e.emb.peakRSS(), Size: fileSize(path), Freeze: freezeInArchive(path), Phases: phasesInArchive(path)}
 	os.Remove(path)
 	return s, nil
 }

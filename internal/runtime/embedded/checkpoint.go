@@ -69,7 +69,7 @@ func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePa
 	var capt *capture
 	if canStream(images) {
 		n := fifoCount(filepath.Join(defaultContainerCgroup, rec.ID))
-		if capt, err = startCapture(images, work, lib.CheckpointDirectory, n, w); err != nil {
+		if capt, err = startCapture(images, work, lib.CheckpointDirectory, n, w, filepath.Join(r.cfg.StateDir, filePipeMaxSize)); err != nil {
 			return res, fmt.Errorf("checkpoint container %s: %w", rec.ID, err)
 		}
 		defer capt.finish()

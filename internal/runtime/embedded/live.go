@@ -27,7 +27,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -89,7 +88,7 @@ func (r *Runtime) CheckpointLive(ctx context.Context, c runtime.Container, archi
 	if err := os.WriteFile(hook, []byte(frozen.hookScript(r.cfg.Shim)), 0o700); err != nil {
 		return nil, err
 	}
-	restorePipes, err := raisePipeMaxSize(filepath.Join(r.cfg.StateDir, filePipeMaxSize))
+	restorePipes, err := raisePipeMaxSize(filepath.Join(r.cfg.StateDir, filePipeMaxSize), 1<<22)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint container %s live: %w", rec.ID, err)
 	}
@@ -350,80 +349,6 @@ func (closedTunnel) SetReadDeadline(time.Time) error { return nil }
 // ignores that failure and then fails the first request that does not
 // start a page buffer ("page-pipe: splice: -1: Bad file descriptor").
 const criuTeePipe = 819 << 12
-
-// raisePipeMaxSize raises fs.pipe-max-size to what CRIU's lazy page
-// server needs, if it is lower, until the returned func is called by the
-// last live migration in progress (CRIU sizes its pipe once, at the start
-// of the session). Root with CAP_SYS_RESOURCE would not need it, but CRIU
-// cannot be told so; without the capability, the sysctl is the way.
-func raisePipeMaxSize(orig string) (restore func(), err error) {
-	pipeMu.Lock()
-	defer pipeMu.Unlock()
-	if pipeUsers == 0 {
-		b, err := os.ReadFile(pipeMaxSizePath)
-		if err != nil {
-			return func() {}, nil
-		}
-		n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || n >= criuTeePipe {
-			return func() {}, nil
-		}
-		// Kept on disk too: an agent that dies before it puts the value
-		// back does it when it starts again (RecoverInterruptedDumps).
-		if err := os.WriteFile(orig, []byte(strconv.Itoa(n)), 0o600); err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(pipeMaxSizePath, []byte(strconv.Itoa(1<<22)), 0); err != nil {
-			os.Remove(orig)
-			return nil, fmt.Errorf("CRIU's lazy page server needs fs.pipe-max-size >= %d (is %d): %w", criuTeePipe, n, err)
-		}
-		pipeOld, pipeOrig = n, orig
-	}
-	pipeUsers++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			pipeMu.Lock()
-			defer pipeMu.Unlock()
-			if pipeUsers--; pipeUsers == 0 && pipeOld > 0 {
-				os.WriteFile(pipeMaxSizePath, []byte(strconv.Itoa(pipeOld)), 0)
-				os.Remove(pipeOrig)
-				pipeOld = 0
-			}
-		})
-	}, nil
-}
-
-var (
-	pipeMu    sync.Mutex
-	pipeUsers int
-	pipeOld   int    // the value to put back; 0: none
-	pipeOrig  string // the file that keeps it
-)
-
-const (
-	pipeMaxSizePath = "/proc/sys/fs/pipe-max-size"
-	filePipeMaxSize = "pipe-max-size.orig"
-)
-
-// recoverPipeMaxSize puts back a fs.pipe-max-size that an agent raised
-// for a live migration and could not restore (it died).
-func (r *Runtime) recoverPipeMaxSize() string {
-	orig := filepath.Join(r.cfg.StateDir, filePipeMaxSize)
-	b, err := os.ReadFile(orig)
-	if err != nil {
-		return ""
-	}
-	defer os.Remove(orig)
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || n <= 0 {
-		return ""
-	}
-	if err := os.WriteFile(pipeMaxSizePath, []byte(strconv.Itoa(n)), 0); err != nil {
-		return ""
-	}
-	return fmt.Sprintf("put fs.pipe-max-size back to %d after an interrupted live migration", n)
-}
 
 // freeCRIUPort returns a TCP port free on 127.0.0.1 now.
 func freeCRIUPort() (int, error) {

@@ -6,8 +6,12 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ckpt-dev/ckpt/internal/archive"
 )
@@ -38,9 +42,19 @@ func TestCaptureFIFOs(t *testing.T) {
 	if err := sa.AddDirEntry("checkpoint", 0o700); err != nil {
 		t.Fatal(err)
 	}
-	c, err := startCapture(images, spool, "checkpoint", 3, sa)
+	c, err := startCapture(images, spool, "checkpoint", 3, sa, filepath.Join(t.TempDir(), "pipe-max-size.orig"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		for _, k := range c.keep {
+			if n, err := unix.FcntlInt(k.Fd(), unix.F_GETPIPE_SZ, 0); err != nil || n != fifoPipeSize {
+				t.Errorf("FIFO buffer %d (%v), want %d", n, err, fifoPipeSize)
+			}
+		}
+		if b, _ := os.ReadFile(pipeMaxSizePath); strings.TrimSpace(string(b)) == strconv.Itoa(fifoPipeSize) {
+			t.Errorf("fs.pipe-max-size left raised")
+		}
 	}
 	data := map[string][]byte{
 		"pages-1.img": randomBytes(5<<20+3, 1),
