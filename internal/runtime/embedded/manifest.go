@@ -129,6 +129,11 @@ func ParseManifest(data []byte) (*corev1.Pod, error) {
 	if err := validatePod(&pod); err != nil {
 		return nil, err
 	}
+	// The API server's defaulting, which the kubelet applies to static
+	// pods too: a pod without a restart policy restarts Always.
+	if pod.Spec.RestartPolicy == "" {
+		pod.Spec.RestartPolicy = corev1.RestartPolicyAlways
+	}
 	return &pod, nil
 }
 

@@ -76,3 +76,21 @@ func TestLoadManifestsKeepsGoodPods(t *testing.T) {
 		}
 	}
 }
+
+// TestParseManifestRestartPolicy: an unset policy is Always, as the API
+// server defaults it for the kubelet; a set one is kept.
+func TestParseManifestRestartPolicy(t *testing.T) {
+	for set, want := range map[string]string{"": "Always", "Always": "Always", "OnFailure": "OnFailure", "Never": "Never"} {
+		m := goodManifest
+		if set != "" {
+			m = strings.Replace(goodManifest, "spec:\n", "spec:\n  restartPolicy: "+set+"\n", 1)
+		}
+		pod, err := ParseManifest([]byte(m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(pod.Spec.RestartPolicy); got != want {
+			t.Errorf("restartPolicy %q parses as %q, want %q", set, got, want)
+		}
+	}
+}
