@@ -32,5 +32,6 @@ func newCaptureFrozenCommand(*globalOptions) *cobra.Command {
 		f.StringVar(fl.p, fl.name, "", fl.help)
 		cmd.MarkFlagRequired(fl.name)
 	}
+	f.StringArrayVar(&c.Volumes, "volume", nil, "an emptyDir to capture, NAME=DIR (repeatable)")
 	return cmd
 }

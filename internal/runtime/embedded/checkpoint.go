@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -24,10 +25,23 @@ import (
 // writes the archive to archivePath (which must not exist). On failure or
 // when ctx ends, CRIU is stopped, the container is thawed, and nothing but
 // a partial archivePath (which the caller removes) is left behind.
+// The emptyDirs the container mounts are captured with its files.
 func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePath string, opts runtime.CheckpointOptions) (res runtime.CheckpointResult, err error) {
+	return r.checkpoint(ctx, c, archivePath, opts, true)
+}
+
+// checkpoint is Checkpoint; a pod checkpoint captures the emptyDirs once
+// for the pod (withVolumes false).
+func (r *Runtime) checkpoint(ctx context.Context, c runtime.Container, archivePath string, opts runtime.CheckpointOptions, withVolumes bool) (res runtime.CheckpointResult, err error) {
 	rec, err := r.loadRecord(c.ID)
 	if err != nil {
 		return res, fmt.Errorf("checkpoint container %s: %w", c.ID, runtime.ErrContainerNotFound)
+	}
+	var volumes map[string]string
+	if withVolumes && rec.PodUID != "" {
+		if _, pod, err := r.podOf(rec); err == nil {
+			volumes = mountedEmptyDirs(pod, r.podDir(rec.PodUID), rec.Name)
+		}
 	}
 	dir := r.containerDir(rec.ID)
 	work, err := os.MkdirTemp(filepath.Dir(archivePath), ".work-")
@@ -45,7 +59,7 @@ func (r *Runtime) Checkpoint(ctx context.Context, c runtime.Container, archivePa
 	// CRIU runs this hook while the container is still frozen: the rootfs
 	// diff, deleted.files and the log's end are taken at the same cut as
 	// memory.
-	frozen := frozenCapture(dir, work)
+	frozen := frozenCapture(dir, work, volumes)
 	hook := filepath.Join(work, "post-dump.sh")
 	if err := os.WriteFile(hook, []byte(frozen.hookScript(r.cfg.Shim)), 0o700); err != nil {
 		return res, err
@@ -213,6 +227,7 @@ func (r *Runtime) writeArchive(w memberWriter, rec *record, images, criuWork str
 		func() error { return addIfExists(w, "stats-dump", filepath.Join(criuWork, "stats-dump")) },
 		func() error { return addIfExists(w, lib.DumpLogFile, filepath.Join(criuWork, lib.DumpLogFile)) },
 		func() error { return addLog(w, capture.Log, readSize(capture.LogSize)) },
+		func() error { return addVolumes(w, capture) },
 		w.Close,
 	}
 	for _, step := range steps {
@@ -270,4 +285,15 @@ func (r *Runtime) addPodMember(w memberWriter, rec *record) error {
 		return nil
 	}
 	return w.AddFile(PodMember, filepath.Join(r.podDir(rec.PodUID), filePod))
+}
+
+// addVolumes archives the emptyDirs the capture wrote, as volumes/NAME.tar.
+func addVolumes(w memberWriter, c FrozenCapture) error {
+	for _, v := range c.Volumes {
+		name, _, _ := strings.Cut(v, "=")
+		if err := w.AddFile(path.Join(PodVolumes, name+".tar"), c.volumeTar(name)); err != nil {
+			return err
+		}
+	}
+	return nil
 }

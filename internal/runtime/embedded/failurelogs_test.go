@@ -79,7 +79,7 @@ func TestTailErrorsSkipsRlimitNoise(t *testing.T) {
 }
 
 func TestHookScriptQuotes(t *testing.T) {
-	c := frozenCapture("/state/it's", "/work")
+	c := frozenCapture("/state/it's", "/work", nil)
 	s := c.hookScript("/usr/bin/ckpt")
 	if !strings.Contains(s, `'/state/it'\''s/upper'`) || !strings.Contains(s, "post-dump") {
 		t.Fatalf("hook script:\n%s", s)

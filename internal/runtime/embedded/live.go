@@ -83,7 +83,7 @@ func (r *Runtime) CheckpointLive(ctx context.Context, c runtime.Container, archi
 		}
 	}
 	d.runcLog, d.dumpLog = filepath.Join(criuWork, "runc.log"), filepath.Join(criuWork, lib.DumpLogFile)
-	frozen := frozenCapture(dir, work)
+	frozen := frozenCapture(dir, work, nil)
 	hook := filepath.Join(work, "post-dump.sh")
 	if err := os.WriteFile(hook, []byte(frozen.hookScript(r.cfg.Shim)), 0o700); err != nil {
 		return nil, err

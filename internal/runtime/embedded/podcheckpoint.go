@@ -179,7 +179,7 @@ func (r *Runtime) dumpPodFrozen(ctx context.Context, p *podRecord, pod *corev1.P
 	frozenAt = time.Now()
 	for _, rec := range recs {
 		c := runtime.Container{ID: rec.ID, Namespace: rec.Namespace, Pod: rec.Pod, Name: rec.Name}
-		one, err := r.Checkpoint(ctx, c, filepath.Join(work, rec.Name+".tar"), opts)
+		one, err := r.checkpoint(ctx, c, filepath.Join(work, rec.Name+".tar"), opts, false)
 		if err != nil {
 			return frozenAt, thawedAt, err
 		}
@@ -202,20 +202,6 @@ func (r *Runtime) dumpPodFrozen(ctx context.Context, p *podRecord, pod *corev1.P
 	}
 	thawAll()
 	return frozenAt, thawedAt, nil
-}
-
-// captureVolume writes an emptyDir's content as a tar in rootfs-diff
-// format, which a restore applies through os.Root.
-func captureVolume(dir, out string) error {
-	f, err := os.OpenFile(out, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := archive.WriteRootfsDiff(f, dir); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // writePodArchive writes the pod archive into f from the work directory
@@ -389,20 +375,9 @@ func (r *Runtime) restorePodExtracted(ctx context.Context, staging string, targe
 		}
 		inputs[c.Name] = in
 	}
-	vols := map[string]string{}
-	for _, v := range pod.Spec.Volumes {
-		name := path.Join(PodVolumes, v.Name+".tar")
-		if v.EmptyDir == nil {
-			continue
-		}
-		st, err := root.Lstat(name)
-		if errors.Is(err, os.ErrNotExist) {
-			continue // an empty emptyDir
-		}
-		if err != nil || !st.Mode().IsRegular() {
-			return nil, fmt.Errorf("%s is not a regular file: %w", name, runtime.ErrInvalid)
-		}
-		vols[v.Name] = filepath.Join(staging, name)
+	vols, err := archivedVolumes(root, staging, pod)
+	if err != nil {
+		return nil, err
 	}
 	_, ctrs, err := r.createPod(ctx, pod, originRestore, "", inputs, vols)
 	if err != nil {
@@ -429,6 +404,29 @@ func readDirIn(root *os.Root, dir string) ([]string, error) {
 	}
 	defer f.Close()
 	return f.Readdirnames(-1)
+}
+
+// archivedVolumes maps the pod's emptyDirs that the extracted archive in
+// staging (opened as root) holds a volumes/NAME.tar for to that file. An
+// emptyDir without one starts empty; members for other names are not
+// looked at.
+func archivedVolumes(root *os.Root, staging string, pod *corev1.Pod) (map[string]string, error) {
+	vols := map[string]string{}
+	for _, v := range pod.Spec.Volumes {
+		name := path.Join(PodVolumes, v.Name+".tar")
+		if v.EmptyDir == nil {
+			continue
+		}
+		st, err := root.Lstat(name)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // an empty emptyDir
+		}
+		if err != nil || !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("%s is not a regular file: %w", name, runtime.ErrInvalid)
+		}
+		vols[v.Name] = filepath.Join(staging, name)
+	}
+	return vols, nil
 }
 
 // fillVolumes applies the archived content of a restored pod's emptyDirs

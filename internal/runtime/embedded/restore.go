@@ -144,7 +144,11 @@ func (r *Runtime) restoreExtracted(ctx context.Context, staging string, o Restor
 		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
 	}
 	in.binds, in.late = binds, o.late
-	_, ctrs, err := r.createPod(ctx, pod, originRestore, "", restoreInputs{ctr.Name: in}, nil)
+	vols, err := archivedVolumes(root, staging, pod)
+	if err != nil {
+		return runtime.Container{}, fmt.Errorf("restore %s: %w", o.Source, err)
+	}
+	_, ctrs, err := r.createPod(ctx, pod, originRestore, "", restoreInputs{ctr.Name: in}, vols)
 	if err != nil {
 		return runtime.Container{}, fmt.Errorf("restore %s as %s/%s/%s: %w", o.Source, pod.Namespace, pod.Name, ctr.Name, err)
 	}
