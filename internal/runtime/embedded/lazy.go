@@ -645,7 +645,12 @@ func killCgroupProcs(id string) { signalCgroupProcs(id, unix.SIGKILL) }
 
 // signalCgroupProcs sends sig to the container's processes (see
 // killCgroupProcs).
-func signalCgroupProcs(id string, sig unix.Signal) {
+func signalCgroupProcs(id string, sig unix.Signal) { signalCgroup(id, sig, false) }
+
+// signalCgroup sends sig to the processes of the container's cgroup that
+// live in another pid namespace than ours (ours: false) or in ours (true),
+// but never to this process or its ancestors.
+func signalCgroup(id string, sig unix.Signal, ours bool) {
 	self, _ := os.Readlink("/proc/self/ns/pid")
 	skip := map[int]bool{}
 	for pid := os.Getpid(); pid > 1 && !skip[pid]; pid = parentOf(pid) {
@@ -662,7 +667,7 @@ func signalCgroupProcs(id string, sig unix.Signal) {
 			if err != nil || pid <= 1 || skip[pid] {
 				continue
 			}
-			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err == nil && ns != self {
+			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err == nil && (ns == self) == ours {
 				unix.Kill(pid, sig)
 			}
 		}
@@ -794,29 +799,7 @@ func processGone(pid int) bool {
 // killOwnNamespaceProcs SIGKILLs the processes of the container's cgroup
 // that live in our pid namespace (CRIU during a restore), but never this
 // process or its ancestors.
-func killOwnNamespaceProcs(id string) {
-	self, _ := os.Readlink("/proc/self/ns/pid")
-	skip := map[int]bool{}
-	for pid := os.Getpid(); pid > 1 && !skip[pid]; pid = parentOf(pid) {
-		skip[pid] = true
-	}
-	cg := filepath.Join(defaultContainerCgroup, id)
-	for _, f := range []string{filepath.Join("/sys/fs/cgroup/freezer", cg, "cgroup.procs"), filepath.Join("/sys/fs/cgroup", cg, "cgroup.procs")} {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Fields(string(data)) {
-			pid, err := strconv.Atoi(line)
-			if err != nil || pid <= 1 || skip[pid] {
-				continue
-			}
-			if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err == nil && ns == self {
-				unix.Kill(pid, unix.SIGKILL)
-			}
-		}
-	}
-}
+func killOwnNamespaceProcs(id string) { signalCgroup(id, unix.SIGKILL, true) }
 
 // unmountUnder detaches every mount below dir, deepest first: what a CRIU
 // killed during a restore leaves (its cgroup yard, runc's criu-root).
