@@ -73,6 +73,13 @@ func (r *Runtime) RestartExited(ctx context.Context) []error {
 		if rec.Kind != "" || rec.PodUID == "" || rec.Stopped {
 			continue
 		}
+		// A lazy restore that ended before its memory was complete (its
+		// pages could not be served, or a live migration was aborted) is a
+		// failed restore: started again from the image, it would be a
+		// second copy of the source.
+		if m := r.Memory(rec.ID); m != nil && m.State != MemoryComplete {
+			continue
+		}
 		var st exitStatus
 		if readJSON(filepath.Join(r.containerDir(rec.ID), fileExit), &st) != nil {
 			continue // running
