@@ -158,8 +158,9 @@ func (r results) restoreSection() string {
 	}
 	if len(over) > 0 {
 		fmt.Fprintf(&b, "- **Full restore ≤ 1.2 × raw CRIU's** (%s): over it by %s. Of runc restore's time, runc itself\n"+
-			"  (not CRIU) takes %s; ckpt adds %s to runc restore (extraction with hashing, the pod sandbox,\n"+
-			"  the rootfs): the extraction writes every page once more before CRIU reads it back.\n", scope, strings.Join(over, ", "), runcShare, ckptShare)
+			"  (not CRIU) takes %s; ckpt adds %s to runc restore (the extraction, the pod sandbox, the rootfs,\n"+
+			"  and CRIU's pre-resume wait for the pages' SHA-256, computed while CRIU restores them): the\n"+
+			"  extraction writes every page once more before CRIU reads it back.\n", scope, strings.Join(over, ", "), runcShare, ckptShare)
 	} else if len(sizes) > 0 {
 		fmt.Fprintf(&b, "- **Full restore ≤ 1.2 × raw CRIU's** (%s): within it, %s.\n", scope, list(sizes, func(mib int) (string, bool) {
 			x := r.ratio("rc", "rr", mib)
