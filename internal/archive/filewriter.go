@@ -319,8 +319,10 @@ func spliceAll(pipe, f *os.File, off int64, written *atomic.Int64, progress chan
 		if err == unix.EINTR || err == unix.EAGAIN {
 			continue
 		}
-		if err == unix.EINVAL || err == unix.ENOSYS {
-			break // no splice to this file: copy through user space
+		if err == unix.EINVAL || err == unix.ENOSYS || err == unix.ENOMEM {
+			// No splice to this file, or no memory for the kernel's
+			// array of a large pipe's buffers: copy through user space.
+			break
 		}
 		if err != nil {
 			return total, fmt.Errorf("splice: %w", err)
