@@ -255,7 +255,9 @@ const maxReply = 16 << 20
 // up and the kernel then fills missing pages with zeros.
 func (s *Server) Serve(conn io.ReadWriter) error {
 	in := make([]byte, headerSize)
-	buf := make([]byte, headerSize+maxReply)
+	var buf []byte // pages read through user space, when they cannot be spliced
+	zc := newSplicer(conn)
+	defer zc.close()
 	for {
 		if _, err := io.ReadFull(conn, in); err != nil {
 			if err == io.EOF {
@@ -286,10 +288,25 @@ func (s *Server) Serve(conn io.ReadWriter) error {
 		n := min(h.nr, e.nr-first, uint64(maxReply)/PageSize)
 		size := int(n * PageSize)
 		off := e.off + int64(first*PageSize)
+		reply := header{cmd: cmdAddF | pePresent<<cmdBits, nr: n, vaddr: h.vaddr, dst: h.dst}
+		if fs, ok := p.pages.(FileSection); ok && zc != nil && off+int64(size) <= fs.Size {
+			var hb [headerSize]byte
+			reply.encode(hb[:])
+			if _, err := conn.Write(hb[:]); err != nil {
+				return fmt.Errorf("send pages: %w", err)
+			}
+			if err := zc.send(fs.File, fs.Off+off, size); err != nil {
+				return fmt.Errorf("pid %d: send %d pages at 0x%x from the page image: %w", h.dst, n, h.vaddr, err)
+			}
+			s.Served.Add(int64(size))
+			continue
+		}
+		if buf == nil {
+			buf = make([]byte, headerSize+maxReply)
+		}
 		if _, err := p.pages.ReadAt(buf[headerSize:headerSize+size], off); err != nil {
 			return fmt.Errorf("pid %d: read %d pages at 0x%x from the page image: %w", h.dst, n, h.vaddr, err)
 		}
-		reply := header{cmd: cmdAddF | pePresent<<cmdBits, nr: n, vaddr: h.vaddr, dst: h.dst}
 		reply.encode(buf)
 		if _, err := conn.Write(buf[:headerSize+size]); err != nil {
 			return fmt.Errorf("send pages: %w", err)

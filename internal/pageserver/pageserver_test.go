@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // image builds a page image whose every page is filled with its index.
@@ -32,11 +34,57 @@ func request(t *testing.T, c net.Conn, cmd uint32, nr, vaddr, dst uint64) {
 	}
 }
 
+// socketPair is a connected pair of Unix stream sockets, as the shim gives
+// the daemon.
+func socketPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "socket")
+		if conns[i], err = net.FileConn(f); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		t.Cleanup(func() { conns[i].Close() })
+	}
+	return conns[0], conns[1]
+}
+
+// inFile writes data into a file behind junk bytes (as a tar member sits
+// behind its header) and returns it as a FileSection.
+func inFile(t *testing.T, data []byte) FileSection {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "archive")
+	junk := bytes.Repeat([]byte{0xee}, 512)
+	if err := os.WriteFile(path, append(junk, data...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return FileSection{File: f, Off: int64(len(junk)), Size: int64(len(data))}
+}
+
 func TestServe(t *testing.T) {
 	ps := PageSize
 	data := image(5)
 	// Two entries: 2 pages at 0x10000 (offset 0), 3 pages at 0x40000.
-	idx := Index{7: {extents: []extent{{vaddr: 0x10000, nr: 2, off: 0}, {vaddr: 0x40000, nr: 3, off: int64(2 * ps)}}, pages: bytes.NewReader(data), size: int64(len(data))}}
+	extents := []extent{{vaddr: 0x10000, nr: 2, off: 0}, {vaddr: 0x40000, nr: 3, off: int64(2 * ps)}}
+	transports := []struct {
+		name  string
+		pages func(t *testing.T) io.ReaderAt
+		conn  func(t *testing.T) (net.Conn, net.Conn)
+	}{
+		{"read through user space", func(*testing.T) io.ReaderAt { return bytes.NewReader(data) },
+			func(*testing.T) (net.Conn, net.Conn) { return net.Pipe() }},
+		{"spliced from a file", func(t *testing.T) io.ReaderAt { return inFile(t, data) }, socketPair},
+	}
 	cases := []struct {
 		name        string
 		nr, vaddr   uint64
@@ -48,43 +96,65 @@ func TestServe(t *testing.T) {
 		{"cut at the end of its entry", 8, 0x40000 + ps, 2, 4},
 		{"second entry", 3, 0x40000, 3, 3},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			srv := &Server{Index: idx}
-			a, b := net.Pipe()
-			done := make(chan error, 1)
-			go func() { done <- srv.Serve(a) }()
-			request(t, b, cmdGet, tc.nr, tc.vaddr, 7)
-			var hb [headerSize]byte
-			if _, err := io.ReadFull(b, hb[:]); err != nil {
-				t.Fatal(err)
-			}
-			var h header
-			h.decode(hb[:])
-			if h.cmd != cmdAddF|pePresent<<cmdBits || h.nr != tc.wantNr || h.vaddr != tc.vaddr || h.dst != 7 {
-				t.Fatalf("answer %+v, want %d pages at %#x", h, tc.wantNr, tc.vaddr)
-			}
-			got := make([]byte, h.nr*ps)
-			if _, err := io.ReadFull(b, got); err != nil {
-				t.Fatal(err)
-			}
-			for i := uint64(0); i < h.nr; i++ {
-				if got[i*ps] != tc.wantFirstPg+byte(i) || got[(i+1)*ps-1] != tc.wantFirstPg+byte(i) {
-					t.Fatalf("page %d holds %d, want %d", i, got[i*ps], tc.wantFirstPg+byte(i))
+	for _, tr := range transports {
+		for _, tc := range cases {
+			t.Run(tr.name+"/"+tc.name, func(t *testing.T) {
+				idx := Index{7: {extents: extents, pages: tr.pages(t), size: int64(len(data))}}
+				srv := &Server{Index: idx}
+				a, b := tr.conn(t)
+				done := make(chan error, 1)
+				go func() { err := srv.Serve(a); a.Close(); done <- err }()
+				request(t, b, cmdGet, tc.nr, tc.vaddr, 7)
+				var hb [headerSize]byte
+				if _, err := io.ReadFull(b, hb[:]); err != nil {
+					t.Fatal(err)
 				}
-			}
-			request(t, b, cmdClose, 0, 0, 0)
-			var status [4]byte
-			if _, err := io.ReadFull(b, status[:]); err != nil || binary.NativeEndian.Uint32(status[:]) != 0 {
-				t.Fatalf("close answer %v %v", status, err)
-			}
-			if err := <-done; err != nil {
-				t.Fatalf("Serve after close: %v", err)
-			}
-			if srv.Served.Load() != int64(tc.wantNr*ps) {
-				t.Fatalf("served %d bytes, want %d", srv.Served.Load(), tc.wantNr*ps)
-			}
-		})
+				var h header
+				h.decode(hb[:])
+				if h.cmd != cmdAddF|pePresent<<cmdBits || h.nr != tc.wantNr || h.vaddr != tc.vaddr || h.dst != 7 {
+					t.Fatalf("answer %+v, want %d pages at %#x", h, tc.wantNr, tc.vaddr)
+				}
+				got := make([]byte, h.nr*ps)
+				if _, err := io.ReadFull(b, got); err != nil {
+					t.Fatal(err)
+				}
+				for i := uint64(0); i < h.nr; i++ {
+					if got[i*ps] != tc.wantFirstPg+byte(i) || got[(i+1)*ps-1] != tc.wantFirstPg+byte(i) {
+						t.Fatalf("page %d holds %d, want %d", i, got[i*ps], tc.wantFirstPg+byte(i))
+					}
+				}
+				request(t, b, cmdClose, 0, 0, 0)
+				var status [4]byte
+				if _, err := io.ReadFull(b, status[:]); err != nil || binary.NativeEndian.Uint32(status[:]) != 0 {
+					t.Fatalf("close answer %v %v", status, err)
+				}
+				if err := <-done; err != nil {
+					t.Fatalf("Serve after close: %v", err)
+				}
+				if srv.Served.Load() != int64(tc.wantNr*ps) {
+					t.Fatalf("served %d bytes, want %d", srv.Served.Load(), tc.wantNr*ps)
+				}
+			})
+		}
+	}
+}
+
+// TestServeSplicedFileTruncated: an archive file cut short under the
+// server ends Serve with an error (the shim then stops the container).
+func TestServeSplicedFileTruncated(t *testing.T) {
+	data := image(4)
+	fs := inFile(t, data)
+	if err := os.Truncate(fs.File.Name(), fs.Off+int64(PageSize)); err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{Index: Index{1: {extents: []extent{{vaddr: 0x10000, nr: 4}}, pages: fs, size: int64(len(data))}}}
+	a, b := socketPair(t)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(a) }()
+	request(t, b, cmdGet, 4, 0x10000, 1)
+	go io.Copy(io.Discard, b)
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "page image") {
+		t.Fatalf("Serve on a truncated file: %v, want an error naming the page image", err)
 	}
 }
 

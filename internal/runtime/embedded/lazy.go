@@ -400,7 +400,7 @@ func (l *lazyShim) serveArchive() (*os.File, error) {
 		if !ok {
 			return nil, 0, fmt.Errorf("no pages-%d.img in the archive", id)
 		}
-		return io.NewSectionReader(l.archive, lp.Offset, lp.Size), lp.Size, nil
+		return pageserver.FileSection{File: l.archive, Off: lp.Offset, Size: lp.Size}, lp.Size, nil
 	})
 	if err != nil {
 		return nil, err
