@@ -430,8 +430,9 @@ the same single copy.
 		}
 	}
 	b.WriteString("**Noise.** The CPUs are shared with other work during the run, and memory handed back by the VM\n" +
-		"is slow on first touch (DESIGN.md). The rows take turns within each size after a discarded warm-up,\n" +
-		"so load falls on all of them alike.")
+		"is slow on first touch (DESIGN.md). The rows of a group take turns after a discarded warm-up,\n" +
+		"so load falls on them alike; rows of different groups (c against Podman's f, say) ran minutes apart\n" +
+		"under whatever load the machine had then.")
 	if len(vs) > 0 {
 		fmt.Fprintf(&b, " The floor (a, with its fsync) took %s DESIGN.md's `criu dump` medians.", strings.Join(vs, ", "))
 	}

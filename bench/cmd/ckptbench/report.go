@@ -220,8 +220,9 @@ func markdown(o options, e *env, sums []summary, samples []sample, par *parallel
 		w("| %s | %s |\n", k, strings.ReplaceAll(e.versions[k], "|", "/"))
 	}
 	w("\n## How it is measured\n\n")
-	w("Each size runs the counter example with `COUNTER_MEM_MIB` MiB of touched, non-zero memory in every runtime at once\n")
-	w("(same image). Every row gets one discarded warm-up run, then the rows take turns (a b c ... a b c ...), %d measured\n", o.runs)
+	w("Each size runs the counter example with `COUNTER_MEM_MIB` MiB of touched, non-zero memory (same image in every\n")
+	w("runtime). The rows run in groups that share one container, one group at a time, so that only that group's containers\n")
+	w("hold memory: %s. Within a group every row gets one discarded warm-up run, then the rows take turns (a b c ... a b c ...), %d measured\n", groupList(e), o.runs)
 	w("runs each; the tables show medians. Durable against durable: row a fsyncs every image file, row b fsyncs its tar,\n")
 	w("ckpt fsyncs its archive before answering (it streams write-back with sync_file_range while hashing). containerd and\n")
 	w("Podman are timed as they are (they do not fsync their exports). The freeze time is CRIU's `frozen_time` from\n")
@@ -406,3 +407,16 @@ func render(o options) error {
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// groupList names the row groups, for the report.
+func groupList(e *env) string {
+	var parts []string
+	for _, g := range e.groups() {
+		var ids []string
+		for _, r := range g.rows {
+			ids = append(ids, r.id)
+		}
+		parts = append(parts, g.name+" ("+strings.Join(ids, " ")+")")
+	}
+	return strings.Join(parts, "; ")
+}

@@ -169,64 +169,69 @@ type target struct {
 // runc root of the embedded runtime (<root-dir>/ckpt/runc).
 func (e *env) runcRoot() string { return filepath.Join(e.emb.root, "ckpt", "runc") }
 
-func (e *env) measureSize(ctx context.Context, mib int) ([]sample, error) {
-	t := target{mib: mib}
-	log.Printf("== %d MiB: starting containers", mib)
-	var err error
-	if e.emb != nil {
-		t.embName = fmt.Sprintf("bench-%d", mib)
-		t.embPod = staticPod(t.embName)
-		if t.embID, err = e.emb.addCounterPod(ctx, t.embName, mib, 0); err != nil {
-			return nil, err
-		}
-		defer e.emb.removePod(context.Background(), t.embName)
-		if e.o.rows["cf"] {
-			t.filesName = fmt.Sprintf("bench-files-%d", mib)
-			t.filesPod = staticPod(t.filesName)
-			if _, err = e.emb.addCounterPod(ctx, t.filesName, mib, changedFilesMiB); err != nil {
-				return nil, err
-			}
-			defer e.emb.removePod(context.Background(), t.filesName)
-		}
-	}
-	if e.cri != nil {
-		t.criPod = fmt.Sprintf("bench-cri-%d", mib)
-		podID, ctrID, err := e.criRun(ctx, t.criPod, mib)
-		if err != nil {
-			return nil, err
-		}
-		t.criID = ctrID
-		defer e.crictl(context.Background(), "rmp", "-f", podID)
-	}
-	if e.mig != nil {
-		cleanup, err := e.prepareMigration(ctx, mib)
-		defer cleanup()
-		if err != nil {
-			return nil, err
-		}
-	}
-	if e.podman {
-		t.podName = fmt.Sprintf("bench-%d", mib)
-		if err := e.podmanRun(ctx, t.podName, mib); err != nil {
-			return nil, err
-		}
-		defer exec.Command("podman", "rm", "-f", t.podName).Run()
-	}
+// benchRow is one row: the function measuring one run of it.
+type benchRow struct {
+	id string
+	fn func(context.Context, target, int) (sample, error)
+}
 
-	rows := []struct {
-		id string
-		fn func(context.Context, target, int) (sample, error)
-	}{
-		{"a", e.rowRaw}, {"b", e.rowRawTar}, {"c", e.rowCkpt}, {"cf", e.rowCkptFiles}, {"d", e.rowCkptCRI}, {"e", e.rowCrictl}, {"f", e.rowPodman},
-		{"ra", e.rowRuncRestore}, {"rr", e.rowCriuRestore}, {"rc", e.rowCkptRestore}, {"rl", e.rowCkptLazyRestore}, {"rm", e.rowLazyMemory}, {"rf", e.rowPodmanRestore},
-		{"mc", e.rowMigrateCopy}, {"ml", e.rowMigrateLive}, {"mlt", e.rowLiveTotal},
+// rowGroup is the rows that share a container: only one group's
+// containers are alive at a time, so that a 4 GiB run fits in memory.
+type rowGroup struct {
+	name  string
+	rows  []benchRow
+	start func(ctx context.Context, t *target) (cleanup func(), err error)
+}
+
+func (e *env) groups() []rowGroup {
+	return []rowGroup{
+		{"embedded runtime", []benchRow{{"a", e.rowRaw}, {"b", e.rowRawTar}, {"c", e.rowCkpt}, {"ra", e.rowRuncRestore}, {"rr", e.rowCriuRestore},
+			{"rc", e.rowCkptRestore}, {"rl", e.rowCkptLazyRestore}, {"rm", e.rowLazyMemory}}, e.startEmbedded},
+		{"changed files", []benchRow{{"cf", e.rowCkptFiles}}, e.startFiles},
+		{"containerd", []benchRow{{"d", e.rowCkptCRI}, {"e", e.rowCrictl}}, e.startCRI},
+		{"podman", []benchRow{{"f", e.rowPodman}, {"rf", e.rowPodmanRestore}}, e.startPodman},
+		{"migration", []benchRow{{"mc", e.rowMigrateCopy}, {"ml", e.rowMigrateLive}, {"mlt", e.rowLiveTotal}}, e.startMigrationPods},
+	}
+}
+
+func (e *env) measureSize(ctx context.Context, mib int) ([]sample, error) {
+	var out []sample
+	for _, g := range e.groups() {
+		var rows []benchRow
+		for _, r := range g.rows {
+			if e.o.rows[r.id] {
+				rows = append(rows, r)
+			}
+		}
+		if len(rows) == 0 {
+			continue
+		}
+		s, err := e.measureGroup(ctx, mib, g, rows)
+		out = append(out, s...)
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// measureGroup starts the group's container and runs its rows in turns:
+// run 0 is the warm-up.
+func (e *env) measureGroup(ctx context.Context, mib int, g rowGroup, rows []benchRow) ([]sample, error) {
+	t := target{mib: mib}
+	log.Printf("== %d MiB, %s: starting containers", mib, g.name)
+	cleanup, err := g.start(ctx, &t)
+	if cleanup != nil {
+		defer cleanup()
+	}
+	if err != nil {
+		return nil, err
 	}
 	var out []sample
 	broken := map[string]bool{}
-	// Run 0 is the warm-up; then the rows take turns.
 	for run := 0; run <= e.o.runs; run++ {
 		for _, r := range rows {
-			if !e.o.rows[r.id] || broken[r.id] {
+			if broken[r.id] {
 				continue
 			}
 			if err := ctx.Err(); err != nil {
@@ -241,7 +246,7 @@ func (e *env) measureSize(ctx context.Context, mib int) ([]sample, error) {
 				continue
 			}
 			s.Row, s.MiB, s.Run = r.id, mib, run
-			log.Printf("%5d MiB %-2s run %d: %7.3fs frozen %7.3fs size %6.0f MiB rss %4.0f MiB", mib, r.id, run,
+			log.Printf("%5d MiB %-3s run %d: %7.3fs frozen %7.3fs size %6.0f MiB rss %4.0f MiB", mib, r.id, run,
 				s.Latency.Seconds(), s.Freeze.Seconds(), float64(s.Size)/(1<<20), float64(s.RSS)/(1<<20))
 			if run > 0 {
 				out = append(out, s)
@@ -249,6 +254,48 @@ func (e *env) measureSize(ctx context.Context, mib int) ([]sample, error) {
 		}
 	}
 	return out, nil
+}
+
+func (e *env) startEmbedded(ctx context.Context, t *target) (func(), error) {
+	t.embName = fmt.Sprintf("bench-%d", t.mib)
+	t.embPod = staticPod(t.embName)
+	var err error
+	t.embID, err = e.emb.addCounterPod(ctx, t.embName, t.mib, 0)
+	return func() {
+		e.emb.removePod(context.Background(), t.embName)
+		os.RemoveAll(filepath.Join(e.o.work, "raw"))
+		os.Remove(readLink(filepath.Join(e.o.work, "ckpt-last")))
+	}, err
+}
+
+func (e *env) startFiles(ctx context.Context, t *target) (func(), error) {
+	t.filesName = fmt.Sprintf("bench-files-%d", t.mib)
+	t.filesPod = staticPod(t.filesName)
+	_, err := e.emb.addCounterPod(ctx, t.filesName, t.mib, changedFilesMiB)
+	return func() { e.emb.removePod(context.Background(), t.filesName) }, err
+}
+
+func (e *env) startCRI(ctx context.Context, t *target) (func(), error) {
+	t.criPod = fmt.Sprintf("bench-cri-%d", t.mib)
+	podID, ctrID, err := e.criRun(ctx, t.criPod, t.mib)
+	if err != nil {
+		return nil, err
+	}
+	t.criID = ctrID
+	return func() { e.crictl(context.Background(), "rmp", "-f", podID) }, nil
+}
+
+func (e *env) startPodman(ctx context.Context, t *target) (func(), error) {
+	t.podName = fmt.Sprintf("bench-%d", t.mib)
+	err := e.podmanRun(ctx, t.podName, t.mib)
+	return func() {
+		exec.Command("podman", "rm", "-f", t.podName).Run()
+		os.Remove(filepath.Join(e.o.work, "podman.tar"))
+	}, err
+}
+
+func (e *env) startMigrationPods(ctx context.Context, t *target) (func(), error) {
+	return e.prepareMigration(ctx, t.mib)
 }
 
 // --- checkpoint rows --------------------------------------------------------
