@@ -105,9 +105,9 @@ func (a *agent) checkpoint(ctx context.Context, ns, pod, ctr string) (string, er
 }
 
 // restore restores an archive kept by the agent.
-func (a *agent) restore(ctx context.Context, ns, pod, ctr, archiveName string) error {
-	_, err := a.api.Restore(ctx, client.Ref{Namespace: ns, Pod: pod, Container: ctr}, client.RestoreSource{Archive: archiveName})
-	return err
+func (a *agent) restore(ctx context.Context, ns, pod, ctr, archiveName string) (id string, err error) {
+	r, err := a.api.Restore(ctx, client.Ref{Namespace: ns, Pod: pod, Container: ctr}, client.RestoreSource{Archive: archiveName})
+	return r.ID, err
 }
 
 // restoreLazy restores an archive kept by the agent with ?lazy=true.

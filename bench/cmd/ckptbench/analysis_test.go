@@ -12,6 +12,7 @@ func TestAnalysisFollowsTheNumbers(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		sums      []summary
+		samples   []sample
 		want, not []string
 	}{
 		{
@@ -23,14 +24,15 @@ func TestAnalysisFollowsTheNumbers(t *testing.T) {
 			not: []string{"missed", "over it"},
 		},
 		{
-			name: "live downtime grows, restore misses",
-			sums: []summary{sum("ml", 64, 0.2), sum("ml", 4096, 3), sum("rr", 1024, 1), sum("ra", 1024, 1.2), sum("rc", 1024, 2.5)},
+			name:    "live downtime grows, restore misses",
+			sums:    []summary{sum("ml", 64, 0.2), sum("ml", 4096, 3), sum("rr", 1024, 1), sum("ra", 1024, 1.2), sum("rc", 1024, 2.5)},
+			samples: []sample{{Row: "rc", MiB: 1024, CRIURestore: seconds(0.3)}, {Row: "rc", MiB: 1024, CRIURestore: seconds(0.5)}},
 			want: []string{"(15.00 ×): it grows", "Live downtime ≤ 1 s at 4096 MiB**: 3.000 s (no)", "over it by 2.50 × at 1024 MiB",
-				"takes 17 % at 1024 MiB", "ckpt adds 1.300 s at 1024 MiB"},
+				"takes 17 % at 1024 MiB", "0.400 s + 2.100 s at 1024 MiB (0.48 GiB/s moved, against 1.00 GiB/s for rr's whole restore)"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := analysisText(tc.sums, nil, nil, map[string]string{"cpus": "2"})
+			got := analysisText(tc.sums, tc.samples, nil, map[string]string{"cpus": "2"})
 			for _, w := range tc.want {
 				if !strings.Contains(got, w) {
 					t.Errorf("missing %q in:\n%s", w, got)

@@ -158,6 +158,9 @@ type sample struct {
 	Size    int64         // archive (or image directory) bytes
 	RSS     int64         // agent's peak RSS during the request, bytes (0: not measured)
 	Phases  freezePhases  // where the frozen time went (rows a and c; zero: not known)
+	// CRIURestore is CRIU's restore_time (stats-restore) in rows ra and rc:
+	// for an in-place rc, the restore of everything but the memory pages.
+	CRIURestore time.Duration
 }
 
 // rowInfo describes the rows in report order.

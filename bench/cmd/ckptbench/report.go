@@ -108,12 +108,13 @@ func writeCSV(path string, samples []sample) error {
 	defer f.Close()
 	w := csv.NewWriter(f)
 	w.Write([]string{"row", "name", "mib", "run", "latency_s", "freeze_s", "size_bytes", "agent_peak_rss_bytes",
-		"frozen_pages_s", "frozen_acks_s", "frozen_scripts_s"})
+		"frozen_pages_s", "frozen_acks_s", "frozen_scripts_s", "criu_restore_s"})
 	for _, s := range samples {
 		w.Write([]string{s.Row, rowName(s.Row), strconv.Itoa(s.MiB), strconv.Itoa(s.Run),
 			fmt.Sprintf("%.4f", s.Latency.Seconds()), fmt.Sprintf("%.4f", s.Freeze.Seconds()),
 			strconv.FormatInt(s.Size, 10), strconv.FormatInt(s.RSS, 10),
-			fmt.Sprintf("%.4f", s.Phases.Pages.Seconds()), fmt.Sprintf("%.4f", s.Phases.Acks.Seconds()), fmt.Sprintf("%.4f", s.Phases.Scripts.Seconds())})
+			fmt.Sprintf("%.4f", s.Phases.Pages.Seconds()), fmt.Sprintf("%.4f", s.Phases.Acks.Seconds()), fmt.Sprintf("%.4f", s.Phases.Scripts.Seconds()),
+			fmt.Sprintf("%.4f", s.CRIURestore.Seconds())})
 	}
 	w.Flush()
 	if err := w.Error(); err != nil {
@@ -399,7 +400,11 @@ func render(o options) error {
 			sc, _ := strconv.ParseFloat(r[10], 64)
 			ph = freezePhases{Frozen: seconds(frz), Pages: seconds(pg), Acks: seconds(ak), Scripts: seconds(sc)}
 		}
-		samples = append(samples, sample{Row: r[0], MiB: mib, Run: run, Latency: seconds(lat), Freeze: seconds(frz), Size: size, RSS: rss, Phases: ph})
+		var criu float64
+		if len(r) >= 12 {
+			criu, _ = strconv.ParseFloat(r[11], 64)
+		}
+		samples = append(samples, sample{Row: r[0], MiB: mib, Run: run, Latency: seconds(lat), Freeze: seconds(frz), Size: size, RSS: rss, Phases: ph, CRIURestore: seconds(criu)})
 	}
 	e := &env{o: o, versions: st.Versions, failures: st.Failures}
 	e.o.runs, e.o.sizes = st.Runs, st.Sizes
