@@ -66,6 +66,14 @@ func openEmbedded(ctx context.Context, g *globalOptions, o *serveOptions, log *s
 	if err != nil {
 		return nil, nil, fmt.Errorf("the embedded runtime needs a CRIU that dumps sockets (run hack/install-deps.sh, or use --container-runtime-endpoint): %w", err)
 	}
+	if o.inPlace {
+		uffdCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := criuprobe.Userfaultfd(uffdCtx, rt.CriuPath()); err != nil {
+			log.Warn("full restores extract their archive: in-place restore needs userfaultfd", "error", err)
+			o.inPlace = false
+		}
+		cancel()
+	}
 	if err := rt.LockAgent(); err != nil {
 		return nil, nil, err
 	}

@@ -97,7 +97,7 @@ func newServeCommand(g *globalOptions) *cobra.Command {
 	f.BoolVar(&o.restorePolicy.AllowAddedCapabilities, "restore-allow-added-capabilities", false, "let a restored pod add capabilities")
 	f.BoolVar(&o.restorePolicy.AllowHostNetwork, "restore-allow-host-network", false, "let a restored pod use the host's network namespace")
 	f.StringVar(&o.trustedKeysFile, "restore-trusted-keys", "", "restore archives signed by these keys (authorized_keys format, e.g. other nodes' <root-dir>/pki/"+trust.PubKeyFile+"); this node's own key is always trusted")
-	f.BoolVar(&o.inPlace, "restore-in-place", false, "restore published plain archives with their pages served from the archive (no extraction copy; slower than extraction on this kernel, see docs/restore.md)")
+	f.BoolVar(&o.inPlace, "restore-in-place", true, "restore published plain archives without extracting their pages: they move from the archive into the held process through userfaultfd (needs `criu check --feature uffd-noncoop`; false: extract first, see docs/restore.md)")
 	f.BoolVar(&o.allowUnsigned, "restore-allow-unsigned", false, "also restore unsigned archives (written by containerd, CRI-O or Podman, or by hand); signed archives must still verify")
 	o.auth.AddFlags(f)
 	gate.AddFlag(f)
