@@ -227,7 +227,10 @@ func markdown(o options, e *env, sums []summary, samples []sample, par *parallel
 	w("runs each; the tables show medians. Durable against durable: row a fsyncs every image file, row b fsyncs its tar,\n")
 	w("ckpt fsyncs its archive before answering (it streams write-back with sync_file_range while hashing). containerd and\n")
 	w("Podman are timed as they are (they do not fsync their exports). The freeze time is CRIU's `frozen_time` from\n")
-	w("`stats-dump`. RSS is the peak RSS (VmHWM, reset before each request) of the `ckpt serve` process that handled it.\n\n")
+	w("`stats-dump`. RSS is the peak RSS (VmHWM, reset before each request) of the `ckpt serve` process that handled it.\n")
+	w("Rows a and c both remove what their previous run wrote before they write again, so both write into memory just\n")
+	w("freed: memory the VM took back is slow on first touch, and a row that wrote first and freed after ran on cold\n")
+	w("pages, which was part of the freeze variance of earlier runs.\n\n")
 	w("Rows: ")
 	for i, r := range rowInfo {
 		if i > 0 {
