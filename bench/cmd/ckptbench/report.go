@@ -201,6 +201,13 @@ func writeChart(path string, sums []summary) error {
 		p.Legend.Add(r.id+": "+r.name, l, sc)
 		i++
 	}
+	// A log axis needs a positive range that is not a single point (a run
+	// of one size, or of one row).
+	for _, a := range []*plot.Axis{&p.X, &p.Y} {
+		if a.Min <= 0 || a.Min == a.Max {
+			a.Min, a.Max = max(a.Max, 1e-3)/2, max(a.Max, 1e-3)*2
+		}
+	}
 	return p.Save(10*vg.Inch, 6.5*vg.Inch, path)
 }
 

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 )
@@ -52,3 +54,14 @@ func TestSummarizeRatiosToRowA(t *testing.T) {
 }
 
 func near(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 }
+
+// TestChartOfOneSize: a run of one size (one point per row) still draws.
+func TestChartOfOneSize(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "chart.png")
+	if err := writeChart(path, []summary{{Row: "ml", MiB: 4096, Latency: 0.98}}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Size() == 0 {
+		t.Fatalf("no chart: %v", err)
+	}
+}
