@@ -4,12 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path"
-	"strconv"
 	"time"
 
 	"github.com/ckpt-dev/ckpt/internal/checkpoint"
@@ -110,14 +109,13 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 	// The server's read timeout bounds headers and small bodies; an
 	// uploaded archive may take longer.
 	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
-	lazy := false
-	if v := r.URL.Query()["lazy"]; len(v) > 0 {
-		if lazy, err = strconv.ParseBool(v[len(v)-1]); err != nil {
-			writeText(w, http.StatusBadRequest, fmt.Sprintf("lazy=%q: want true or false", v[len(v)-1]))
-			return
-		}
+	query := r.URL.Query()
+	lazy, err := parseBool(query, "lazy")
+	if err != nil {
+		writeText(w, http.StatusBadRequest, err.Error())
+		return
 	}
-	live, err := parseBool(r.URL.Query(), "live")
+	live, err := parseBool(query, "live")
 	if err != nil {
 		writeText(w, http.StatusBadRequest, err.Error())
 		return
@@ -131,38 +129,26 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 		writeText(w, http.StatusBadRequest, "this agent cannot restore lazily")
 		return
 	}
+	src, err := s.parseRestoreSource(query)
+	if err != nil {
+		writeText(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	var c runtime.Container
-	names, images := r.URL.Query()["archive"], r.URL.Query()["image"]
 	switch {
-	case len(names) > 0 && len(images) > 0:
-		writeText(w, http.StatusBadRequest, "give either archive or image, not both")
-		return
-	case len(images) > 0 && s.opts.Images == nil:
-		writeText(w, http.StatusBadRequest, "this agent does not restore from images")
-		return
-	case len(images) > 0:
-		ref := images[len(images)-1]
-		var rc io.ReadCloser
-		if rc, err = s.opts.Images.OpenImageArchive(ctx, ref); err == nil {
-			if lazy {
-				c, err = la.RestoreLazy(ctx, rc, target, "image "+ref)
-			} else {
-				c, err = s.a.Restore(ctx, rc, target, "image "+ref)
-			}
-			rc.Close()
-			// What was fetched for a restore that failed need not stay.
-			if f, ok := rc.(interface{ RestoreFailed() }); ok && err != nil {
-				f.RestoreFailed()
-			}
-		}
-	case lazy && len(names) > 0:
-		c, err = la.RestoreArchiveLazy(ctx, names[len(names)-1], target)
-	case lazy:
-		c, err = la.RestoreLazy(ctx, r.Body, target, "upload")
-	case len(names) > 0:
-		c, err = s.a.RestoreArchive(ctx, names[len(names)-1], target)
+	case src.archive != "" && lazy:
+		c, err = la.RestoreArchiveLazy(ctx, src.archive, target)
+	case src.archive != "":
+		c, err = s.a.RestoreArchive(ctx, src.archive, target)
 	default:
-		c, err = s.a.Restore(ctx, r.Body, target, "upload")
+		err = s.withStream(ctx, r, src, func(rd io.Reader, desc string) (err error) {
+			if lazy {
+				c, err = la.RestoreLazy(ctx, rd, target, desc)
+			} else {
+				c, err = s.a.Restore(ctx, rd, target, desc)
+			}
+			return err
+		})
 	}
 	if err != nil {
 		writeArchiveError(w, err)
@@ -171,6 +157,45 @@ func (s *server) restore(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, api.Restored{
 		ID: c.ID, Namespace: c.Namespace, Pod: c.Pod, Container: c.Name, State: string(c.State), Pid: c.Pid,
 	})
+}
+
+// restoreSource is where a restore reads its archive: an archive the agent
+// keeps (?archive=NAME), a checkpoint image (?image=REF), or, with
+// neither, the request body.
+type restoreSource struct{ archive, image string }
+
+func (s *server) parseRestoreSource(query url.Values) (restoreSource, error) {
+	names, images := query["archive"], query["image"]
+	switch {
+	case len(names) > 0 && len(images) > 0:
+		return restoreSource{}, errors.New("give either archive or image, not both")
+	case len(images) > 0 && s.opts.Images == nil:
+		return restoreSource{}, errors.New("this agent does not restore from images")
+	case len(images) > 0:
+		return restoreSource{image: images[len(images)-1]}, nil
+	case len(names) > 0:
+		return restoreSource{archive: names[len(names)-1]}, nil
+	}
+	return restoreSource{}, nil
+}
+
+// withStream runs restore on the archive stream of an image or upload
+// source, with a description for the record. What was fetched for an image
+// whose restore failed does not stay.
+func (s *server) withStream(ctx context.Context, r *http.Request, src restoreSource, restore func(io.Reader, string) error) error {
+	if src.image == "" {
+		return restore(r.Body, "upload")
+	}
+	rc, err := s.opts.Images.OpenImageArchive(ctx, src.image)
+	if err != nil {
+		return err
+	}
+	err = restore(rc, "image "+src.image)
+	rc.Close()
+	if f, ok := rc.(interface{ RestoreFailed() }); ok && err != nil {
+		f.RestoreFailed()
+	}
+	return err
 }
 
 // keepName in a restore path segment keeps the name the archive recorded.
@@ -233,41 +258,27 @@ func (s *server) restorePod(w http.ResponseWriter, r *http.Request) {
 	ctx := context.WithoutCancel(r.Context())
 	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 	query := r.URL.Query()
-	if v := query["lazy"]; len(v) > 0 {
-		if lazy, err := strconv.ParseBool(v[len(v)-1]); err != nil || lazy {
-			writeText(w, http.StatusBadRequest, "a pod is not restored lazily (lazy=true is for containers)")
-			return
-		}
+	if lazy, err := parseBool(query, "lazy"); err != nil || lazy {
+		writeText(w, http.StatusBadRequest, "a pod is not restored lazily (lazy=true is for containers)")
+		return
 	}
-	if v := query["live"]; len(v) > 0 {
-		if live, err := strconv.ParseBool(v[len(v)-1]); err != nil || live {
-			writeText(w, http.StatusBadRequest, "a pod is not migrated live (live=true is for containers)")
-			return
-		}
+	if live, err := parseBool(query, "live"); err != nil || live {
+		writeText(w, http.StatusBadRequest, "a pod is not migrated live (live=true is for containers)")
+		return
+	}
+	src, err := s.parseRestoreSource(query)
+	if err != nil {
+		writeText(w, http.StatusBadRequest, err.Error())
+		return
 	}
 	var cs []runtime.Container
-	names, images := query["archive"], query["image"]
-	switch {
-	case len(names) > 0 && len(images) > 0:
-		writeText(w, http.StatusBadRequest, "give either archive or image, not both")
-		return
-	case len(images) > 0 && s.opts.Images == nil:
-		writeText(w, http.StatusBadRequest, "this agent does not restore from images")
-		return
-	case len(images) > 0:
-		ref := images[len(images)-1]
-		var rc io.ReadCloser
-		if rc, err = s.opts.Images.OpenImageArchive(ctx, ref); err == nil {
-			cs, err = pa.RestorePod(ctx, rc, target, "image "+ref)
-			rc.Close()
-			if f, ok := rc.(interface{ RestoreFailed() }); ok && err != nil {
-				f.RestoreFailed()
-			}
-		}
-	case len(names) > 0:
-		cs, err = pa.RestorePodArchive(ctx, names[len(names)-1], target)
-	default:
-		cs, err = pa.RestorePod(ctx, r.Body, target, "upload")
+	if src.archive != "" {
+		cs, err = pa.RestorePodArchive(ctx, src.archive, target)
+	} else {
+		err = s.withStream(ctx, r, src, func(rd io.Reader, desc string) (err error) {
+			cs, err = pa.RestorePod(ctx, rd, target, desc)
+			return err
+		})
 	}
 	if err != nil {
 		writeArchiveError(w, err)
