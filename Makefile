@@ -57,7 +57,7 @@ demo: deps build images
 	./hack/demo.sh
 
 # ckpt side by side with runc/CRIU, containerd (CRI, crictl) and Podman:
-# writes bench/results/ and docs/benchmarks.md (about 15 minutes).
+# writes bench/results/ and docs/benchmarks.md (about 25 minutes).
 bench: deps build images
 	./hack/install-bench-deps.sh
 	$(GO) run ./bench/cmd/ckptbench -ckpt $(BIN)/ckpt -images $(IMAGES)
