@@ -25,9 +25,9 @@ func TestAnalysisFollowsTheNumbers(t *testing.T) {
 		},
 		{
 			name:    "live downtime grows, restore misses",
-			sums:    []summary{sum("ml", 64, 0.2), sum("ml", 4096, 3), sum("rr", 1024, 1), sum("ra", 1024, 1.2), sum("rc", 1024, 2.5)},
+			sums:    []summary{sum("ml", 64, 0.2), sum("ml", 1024, 0.6), sum("ml", 4096, 3), sum("rr", 1024, 1), sum("ra", 1024, 1.2), sum("rc", 1024, 2.5)},
 			samples: []sample{{Row: "rc", MiB: 1024, CRIURestore: seconds(0.3)}, {Row: "rc", MiB: 1024, CRIURestore: seconds(0.5)}},
-			want: []string{"(15.00 ×): it grows", "Live downtime ≤ 1 s at 4096 MiB**: 3.000 s (no)", "over it by 2.50 × at 1024 MiB",
+			want: []string{"(15.00 ×): it grows", "Live downtime ≤ 1 s at 4096 MiB**: 3.000 s (no). From 1024 MiB (0.600 s) it grew by 0.800 s per GiB", "over it by 2.50 × at 1024 MiB",
 				"takes 17 % at 1024 MiB", "0.400 s + 2.100 s (0.48 GiB/s moved, against 1.00 GiB/s for rr's whole restore) at 1024 MiB"},
 		},
 	} {
