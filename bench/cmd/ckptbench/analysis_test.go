@@ -73,3 +73,25 @@ func TestFreezeSplitFollowsThePhases(t *testing.T) {
 		})
 	}
 }
+
+// TestMissesAreExplained: a missed (c) ≤ 1.15 × (a) and a missed lazy
+// time to running each get a line made of this run's numbers.
+func TestMissesAreExplained(t *testing.T) {
+	sums := []summary{
+		{Row: "a", MiB: 1024, Latency: 1, Freeze: 0.5},
+		{Row: "c", MiB: 1024, Latency: 1.5, LatencyRatio: 1.5, Freeze: 0.7, FreezeRatio: 1.4},
+		{Row: "rl", MiB: 1024, Latency: 0.4}, {Row: "rl", MiB: 4096, Latency: 0.6},
+	}
+	samples := []sample{{Row: "c", MiB: 1024, Latency: seconds(1.4)}, {Row: "c", MiB: 1024, Latency: seconds(1.6)},
+		{Row: "rl", MiB: 4096, Latency: seconds(0.45)}, {Row: "rl", MiB: 4096, Latency: seconds(0.75)}}
+	got := analysisText(sums, samples, nil, map[string]string{"cpus": "2"})
+	for _, w := range []string{
+		"(c) ≤ 1.15 × (a) at 1024 MiB: missed** (1.50 ×, 0.500 s more; c took 1.40–1.60 s over 2 runs): 0.200 s of the",
+		"The target (≤ 0.5 s at 4096 MiB) is missed: 0.600 s at 4096 MiB, 0.200 s more than at 1024 MiB",
+		"spread over 0.450–0.750 s", "the runs' spread is larger than the growth",
+	} {
+		if !strings.Contains(got, w) {
+			t.Errorf("missing %q in:\n%s", w, got)
+		}
+	}
+}
