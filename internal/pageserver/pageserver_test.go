@@ -243,3 +243,52 @@ func TestReadPagemapReal(t *testing.T) {
 	}
 	t.Logf("%d extents, %d bytes of pages, %d eager", len(pm.extents), pm.Bytes, eager)
 }
+
+// TestSpliceFallsBackToCopy: a file system that does not splice (EINVAL),
+// or a kernel short of memory for the pipe (ENOMEM), still gets every byte
+// through user space; a file cut short there is an error, never a short
+// answer.
+func TestSpliceFallsBackToCopy(t *testing.T) {
+	data := image(3)
+	for _, tc := range []struct {
+		name     string
+		errno    error
+		truncate bool
+	}{
+		{"no splice", unix.EINVAL, false},
+		{"no memory", unix.ENOMEM, false},
+		{"no splice, file cut short", unix.EINVAL, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := inFile(t, data)
+			if tc.truncate {
+				if err := os.Truncate(fs.File.Name(), fs.Off+int64(PageSize)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			a, b := socketPair(t)
+			zc := newSplicer(a)
+			if zc == nil {
+				t.Fatal("no splicer for a socket")
+			}
+			defer zc.close()
+			zc.fromFile = func(int, *int64, int, int) (int64, error) { return 0, tc.errno }
+			got := make(chan []byte, 1)
+			go func() { b, _ := io.ReadAll(b); got <- b }()
+			err := zc.send(fs.File, fs.Off, len(data))
+			a.Close()
+			if tc.truncate {
+				if err == nil {
+					t.Fatal("send of a file cut short succeeded")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g := <-got; !bytes.Equal(g, data) {
+				t.Fatalf("got %d bytes, want the %d of the page image", len(g), len(data))
+			}
+		})
+	}
+}

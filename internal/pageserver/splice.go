@@ -26,8 +26,15 @@ func (s FileSection) ReadAt(p []byte, off int64) (int, error) {
 
 // splicer moves file ranges to a socket through a pipe.
 type splicer struct {
+	out  io.Writer // the connection, for what cannot be spliced
 	conn syscall.RawConn
 	r, w *os.File
+	// fromFile is splice(2) from the file into the pipe.
+	fromFile func(file int, off *int64, pipe int, n int) (int64, error)
+}
+
+func spliceFromFile(file int, off *int64, pipe int, n int) (int64, error) {
+	return unix.Splice(file, off, pipe, nil, n, unix.SPLICE_F_MOVE)
 }
 
 // pipeBytes is the pipe size asked for; the kernel may give less
@@ -48,7 +55,7 @@ func newSplicer(conn io.Writer) *splicer {
 		return nil
 	}
 	unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, pipeBytes) // best effort
-	return &splicer{conn: raw, r: r, w: w}
+	return &splicer{out: conn, conn: raw, r: r, w: w, fromFile: spliceFromFile}
 }
 
 func (s *splicer) close() {
@@ -61,7 +68,16 @@ func (s *splicer) close() {
 // send writes n bytes of f at off to the connection.
 func (s *splicer) send(f *os.File, off int64, n int) error {
 	for n > 0 {
-		in, err := unix.Splice(int(f.Fd()), &off, int(s.w.Fd()), nil, n, unix.SPLICE_F_MOVE)
+		in, err := s.fromFile(int(f.Fd()), &off, int(s.w.Fd()), n)
+		if err == unix.EINVAL || err == unix.ENOSYS || err == unix.ENOMEM {
+			// The file system does not splice, or the kernel lacks the
+			// memory for the pipe's buffers: the rest goes through user
+			// space (the pipe is empty here).
+			if _, err := io.CopyN(s.out, io.NewSectionReader(f, off, int64(n)), int64(n)); err != nil {
+				return fmt.Errorf("copy from the page image: %w", err)
+			}
+			return nil
+		}
 		if err != nil {
 			return fmt.Errorf("splice from the page image: %w", err)
 		}
