@@ -80,6 +80,14 @@ func newAgent(t *testing.T, opts ...agentOption) *agent {
 	return a
 }
 
+// in makes a subtest the agent's test until the subtest ends, so that a
+// failed wait fails the subtest, not its parent.
+func (a *agent) in(t *testing.T) {
+	parent := a.t
+	a.t = t
+	t.Cleanup(func() { a.t = parent })
+}
+
 func freePort(t *testing.T) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -65,6 +65,29 @@ func newNodes(t *testing.T) *nodes {
 // (a restore that failed leaves no container; one that ran, an exit).
 func copyEnded(psLine string) bool { return psLine == "" || strings.Contains(psLine, " exited ") }
 
+// waitCopyEnded waits until the copy of pod on a has ended; on a timeout
+// it fails with the copy's last ps line and its shim's log.
+func waitCopyEnded(t *testing.T, a *agent, pod string) {
+	t.Helper()
+	var line string
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if line = a.psLine(pod, "counter"); copyEnded(line) {
+			t.Logf("the copy ended: %q", line)
+			return
+		}
+	}
+	shimLogs, _ := filepath.Glob(filepath.Join(a.rootDir, "ckpt", "containers", "*", "shim.log"))
+	lazyLogs, _ := filepath.Glob(filepath.Join(a.rootDir, "ckpt", "containers", "*", "restore-work", "lazy-pages.log"))
+	shimLogs = append(shimLogs, lazyLogs...)
+	var logs strings.Builder
+	for _, f := range shimLogs {
+		b, _ := os.ReadFile(f)
+		fmt.Fprintf(&logs, "== %s\n%s\n", f, tail(b, 3000))
+	}
+	agentLog, _ := os.ReadFile(a.logPath)
+	t.Fatalf("the copy %s did not end: ps %q\nagent log:\n%s\nshim logs:\n%s", pod, line, tail(agentLog, 3000), logs.String())
+}
+
 // liveAgents starts a source agent in nsA and a destination in nsB, over
 // HTTPS with certificates of one CA for their link-local addresses; the
 // destination trusts the source's archives.
@@ -107,6 +130,8 @@ func TestLiveMigration(t *testing.T) {
 	src, dst, ca := liveAgents(t, n)
 
 	t.Run("counter", func(t *testing.T) {
+		src.in(t)
+		dst.in(t)
 		src.addPod("counter", counterManifest("counter", map[string]string{"COUNTER_MEM_MIB": strconv.Itoa(lazyMiB)}))
 		orig := src.waitRunning("counter-n1", "counter")
 		srcLog := src.containerLog(orig)
@@ -150,6 +175,8 @@ func TestLiveMigration(t *testing.T) {
 	})
 
 	t.Run("archive taken, link dropped", func(t *testing.T) {
+		src.in(t)
+		dst.in(t)
 		// A client that takes the source's archive and goes: the source
 		// runs on, and the archive (without its pages) restores nowhere.
 		src.addPod("counter3", counterManifest("counter3", nil))
@@ -181,6 +208,8 @@ func TestLiveMigration(t *testing.T) {
 	})
 
 	t.Run("broken link", func(t *testing.T) {
+		src.in(t)
+		dst.in(t)
 		src.addPod("counter2", counterManifest("counter2", map[string]string{"COUNTER_MEM_MIB": "256"}))
 		orig := src.waitRunning("counter2-n1", "counter")
 		srcLog := src.containerLog(orig)
@@ -219,7 +248,7 @@ func TestLiveMigration(t *testing.T) {
 		// One copy: the source counts on, the destination's is stopped.
 		src.waitFor(func() bool { return strings.Contains(src.psLine("counter2-n1", "counter"), " running ") }, "the source running")
 		keepsCounting(t, srcLog)
-		dst.waitFor(func() bool { return copyEnded(dst.psLine("counter-cut", "counter")) }, "the destination's copy ended")
+		waitCopyEnded(t, dst, "counter-cut")
 		if m := dst.memoryColumn("counter-cut", "counter"); dst.psLine("counter-cut", "counter") != "" && !strings.HasPrefix(m, "failed") {
 			t.Errorf("the destination's memory after the cut: %q, want failed", m)
 		}
@@ -231,6 +260,8 @@ func TestLiveMigration(t *testing.T) {
 		}
 	})
 	t.Run("source agent killed", func(t *testing.T) {
+		src.in(t)
+		dst.in(t)
 		// The agent that relays CRIU's page server dies half way: CRIU
 		// sees its connection reset, fails the session and resumes the
 		// source; the destination's copy loses its pages and is stopped.
@@ -256,9 +287,11 @@ func TestLiveMigration(t *testing.T) {
 		src.start()
 		src.waitFor(func() bool { return strings.Contains(src.psLine("counter4-n1", "counter"), " running ") }, "the source running")
 		keepsCounting(t, srcLog)
-		dst.waitFor(func() bool { return copyEnded(dst.psLine("counter-orphan", "counter")) }, "the destination's copy ended")
+		waitCopyEnded(t, dst, "counter-orphan")
 	})
 	t.Run("destination agent killed", func(t *testing.T) {
+		src.in(t)
+		dst.in(t)
 		src.addPod("counter5", counterManifest("counter5", map[string]string{"COUNTER_MEM_MIB": "256"}))
 		orig := src.waitRunning("counter5-n1", "counter")
 		srcLog := src.containerLog(orig)
@@ -281,6 +314,6 @@ func TestLiveMigration(t *testing.T) {
 		src.waitFor(func() bool { return strings.Contains(src.psLine("counter5-n1", "counter"), " running ") }, "the source running")
 		keepsCounting(t, srcLog)
 		dst.start()
-		dst.waitFor(func() bool { return copyEnded(dst.psLine("counter-lost", "counter")) }, "the destination's copy ended")
+		waitCopyEnded(t, dst, "counter-lost")
 	})
 }

@@ -61,6 +61,13 @@ type exitStatus struct {
 	FinishedAt time.Time `json:"finishedAt"`
 }
 
+// A container that never ran (its create, start or restore failed) exits
+// as containerd reports it.
+const (
+	reasonStartError = "StartError"
+	startErrorCode   = 128
+)
+
 // Files in a container's directory.
 const (
 	fileMeta      = "meta.json"

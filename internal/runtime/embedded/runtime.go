@@ -168,15 +168,29 @@ func (r *Runtime) container(ctx context.Context, rec *record) (c runtime.Contain
 		case "created":
 			c.State = runtime.StateCreated
 		case "stopped":
-			c.State = runtime.StateExited
+			// The process is gone; it has exited once its shim has
+			// recorded how (the code, OOMKilled), as containerd reports
+			// an exit only once its shim has published it.
+			if !r.readExit(rec.ID, &c) && r.shimAlive(rec.ID) {
+				c.State = runtime.StateRunning
+			} else {
+				c.State = runtime.StateExited
+			}
 		}
 		return c
 	}
-	var st exitStatus
-	if err := readJSON(filepath.Join(r.containerDir(rec.ID), fileExit), &st); err == nil {
-		c.State, c.ExitCode, c.ExitReason = runtime.StateExited, st.Code, st.Reason
-	}
+	r.readExit(rec.ID, &c)
 	return c
+}
+
+// readExit fills in c's exit from the shim's record, if there is one.
+func (r *Runtime) readExit(id string, c *runtime.Container) bool {
+	var st exitStatus
+	if err := readJSON(filepath.Join(r.containerDir(id), fileExit), &st); err != nil {
+		return false
+	}
+	c.State, c.ExitCode, c.ExitReason = runtime.StateExited, st.Code, st.Reason
+	return true
 }
 
 // List returns every container, sorted by namespace, pod and name.
@@ -413,23 +427,26 @@ func (r *Runtime) removeContainer(ctx context.Context, id string) error {
 // its last writes (runc's log of the delete) land before the directory is
 // removed.
 func (r *Runtime) waitShimGone(id string) {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && r.shimAlive(id); {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// shimAlive reports whether a container's shim still runs.
+func (r *Runtime) shimAlive(id string) bool {
 	b, err := os.ReadFile(filepath.Join(r.containerDir(id), fileShimPid))
 	if err != nil {
-		return
+		return false
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil || pid <= 1 {
-		return
+		return false
 	}
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil || !strings.Contains(string(cmdline), id) {
-			return // gone, or the number now belongs to another process
-		}
-		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(st), ") Z ") {
-			return // exited; its parent has yet to reap it
-		}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || !strings.Contains(string(cmdline), id) {
+		return false // gone, or the number now belongs to another process
 	}
+	return !processGone(pid) // a zombie has exited; its parent has yet to reap it
 }
 
 // Log returns the path of a container's log file.

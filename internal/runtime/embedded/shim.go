@@ -156,6 +156,10 @@ func RunShim(o ShimOptions) error {
 	unix.CloseOnExec(3)
 	report := os.NewFile(3, "ready")
 	fail := func(err error) error {
+		// Recorded as a failed start, as containerd records one (the
+		// kubelet shows StartError, 128), for an agent that was not
+		// there to hear the report.
+		writeJSONAtomic(filepath.Join(o.Dir, fileExit), exitStatus{Code: startErrorCode, Reason: reasonStartError, FinishedAt: time.Now().UTC()})
 		if report != nil {
 			fmt.Fprintf(report, "error: %v\n", err)
 			report.Close()
