@@ -68,7 +68,7 @@ func openEmbedded(ctx context.Context, g *globalOptions, o *serveOptions, log *s
 	}
 	if o.inPlace {
 		uffdCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		if err := criuprobe.Userfaultfd(uffdCtx, rt.CriuPath()); err != nil {
+		if err := criuprobe.CachedUserfaultfd(uffdCtx, rt.CriuPath(), criuprobe.DefaultCacheDir); err != nil {
 			log.Warn("full restores extract their archive: in-place restore needs userfaultfd", "error", err)
 			o.inPlace = false
 		}

@@ -20,15 +20,24 @@ const DefaultCacheDir = "/run/ckpt/criu-probe"
 // criu binary (path, size, modification and change time). Failures are
 // never cached; a cache that cannot be read or written only costs a probe.
 func Cached(ctx context.Context, criu, dir string) error {
+	return cached(ctx, criu, dir, "sockets", Probe)
+}
+
+// CachedUserfaultfd runs Userfaultfd unless it passed, as Cached does.
+func CachedUserfaultfd(ctx context.Context, criu, dir string) error {
+	return cached(ctx, criu, dir, "uffd", Userfaultfd)
+}
+
+func cached(ctx context.Context, criu, dir, name string, check func(context.Context, string) error) error {
 	key, err := cacheKey(criu)
 	if err != nil {
-		return Probe(ctx, criu)
+		return check(ctx, criu)
 	}
-	mark := filepath.Join(dir, key)
+	mark := filepath.Join(dir, name+"-"+key)
 	if _, err := os.Lstat(mark); err == nil {
 		return nil
 	}
-	if err := Probe(ctx, criu); err != nil {
+	if err := check(ctx, criu); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(dir, 0o700); err == nil {
