@@ -301,6 +301,11 @@ func (a *FileWriter) hashBehind(off int64, written *atomic.Int64, progress <-cha
 	}
 }
 
+// pipeToFile is splice(2) from a pipe into a file at *off.
+var pipeToFile = func(pipe, file int, off *int64, n int) (int64, error) {
+	return unix.Splice(pipe, nil, file, off, n, unix.SPLICE_F_MOVE|unix.SPLICE_F_MORE)
+}
+
 // spliceAll moves everything from the pipe into f at off, publishing the
 // running total. It falls back to read and write where splice is refused.
 func spliceAll(pipe, f *os.File, off int64, written *atomic.Int64, progress chan<- struct{}) (int64, error) {
@@ -315,7 +320,7 @@ func spliceAll(pipe, f *os.File, off int64, written *atomic.Int64, progress chan
 	pfd, ffd := int(pipe.Fd()), int(f.Fd())
 	for {
 		o := off + total
-		n, err := unix.Splice(pfd, nil, ffd, &o, spliceLen, unix.SPLICE_F_MOVE|unix.SPLICE_F_MORE)
+		n, err := pipeToFile(pfd, ffd, &o, spliceLen)
 		if err == unix.EINTR || err == unix.EAGAIN {
 			continue
 		}

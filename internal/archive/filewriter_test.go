@@ -13,7 +13,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func randomBytes(n int, seed int64) []byte {
@@ -166,5 +169,60 @@ func TestFileWriterRefusals(t *testing.T) {
 	}
 	if err := streamPipe(t, sa, "c", []byte("x")); !errors.Is(err, ErrTailTaken) {
 		t.Errorf("second stream: got %v, want ErrTailTaken", err)
+	}
+}
+
+// TestSpliceAllFallsBackToCopy: where splice into the archive is refused
+// (a file system without it, EINVAL; no kernel memory for a large pipe's
+// buffers, ENOMEM), at once or after a first chunk, every byte still lands
+// at its offset through user space, and the total is published.
+func TestSpliceAllFallsBackToCopy(t *testing.T) {
+	data := randomBytes(3*spliceLen+1234, 7)
+	realSplice := pipeToFile
+	defer func() { pipeToFile = realSplice }()
+	for _, tc := range []struct {
+		name      string
+		errno     error
+		afterCall int // splice calls that succeed first
+	}{
+		{"splices", nil, 0},
+		{"no splice", unix.EINVAL, 0},
+		{"no memory", unix.ENOMEM, 0},
+		{"no memory after a chunk", unix.ENOMEM, 1},
+		{"no splice after two chunks", unix.ENOSYS, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			calls := 0
+			pipeToFile = func(pipe, file int, off *int64, n int) (int64, error) {
+				calls++
+				if tc.errno != nil && calls > tc.afterCall {
+					return 0, tc.errno
+				}
+				return realSplice(pipe, file, off, n)
+			}
+			f := newArchiveFile(t)
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			go func() {
+				w.Write(data)
+				w.Close()
+			}()
+			const off = 512
+			var written atomic.Int64
+			n, err := spliceAll(r, f, off, &written, make(chan struct{}, 1))
+			if err != nil || n != int64(len(data)) || written.Load() != n {
+				t.Fatalf("spliceAll: %d bytes (published %d), %v; want %d", n, written.Load(), err, len(data))
+			}
+			got := make([]byte, len(data))
+			if _, err := f.ReadAt(got, off); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("the file does not hold the data at its offset (%v)", err)
+			}
+			if tc.errno != nil && calls != tc.afterCall+1 {
+				t.Errorf("%d splice calls, want %d: a refused splice is not tried again", calls, tc.afterCall+1)
+			}
+		})
 	}
 }
