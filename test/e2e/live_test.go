@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -73,6 +74,9 @@ func waitCopyEnded(t *testing.T, a *agent, pod string) {
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		if line = a.psLine(pod, "counter"); copyEnded(line) {
 			t.Logf("the copy ended: %q", line)
+			if line != "" {
+				stoppedNotCrashed(t, a, pod)
+			}
 			return
 		}
 	}
@@ -86,6 +90,42 @@ func waitCopyEnded(t *testing.T, a *agent, pod string) {
 	}
 	agentLog, _ := os.ReadFile(a.logPath)
 	t.Fatalf("the copy %s did not end: ps %q\nagent log:\n%s\nshim logs:\n%s", pod, line, tail(agentLog, 3000), logs.String())
+}
+
+// stoppedNotCrashed checks that the copy of pod on a was stopped by its
+// shim (SIGKILL, 137) or never ran (128, StartError): a copy that ran on
+// with pages the kernel filled with zeros crashes (2 for Go, 139).
+func stoppedNotCrashed(t *testing.T, a *agent, pod string) {
+	t.Helper()
+	out, err := a.ckptErr("ps", "-o", "json")
+	if err != nil {
+		t.Fatalf("ps -o json: %v\n%s", err, out)
+	}
+	var entries []struct {
+		Pod, Container string
+		ExitCode       *int
+		Reason         string
+	}
+	if err := json.Unmarshal([]byte(out), &entries); err != nil {
+		t.Fatalf("ps -o json: %v\n%s", err, out)
+	}
+	for _, e := range entries {
+		if e.Pod != pod || e.Container != "counter" {
+			continue
+		}
+		if e.ExitCode == nil || (*e.ExitCode != 137 && !(*e.ExitCode == 128 && e.Reason == "StartError")) {
+			t.Errorf("the copy %s exited %v %s: want 137 (stopped by its shim) or 128 (StartError), never a crash", pod, derefOr(e.ExitCode, -1), e.Reason)
+		}
+		return
+	}
+	t.Errorf("no ps entry for the copy %s", pod)
+}
+
+func derefOr(p *int, or int) int {
+	if p == nil {
+		return or
+	}
+	return *p
 }
 
 // liveAgents starts a source agent in nsA and a destination in nsB, over
@@ -210,34 +250,15 @@ func TestLiveMigration(t *testing.T) {
 	t.Run("broken link", func(t *testing.T) {
 		src.in(t)
 		dst.in(t)
-		src.addPod("counter2", counterManifest("counter2", map[string]string{"COUNTER_MEM_MIB": "256"}))
-		orig := src.waitRunning("counter2-n1", "counter")
-		srcLog := src.containerLog(orig)
-		waitMemsum(t, srcLog, 1)
-		// Slow the link so that the pages take long to move, then cut it
-		// once the destination runs.
-		ip(t, "netns", "exec", n.nsA, "tc", "qdisc", "add", "dev", n.vethA, "root", "tbf", "rate", "40mbit", "burst", "64kb", "latency", "200ms")
-		defer exec.Command("ip", "netns", "exec", n.nsA, "tc", "qdisc", "del", "dev", n.vethA, "root").Run()
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		type result struct {
-			out string
-			err error
-		}
-		done := make(chan result, 1)
-		go func() {
-			out, err := migrateLive(ctx, n, src, dst, ca, "default/counter2-n1/counter", "default/counter-cut", "--link-timeout", "3s")
-			done <- result{out, err}
-		}()
-		dst.waitFor(func() bool { return strings.Contains(dst.psLine("counter-cut", "counter"), " running ") }, "the destination runs")
-		if m := dst.memoryColumn("counter-cut", "counter"); !strings.HasPrefix(m, "loading") {
-			t.Fatalf("the destination's memory is %q before the cut, want loading", m)
+		m := startSlowMigration(t, n, src, dst, ca, "counter2", "counter-cut")
+		if mem := dst.memoryColumn("counter-cut", "counter"); !strings.HasPrefix(mem, "loading") {
+			t.Fatalf("the destination's memory is %q before the cut, want loading", mem)
 		}
 		ip(t, "-n", n.nsA, "link", "set", n.vethA, "down")
 		defer exec.Command("ip", "-n", n.nsA, "link", "set", n.vethA, "up").Run()
-		var r result
+		var r migration
 		select {
-		case r = <-done:
+		case r = <-m.done:
 		case <-time.After(2 * time.Minute):
 			t.Fatal("migrate did not end after the link broke")
 		}
@@ -247,73 +268,75 @@ func TestLiveMigration(t *testing.T) {
 		t.Log(r.out)
 		// One copy: the source counts on, the destination's is stopped.
 		src.waitFor(func() bool { return strings.Contains(src.psLine("counter2-n1", "counter"), " running ") }, "the source running")
-		keepsCounting(t, srcLog)
+		keepsCounting(t, m.srcLog)
 		waitCopyEnded(t, dst, "counter-cut")
-		if m := dst.memoryColumn("counter-cut", "counter"); dst.psLine("counter-cut", "counter") != "" && !strings.HasPrefix(m, "failed") {
-			t.Errorf("the destination's memory after the cut: %q, want failed", m)
+		if mem := dst.memoryColumn("counter-cut", "counter"); dst.psLine("counter-cut", "counter") != "" && !strings.HasPrefix(mem, "failed") {
+			t.Errorf("the destination's memory after the cut: %q, want failed", mem)
 		}
-		counts := countsIn(t, srcLog)
+		counts := countsIn(t, m.srcLog)
 		for i := 1; i < len(counts); i++ {
 			if counts[i] != counts[i-1]+1 {
 				t.Fatalf("the source counted %v after an aborted migration: a gap or a repeat", counts)
 			}
 		}
 	})
-	t.Run("source agent killed", func(t *testing.T) {
-		src.in(t)
-		dst.in(t)
-		// The agent that relays CRIU's page server dies half way: CRIU
-		// sees its connection reset, fails the session and resumes the
-		// source; the destination's copy loses its pages and is stopped.
-		src.addPod("counter4", counterManifest("counter4", map[string]string{"COUNTER_MEM_MIB": "256"}))
-		orig := src.waitRunning("counter4-n1", "counter")
-		srcLog := src.containerLog(orig)
-		waitMemsum(t, srcLog, 1)
-		ip(t, "netns", "exec", n.nsA, "tc", "qdisc", "add", "dev", n.vethA, "root", "tbf", "rate", "40mbit", "burst", "64kb", "latency", "200ms")
-		defer exec.Command("ip", "netns", "exec", n.nsA, "tc", "qdisc", "del", "dev", n.vethA, "root").Run()
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		done := make(chan string, 1)
-		go func() {
-			out, _ := migrateLive(ctx, n, src, dst, ca, "default/counter4-n1/counter", "default/counter-orphan", "--link-timeout", "3s")
-			done <- out
-		}()
-		dst.waitFor(func() bool { return strings.Contains(dst.psLine("counter-orphan", "counter"), " running ") }, "the destination runs")
-		src.stopWith(syscall.SIGKILL)
-		out := <-done
-		if !strings.Contains(out, "the source runs on") {
-			t.Errorf("migrate with the source agent killed: %s", out)
-		}
-		src.start()
-		src.waitFor(func() bool { return strings.Contains(src.psLine("counter4-n1", "counter"), " running ") }, "the source running")
-		keepsCounting(t, srcLog)
-		waitCopyEnded(t, dst, "counter-orphan")
-	})
-	t.Run("destination agent killed", func(t *testing.T) {
-		src.in(t)
-		dst.in(t)
-		src.addPod("counter5", counterManifest("counter5", map[string]string{"COUNTER_MEM_MIB": "256"}))
-		orig := src.waitRunning("counter5-n1", "counter")
-		srcLog := src.containerLog(orig)
-		waitMemsum(t, srcLog, 1)
-		ip(t, "netns", "exec", n.nsA, "tc", "qdisc", "add", "dev", n.vethA, "root", "tbf", "rate", "40mbit", "burst", "64kb", "latency", "200ms")
-		defer exec.Command("ip", "netns", "exec", n.nsA, "tc", "qdisc", "del", "dev", n.vethA, "root").Run()
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		done := make(chan string, 1)
-		go func() {
-			out, _ := migrateLive(ctx, n, src, dst, ca, "default/counter5-n1/counter", "default/counter-lost", "--link-timeout", "3s")
-			done <- out
-		}()
-		dst.waitFor(func() bool { return strings.Contains(dst.psLine("counter-lost", "counter"), " running ") }, "the destination runs")
-		dst.stopWith(syscall.SIGKILL)
-		out := <-done
-		if !strings.Contains(out, "the source runs on") {
-			t.Errorf("migrate with the destination agent killed: %s", out)
-		}
-		src.waitFor(func() bool { return strings.Contains(src.psLine("counter5-n1", "counter"), " running ") }, "the source running")
-		keepsCounting(t, srcLog)
-		dst.start()
-		waitCopyEnded(t, dst, "counter-lost")
-	})
+	// An agent killed half way. The source's relays CRIU's page server:
+	// CRIU sees its connection reset, fails the session and resumes the
+	// source. Either way the destination's copy loses its pages and is
+	// stopped, also when its own agent is not there to stop it.
+	for _, tc := range []struct {
+		name, pod, copyPod string
+		killed             *agent
+	}{
+		{"source agent killed", "counter4", "counter-orphan", src},
+		{"destination agent killed", "counter5", "counter-lost", dst},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src.in(t)
+			dst.in(t)
+			m := startSlowMigration(t, n, src, dst, ca, tc.pod, tc.copyPod)
+			tc.killed.stopWith(syscall.SIGKILL)
+			if r := <-m.done; !strings.Contains(r.out, "the source runs on") {
+				t.Errorf("migrate with the %s: %s", tc.name, r.out)
+			}
+			tc.killed.start()
+			src.waitFor(func() bool { return strings.Contains(src.psLine(tc.pod+"-n1", "counter"), " running ") }, "the source running")
+			keepsCounting(t, m.srcLog)
+			waitCopyEnded(t, dst, tc.copyPod)
+		})
+	}
+}
+
+// migration is how a `ckpt migrate --live` ended.
+type migration struct {
+	out string
+	err error
+}
+
+// slowMigration is a live migration under way over a slowed link.
+type slowMigration struct {
+	srcLog string
+	done   chan migration
+}
+
+// startSlowMigration runs a counter of 256 MiB as pod on the source,
+// slows the link (until the test ends) so that its pages take long to
+// move, starts migrating it live to copyPod with a link timeout of 3 s, and
+// returns once the copy runs.
+func startSlowMigration(t *testing.T, n *nodes, src, dst *agent, ca *authtest.CA, pod, copyPod string) slowMigration {
+	t.Helper()
+	src.addPod(pod, counterManifest(pod, map[string]string{"COUNTER_MEM_MIB": "256"}))
+	orig := src.waitRunning(pod+"-n1", "counter")
+	m := slowMigration{srcLog: src.containerLog(orig), done: make(chan migration, 1)}
+	waitMemsum(t, m.srcLog, 1)
+	ip(t, "netns", "exec", n.nsA, "tc", "qdisc", "add", "dev", n.vethA, "root", "tbf", "rate", "40mbit", "burst", "64kb", "latency", "200ms")
+	t.Cleanup(func() { exec.Command("ip", "netns", "exec", n.nsA, "tc", "qdisc", "del", "dev", n.vethA, "root").Run() })
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	go func() {
+		out, err := migrateLive(ctx, n, src, dst, ca, "default/"+pod+"-n1/counter", "default/"+copyPod, "--link-timeout", "3s")
+		m.done <- migration{out, err}
+	}()
+	dst.waitFor(func() bool { return strings.Contains(dst.psLine(copyPod, "counter"), " running ") }, "the destination runs")
+	return m
 }

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -55,6 +56,9 @@ const (
 	lazyArchiveFd  = 4 // the archive file, for the shim
 	lazyReadyLimit = time.Minute
 	socketBuffer   = 8 << 20
+	// linkEndGrace is how long a live restore's daemon may take to end
+	// after the link to the source ended, before the container is stopped.
+	linkEndGrace = 2 * time.Second
 )
 
 // lazyPages is one page image in the archive file.
@@ -297,6 +301,13 @@ type lazyShim struct {
 	cfg     lazyConfig
 	archive *os.File
 
+	// A live restore's link to the source, relayed to the daemon: link
+	// is the daemon's side, linkDown tells when the source's side ended,
+	// relayed counts what came from it.
+	link     net.Conn
+	linkDown chan error
+	relayed  atomic.Int64
+
 	once   sync.Once
 	failed chan struct{}
 
@@ -315,16 +326,14 @@ func startLazy(o ShimOptions, rc *gorunc.Runc) (*lazyShim, error) {
 	}
 	unix.CloseOnExec(lazyArchiveFd)
 	var theirs *os.File
+	var err error
 	if l.cfg.Remote {
-		// Live migration: fd 4 is a socket the agent relays to the
-		// source's page server; the daemon talks on it directly.
-		theirs = os.NewFile(lazyArchiveFd, "pages")
-		l.srv = &pageserver.Server{}
+		theirs, err = l.relayLink(os.NewFile(lazyArchiveFd, "pages"))
 	} else {
-		var err error
-		if theirs, err = l.serveArchive(); err != nil {
-			return nil, err
-		}
+		theirs, err = l.serveArchive()
+	}
+	if err != nil {
+		return nil, err
 	}
 	defer theirs.Close()
 	status, statusW, err := os.Pipe()
@@ -406,11 +415,17 @@ func (l *lazyShim) serveArchive() (*os.File, error) {
 		return nil, err
 	}
 	l.srv = &pageserver.Server{Index: idx}
-	// The page server talks to the daemon over a socket pair that no other
-	// process can reach.
+	conn, theirs, err := daemonSocket()
+	l.conn = conn
+	return theirs, err
+}
+
+// daemonSocket returns the two ends of a socket pair that no other process
+// can reach: the shim's, and the daemon's.
+func daemonSocket() (ours net.Conn, theirs *os.File, err error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// Large socket buffers: the daemon asks for up to 4 MiB at a time, and
 	// the default (about 200 KiB) costs a context switch every 50 pages.
@@ -418,14 +433,58 @@ func (l *lazyShim) serveArchive() (*os.File, error) {
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer)
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketBuffer)
 	}
-	ours, theirs := os.NewFile(uintptr(fds[0]), "page-server"), os.NewFile(uintptr(fds[1]), "lazy-pages")
-	if l.conn, err = net.FileConn(ours); err != nil {
-		ours.Close()
+	f, theirs := os.NewFile(uintptr(fds[0]), "page-server"), os.NewFile(uintptr(fds[1]), "lazy-pages")
+	defer f.Close()
+	if ours, err = net.FileConn(f); err != nil {
 		theirs.Close()
+		return nil, nil, err
+	}
+	return ours, theirs, nil
+}
+
+// relayLink relays a live restore's link to the source (fd 4, a socket
+// the agent relays on) to the daemon, and returns the daemon's end. The
+// daemon never sees the link end: when it ends, the daemon goes only after
+// run has stopped the container, since its end would let the kernel fill
+// the missing pages with zeros under a running process.
+func (l *lazyShim) relayLink(linkFile *os.File) (*os.File, error) {
+	link, err := net.FileConn(linkFile)
+	linkFile.Close()
+	if err != nil {
 		return nil, err
 	}
-	ours.Close()
+	ours, theirs, err := daemonSocket()
+	if err != nil {
+		link.Close()
+		return nil, err
+	}
+	l.link, l.linkDown = ours, make(chan error, 1)
+	go func() { // the daemon's requests
+		io.Copy(link, ours)
+		if uc, ok := link.(*net.UnixConn); ok {
+			uc.CloseWrite()
+		}
+	}()
+	go func() { // the source's pages
+		_, err := io.CopyBuffer(countingWriter{ours, &l.relayed}, link, make([]byte, 1<<20))
+		if err == nil {
+			err = io.EOF
+		}
+		l.linkDown <- err
+	}()
 	return theirs, nil
+}
+
+// countingWriter counts what it writes.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // abort ends a lazy restore whose runc restore failed; it returns why
@@ -435,6 +494,9 @@ func (l *lazyShim) abort() error {
 	l.daemon.Process.Kill()
 	if l.conn != nil {
 		l.conn.Close()
+	}
+	if l.link != nil {
+		l.link.Close()
 	}
 	var m MemoryState
 	if readJSON(filepath.Join(l.o.Dir, fileMemory), &m) == nil && m.State == MemoryFailed {
@@ -464,6 +526,9 @@ func (l *lazyShim) fail(err error) {
 		if running {
 			l.stop()
 			l.daemon.Process.Kill()
+		}
+		if l.link != nil {
+			l.link.Close()
 		}
 		close(l.failed)
 	})
@@ -499,20 +564,27 @@ func (l *lazyShim) started() error {
 	return nil
 }
 
-// stop freezes and kills the container.
+// stop freezes and kills the container. The signals go first, from the
+// cgroup: runc kill freezes the cgroup itself and waits for it, which a
+// thread waiting in the kernel for a page the daemon holds back keeps
+// from ever completing.
 func (l *lazyShim) stop() {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	freezeCgroup(l.o.ID)
-	l.rc.Kill(ctx, l.o.ID, int(syscall.SIGKILL), &gorunc.KillOpts{All: true})
 	killCgroupProcs(l.o.ID)
 	thawCgroup(l.o.ID)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	l.rc.Kill(ctx, l.o.ID, int(syscall.SIGKILL), &gorunc.KillOpts{All: true})
 }
 
 func (l *lazyShim) memory() MemoryState {
 	var m MemoryState
 	readJSON(filepath.Join(l.o.Dir, fileMemory), &m)
-	m.Bytes = l.srv.Served.Load()
+	if l.srv != nil {
+		m.Bytes = l.srv.Served.Load()
+	} else {
+		m.Bytes = l.relayed.Load()
+	}
 	return m
 }
 
@@ -524,9 +596,18 @@ func (l *lazyShim) run() {
 	progress := time.NewTicker(time.Second)
 	defer progress.Stop()
 	var daemonDone, hashDone bool
+	var linkErr error
+	var linkGrace <-chan time.Time
 	for !(daemonDone && hashDone) {
 		select {
 		case <-l.failed:
+			return
+		case linkErr = <-l.linkDown:
+			// After the source's last answer the daemon ends at once;
+			// until then it holds the faulting threads.
+			linkGrace = time.After(linkEndGrace)
+		case <-linkGrace:
+			l.fail(fmt.Errorf("the link to the migration's source ended before every page moved: %v", linkErr))
 			return
 		case err := <-verified:
 			if err != nil {
@@ -549,6 +630,9 @@ func (l *lazyShim) run() {
 	writeJSONAtomic(filepath.Join(l.o.Dir, fileMemory), m)
 	if l.archive != nil {
 		l.archive.Close()
+	}
+	if l.link != nil {
+		l.link.Close()
 	}
 	os.RemoveAll(l.o.Restore)
 }
