@@ -84,6 +84,11 @@ func (r *Runtime) RestartExited(ctx context.Context) []error {
 		if readJSON(filepath.Join(r.containerDir(rec.ID), fileExit), &st) != nil {
 			continue // running
 		}
+		// A restore that failed is not restarted from the image: that
+		// would be another container than the one asked for.
+		if st.Reason == reasonStartError && rec.RestoredFrom != "" {
+			continue
+		}
 		p, pod, err := r.loadPod(rec.PodUID)
 		if err != nil || !shouldRestart(pod.Spec.RestartPolicy, st.Code) {
 			continue
