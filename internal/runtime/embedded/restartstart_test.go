@@ -28,8 +28,8 @@ func TestRestartAfterStartError(t *testing.T) {
 			const podID, ctrID = "pod-1", "ctr-1"
 			pod := &corev1.Pod{Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyAlways, Containers: []corev1.Container{{Name: "app", Image: "localhost/none:latest"}}}}
 			for path, v := range map[string]any{
-				filepath.Join(r.podDir(podID), filePodMeta):     podRecord{ID: podID, Namespace: "default", Name: "p"},
-				filepath.Join(r.podDir(podID), filePod):         pod,
+				filepath.Join(r.podDir(podID), filePodMeta):    podRecord{ID: podID, Namespace: "default", Name: "p"},
+				filepath.Join(r.podDir(podID), filePod):        pod,
 				filepath.Join(r.containerDir(ctrID), fileMeta): record{ID: ctrID, Namespace: "default", Pod: "p", Name: "app", PodUID: podID, RestoredFrom: tc.restoredFrom},
 				filepath.Join(r.containerDir(ctrID), fileExit): exitStatus{Code: startErrorCode, Reason: reasonStartError, FinishedAt: time.Now().UTC()},
 			} {
