@@ -25,19 +25,26 @@ func randomBytes(n int, seed int64) []byte {
 	return b
 }
 
-// streamPipe feeds data through a pipe into sa.Stream.
-func streamPipe(t *testing.T, sa *FileWriter, name string, data []byte) error {
+// feedPipe returns a pipe's read end that data is written into; it is
+// closed when the test ends.
+func feedPipe(t *testing.T, data []byte) *os.File {
 	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
+	t.Cleanup(func() { r.Close() })
 	go func() {
 		w.Write(data)
 		w.Close()
 	}()
-	return sa.Stream(name, r)
+	return r
+}
+
+// streamPipe feeds data through a pipe into sa.Stream.
+func streamPipe(t *testing.T, sa *FileWriter, name string, data []byte) error {
+	t.Helper()
+	return sa.Stream(name, feedPipe(t, data))
 }
 
 func newArchiveFile(t *testing.T) *os.File {
@@ -201,15 +208,7 @@ func TestSpliceAllFallsBackToCopy(t *testing.T) {
 				return realSplice(pipe, file, off, n)
 			}
 			f := newArchiveFile(t)
-			r, w, err := os.Pipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			go func() {
-				w.Write(data)
-				w.Close()
-			}()
+			r := feedPipe(t, data)
 			const off = 512
 			var written atomic.Int64
 			n, err := spliceAll(r, f, off, &written, make(chan struct{}, 1))
